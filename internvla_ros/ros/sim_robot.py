@@ -1,0 +1,147 @@
+"""sim_robot: a kinematic robot cell that speaks the interfaces of ros2_control hardware.
+
+It subscribes to every configured controller's command topic (`<controller>/joint_trajectory` with
+joint_trajectory_controller semantics, `<controller>/commands` for forward controllers), integrates
+the joints, publishes `joint_states`, renders the configured cameras, and reports on /diagnostics what
+it accepted, what it rejected (and why, in the log) and how many commanded values were outside the
+joint limits. The robot config is the policy node's YAML, given as the `config` parameter.
+
+    ros2 run internvla_ros sim_robot --ros-args -p config:=/path/to/dual_arm.yaml
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.qos import qos_profile_sensor_data
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Float64MultiArray
+from trajectory_msgs.msg import JointTrajectory
+
+from internvla_ros.ros.conversions import duration_to_ns, time_to_ns
+from internvla_ros.runtime.config import DEFAULT_NODE_NAME, RuntimeConfig
+from internvla_ros.runtime.errors import RuntimeConfigError
+from internvla_ros.sim.cell import SimulatedCell
+from internvla_ros.sim.render import CellRenderer
+from internvla_ros.sim.trajectory import Trajectory, TrajectoryPoint
+
+COMMAND_QOS_DEPTH = 10
+
+
+class SimRobot(Node):
+    """The simulated cell as a ROS node."""
+
+    def __init__(self) -> None:
+        super().__init__("sim_robot")
+        config_path = self.declare_parameter("config", "").value
+        config_node = self.declare_parameter("config_node_name", DEFAULT_NODE_NAME).value
+        state_rate = self.declare_parameter("joint_state_rate_hz", 200.0).value
+        camera_rate = self.declare_parameter("camera_rate_hz", 30.0).value
+        if not config_path:
+            msg = "parameter 'config' is required: the robot YAML, e.g. -p config:=config/dual_arm.yaml"
+            raise RuntimeConfigError(msg)
+        self.config = RuntimeConfig.from_yaml(config_path, node_name=config_node)
+        self.cell = SimulatedCell(self.config)
+        self.renderer = CellRenderer(self.config)
+        self._dt_s = 1.0 / state_rate
+        self._last_step_ns = self._now_ns()
+
+        for name in self.cell.trajectory_controllers:
+            self.create_subscription(JointTrajectory, f"{name}/joint_trajectory",
+                                     lambda msg, name=name: self._on_trajectory(name, msg), COMMAND_QOS_DEPTH)
+        for name in self.cell.forward_controllers:
+            self.create_subscription(Float64MultiArray, f"{name}/commands",
+                                     lambda msg, name=name: self._on_forward(name, msg), COMMAND_QOS_DEPTH)
+        self._joint_pub = self.create_publisher(JointState, "joint_states", 10)
+        self._camera_pubs = {camera.name: self.create_publisher(Image, camera.topic, qos_profile_sensor_data)
+                             for camera in self.config.cameras}
+        self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.create_timer(self._dt_s, self._on_step)
+        self.create_timer(1.0 / camera_rate, self._on_cameras)
+        self.create_timer(1.0, self._on_diagnostics)
+        self.get_logger().info(
+            f"sim_robot ready: {len(self.config.joints)} joints, controllers "
+            f"{list(self.cell.trajectory_controllers) + list(self.cell.forward_controllers)}, "
+            f"cameras {[c.name for c in self.config.cameras]}")
+
+    def _now_ns(self) -> int:
+        return self.get_clock().now().nanoseconds
+
+    def _on_trajectory(self, controller: str, msg: JointTrajectory) -> None:
+        trajectory = Trajectory(
+            joint_names=tuple(msg.joint_names),
+            stamp_ns=time_to_ns(msg.header.stamp),
+            points=tuple(TrajectoryPoint(np.asarray(p.positions), np.asarray(p.velocities) if p.velocities else None,
+                                         duration_to_ns(p.time_from_start)) for p in msg.points))
+        reason = self.cell.submit_trajectory(controller, trajectory, self._now_ns())
+        if reason is not None:
+            self.get_logger().warn(f"{controller}: trajectory rejected: {reason}")
+
+    def _on_forward(self, controller: str, msg: Float64MultiArray) -> None:
+        reason = self.cell.submit_forward_command(controller, np.asarray(msg.data))
+        if reason is not None:
+            self.get_logger().warn(f"{controller}: command dropped: {reason}")
+
+    def _on_step(self) -> None:
+        now_ns = self._now_ns()
+        dt_s = min(max((now_ns - self._last_step_ns) * 1e-9, 0.0), 10 * self._dt_s)
+        self._last_step_ns = now_ns
+        self.cell.step(now_ns, dt_s)
+        state = self.cell.joint_state()
+        msg = JointState()
+        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.name = list(state.names)
+        msg.position = state.positions.tolist()
+        msg.velocity = state.velocities.tolist()
+        self._joint_pub.publish(msg)
+
+    def _on_cameras(self) -> None:
+        state = self.cell.joint_state()
+        scene = self.renderer.scene(state)
+        stamp = self.get_clock().now().to_msg()
+        for camera in self.config.cameras:
+            pixels = self.renderer.render(camera.name, state, scene)
+            msg = Image()
+            msg.header.stamp = stamp
+            msg.header.frame_id = f"{camera.name}_camera_optical_frame"
+            msg.height, msg.width = pixels.shape[:2]
+            msg.encoding = "rgb8"
+            msg.step = msg.width * 3
+            msg.data = pixels.tobytes()
+            self._camera_pubs[camera.name].publish(msg)
+
+    def _on_diagnostics(self) -> None:
+        status = DiagnosticStatus(name="sim_robot: controllers", hardware_id="sim_robot")
+        status.level = DiagnosticStatus.WARN if self.cell.limit_violations else DiagnosticStatus.OK
+        status.message = (f"{self.cell.limit_violations} commanded values outside the joint limits"
+                          if self.cell.limit_violations else "all commands within limits")
+        values = {"limit_violations": self.cell.limit_violations}
+        for controller in (*self.cell.trajectory_controllers, *self.cell.forward_controllers):
+            values[f"{controller}.accepted"] = self.cell.accepted[controller]
+            values[f"{controller}.rejected"] = self.cell.rejected[controller]
+        status.values = [KeyValue(key=key, value=str(value)) for key, value in values.items()]
+        array = DiagnosticArray(status=[status])
+        array.header.stamp = self.get_clock().now().to_msg()
+        self._diagnostics_pub.publish(array)
+
+
+def main(args: list[str] | None = None) -> int:
+    rclpy.init(args=args)
+    try:
+        node = SimRobot()
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except RuntimeConfigError as err:
+        print(f"ERROR: {err}", flush=True)
+        return 2
+    finally:
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,144 @@
+"""Camera images of the simulated cell, drawn with OpenCV: simple, cheap, and recognisable.
+
+The head camera sees the whole cell from above: a table, each arm as a planar chain (joints 1, 2 and
+4 of a 7-DoF arm bend it), its gripper fingers opening with the gripper joint, and either objects on
+the table or parcels riding a belt that moves with the conveyor joint. A wrist camera sees a close
+crop around its arm's gripper. Images are RGB uint8.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from internvla_ros.runtime.config import RuntimeConfig
+from internvla_ros.sim.cell import JointState
+
+HEAD_SIZE = (480, 640)  # height, width
+WRIST_SIZE = (240, 320)
+WRIST_CROP = (120, 160)
+LINK_LENGTHS_PX = (120.0, 100.0, 60.0)
+CHAIN_JOINTS = (0, 1, 3)  # which arm joints bend the drawn chain
+PIXELS_PER_METRE = 400.0
+PARCEL_SPACING_PX = 170
+TABLE_RGB = (176, 150, 118)
+FLOOR_RGB = (60, 64, 70)
+BELT_RGB = (45, 45, 48)
+ARM_RGB = ((230, 120, 40), (40, 140, 230))
+PARCEL_RGB = ((196, 150, 90), (170, 120, 70), (210, 180, 120))
+
+
+@dataclass(frozen=True)
+class ArmLayout:
+    joints: tuple[int, ...]  # indices into the joint state
+    gripper: int | None
+    base: tuple[float, float]  # pixels (x, y) in the head image
+    heading: float  # radians, direction of the chain at zero joint angles
+
+
+def _arm_layouts(config: RuntimeConfig) -> tuple[ArmLayout, ...]:
+    arms = [c for c in config.controllers if c.type == "joint_trajectory" and len(c.joints) >= max(CHAIN_JOINTS) + 1]
+    grippers = [config.joint_index[g.joint] for g in config.grippers]
+    height, width = HEAD_SIZE
+    layouts = []
+    for i, arm in enumerate(arms):
+        x = width * (i + 1) / (len(arms) + 1)
+        layouts.append(ArmLayout(
+            joints=tuple(config.joint_index[name] for name in arm.joints),
+            gripper=grippers[i] if i < len(grippers) else None,
+            base=(x, height - 30.0),
+            heading=-np.pi / 2,
+        ))
+    return tuple(layouts)
+
+
+class CellRenderer:
+    """Draws every configured camera of one cell from its joint state."""
+
+    def __init__(self, config: RuntimeConfig) -> None:
+        self.config = config
+        self._arms = _arm_layouts(config)
+        self._belt = next((i for i, j in enumerate(config.joints) if j.state_field == "velocity"), None)
+        self._gripper_range = {
+            config.joint_index[g.joint]: (g.open_position, g.closed_position) for g in config.grippers}
+        self._camera_arm = {}
+        for camera in config.cameras:
+            self._camera_arm[camera.name] = None if camera.slot == 0 else (camera.slot - 1) % max(1, len(self._arms))
+
+    def _chain(self, arm: ArmLayout, positions: np.ndarray) -> list[tuple[float, float]]:
+        points = [arm.base]
+        angle = arm.heading
+        x, y = arm.base
+        for length, joint in zip(LINK_LENGTHS_PX, CHAIN_JOINTS, strict=True):
+            angle += 0.8 * float(positions[arm.joints[joint]])
+            x, y = x + length * np.cos(angle), y + length * np.sin(angle)
+            points.append((x, y))
+        return points
+
+    def _opening(self, arm: ArmLayout, positions: np.ndarray) -> float:
+        """0 closed .. 1 open."""
+        if arm.gripper is None:
+            return 1.0
+        opened, closed = self._gripper_range[arm.gripper]
+        span = opened - closed
+        return float(np.clip((positions[arm.gripper] - closed) / span, 0.0, 1.0)) if span else 1.0
+
+    def scene(self, state: JointState) -> np.ndarray:
+        """The full head-camera view."""
+        height, width = HEAD_SIZE
+        image = np.empty((height, width, 3), np.uint8)
+        image[:] = FLOOR_RGB
+        cv2.rectangle(image, (20, 20), (width - 20, height - 20), TABLE_RGB, thickness=-1)
+        if self._belt is not None:
+            self._draw_belt(image, float(state.positions[self._belt]))
+        else:
+            cv2.rectangle(image, (250, 150), (290, 190), (200, 40, 40), thickness=-1)  # the red block
+            cv2.circle(image, (400, 170), 38, (40, 70, 200), thickness=6)  # the blue bowl
+        for i, arm in enumerate(self._arms):
+            chain = [(round(x), round(y)) for x, y in self._chain(arm, state.positions)]
+            colour = ARM_RGB[i % len(ARM_RGB)]
+            cv2.polylines(image, [np.array(chain, np.int32)], isClosed=False, color=colour, thickness=14)
+            for joint in chain[:-1]:
+                cv2.circle(image, joint, 10, (30, 30, 30), thickness=-1)
+            self._draw_gripper(image, chain[-2], chain[-1], self._opening(arm, state.positions))
+        return image
+
+    def _draw_belt(self, image: np.ndarray, travel_m: float) -> None:
+        height, width = image.shape[:2]
+        top, bottom = height // 4, height // 4 + 110
+        cv2.rectangle(image, (0, top), (width, bottom), BELT_RGB, thickness=-1)
+        shift = int(travel_m * PIXELS_PER_METRE)
+        for x in range(-(shift % 40), width, 40):
+            cv2.line(image, (x, top), (x, bottom), (70, 70, 74), thickness=2)
+        for k in range(width // PARCEL_SPACING_PX + 2):
+            x = (k * PARCEL_SPACING_PX + shift) % (width + PARCEL_SPACING_PX) - PARCEL_SPACING_PX // 2
+            colour = PARCEL_RGB[k % len(PARCEL_RGB)]
+            cv2.rectangle(image, (x, top + 20), (x + 70, bottom - 20), colour, thickness=-1)
+            cv2.line(image, (x + 35, top + 20), (x + 35, bottom - 20), (235, 225, 200), thickness=4)
+
+    @staticmethod
+    def _draw_gripper(image: np.ndarray, wrist: tuple[int, int], tip: tuple[int, int], opening: float) -> None:
+        direction = np.subtract(tip, wrist).astype(float)
+        direction /= max(1e-6, float(np.hypot(*direction)))
+        normal = np.array([-direction[1], direction[0]])
+        half = 6 + 16 * opening
+        for side in (-1, 1):
+            base = np.array(tip) + side * half * normal
+            end = base + 28 * direction
+            cv2.line(image, tuple(base.astype(int)), tuple(end.astype(int)), (20, 20, 20), thickness=6)
+
+    def render(self, camera: str, state: JointState, scene: np.ndarray | None = None) -> np.ndarray:
+        """One camera's image; pass `scene` to reuse one head view for several wrist cameras."""
+        scene = self.scene(state) if scene is None else scene
+        arm_index = self._camera_arm[camera]
+        if arm_index is None or not self._arms:
+            return scene
+        tip = self._chain(self._arms[arm_index], state.positions)[-1]
+        crop_h, crop_w = WRIST_CROP
+        height, width = scene.shape[:2]
+        x0 = int(np.clip(tip[0] - crop_w / 2, 0, width - crop_w))
+        y0 = int(np.clip(tip[1] - crop_h * 0.8, 0, height - crop_h))
+        crop = scene[y0:y0 + crop_h, x0:x0 + crop_w]
+        return cv2.resize(crop, (WRIST_SIZE[1], WRIST_SIZE[0]), interpolation=cv2.INTER_LINEAR)
