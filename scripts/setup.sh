@@ -32,15 +32,20 @@ fingerprint() {
   (
     cd "${ROOT}"
     echo "torch=${TORCH_VERSION} python=$(python3 --version 2>&1)"
-    cat setup.py CMakeLists.txt package.xml cmake/* msg/*.msg scripts/setup.sh scripts/fix_ros_wheel_cmake.py
+    cat setup.py CMakeLists.txt package.xml cmake/* msg/*.msg scripts/setup.sh scripts/fix_ros_wheel_cmake.py \
+      internvla_ros/model/default_model.py
   ) | sha256sum | cut -d' ' -f1
 }
 FINGERPRINT="$(fingerprint)"
 
 if [[ -f "${STAMP}" && "$(cat "${STAMP}")" == "${FINGERPRINT}" && -x "${VENV}/bin/python" ]] \
+  && [[ -f "${ROOT}/models/default/model.safetensors" ]] \
   && "${VENV}/bin/python" -c "import internvla_ros.msg" >/dev/null 2>&1; then
   step "environment up to date (${VENV})"
   exit 0
+fi
+if [[ "${INTERNVLA_SETUP_CHECK_ONLY:-0}" == 1 ]]; then
+  die "the environment is not up to date (run scripts/setup.sh)"
 fi
 rm -f "${STAMP}"
 
@@ -74,6 +79,10 @@ STAGE="${BUILD}/python"
 rm -rf "${ROOT}/internvla_ros/msg" "${ROOT}"/internvla_ros/*.so
 cp -r "${STAGE}/internvla_ros/msg" "${ROOT}/internvla_ros/msg"
 cp "${STAGE}"/internvla_ros/*.so "${ROOT}/internvla_ros/"
+
+step "writing the default model (tiny, untrained) to models/default"
+"${VENV}/bin/internvla" model make-default --out "${ROOT}/models/default" >/dev/null \
+  || die "could not write the default model; see the messages above."
 
 step "checking the environment"
 "${VENV}/bin/python" -c "import rclpy, torch, internvla_ros; from internvla_ros.msg import ActionChunk, PolicyStatus" \

@@ -22,6 +22,7 @@ from std_msgs.msg import Float64MultiArray
 from trajectory_msgs.msg import JointTrajectory
 
 from internvla_ros.ros.conversions import duration_to_ns, time_to_ns
+from internvla_ros.ros.messages import rgb_image_msg
 from internvla_ros.runtime.config import DEFAULT_NODE_NAME, RuntimeConfig
 from internvla_ros.runtime.errors import RuntimeConfigError
 from internvla_ros.sim.cell import SimulatedCell
@@ -101,17 +102,11 @@ class SimRobot(Node):
     def _on_cameras(self) -> None:
         state = self.cell.joint_state()
         scene = self.renderer.scene(state)
-        stamp = self.get_clock().now().to_msg()
+        stamp_ns = self._now_ns()
         for camera in self.config.cameras:
             pixels = self.renderer.render(camera.name, state, scene)
-            msg = Image()
-            msg.header.stamp = stamp
-            msg.header.frame_id = f"{camera.name}_camera_optical_frame"
-            msg.height, msg.width = pixels.shape[:2]
-            msg.encoding = "rgb8"
-            msg.step = msg.width * 3
-            msg.data = pixels.tobytes()
-            self._camera_pubs[camera.name].publish(msg)
+            self._camera_pubs[camera.name].publish(
+                rgb_image_msg(pixels, stamp_ns, f"{camera.name}_camera_optical_frame"))
 
     def _on_diagnostics(self) -> None:
         status = DiagnosticStatus(name="sim_robot: controllers", hardware_id="sim_robot")

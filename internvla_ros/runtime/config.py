@@ -8,7 +8,7 @@ names the dotted key, the problem and the allowed range.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -161,15 +161,21 @@ class RuntimeConfig:
         return len(self.joints)
 
     @classmethod
-    def from_parameters(cls, parameters: Mapping[str, Any]) -> RuntimeConfig:
-        """Builds and validates the config from dotted ROS parameter names (what the node receives)."""
-        reader = ParameterReader(parameters)
+    def from_parameters(cls, parameters: Mapping[str, Any], ignore: Collection[str] = ()) -> RuntimeConfig:
+        """Builds and validates the config from dotted ROS parameter names (what the node receives).
+
+        ``ignore``: names that belong to someone else (the node's own parameters, ``use_sim_time``);
+        any other unknown name is an error, so a typo never passes silently.
+        """
+        reader = ParameterReader({k: v for k, v in parameters.items() if k not in ignore})
         config = _read_config(reader)
         reader.finish()
         return config
 
     @classmethod
-    def from_yaml(cls, path: str | Path, node_name: str = DEFAULT_NODE_NAME) -> RuntimeConfig:
+    def from_yaml(
+        cls, path: str | Path, node_name: str = DEFAULT_NODE_NAME, ignore: Collection[str] = ()
+    ) -> RuntimeConfig:
         """Loads ``<node_name>: ros__parameters:`` (or ``/**``) from a ROS parameter file."""
         path = Path(path)
         try:
@@ -177,14 +183,14 @@ class RuntimeConfig:
         except (OSError, yaml.YAMLError) as err:
             msg = f"{path}: cannot read the parameter file: {err}"
             raise RuntimeConfigError(msg) from err
-        return cls.from_parameters(flatten_parameters(_node_parameters(document, node_name, path)))
+        return cls.from_parameters(flatten_parameters(_node_parameters(document, node_name, path)), ignore)
 
 
 def _node_parameters(document: Any, node_name: str, path: Path) -> Mapping[str, Any]:
     if not isinstance(document, Mapping):
         msg = f"{path}: a ROS parameter file is a mapping '{node_name}: {{{ROS_PARAMETERS_KEY}: ...}}'"
         raise RuntimeConfigError(msg)
-    for name in (node_name, WILDCARD_NODE_NAME):
+    for name in (node_name, f"{WILDCARD_NODE_NAME}/{node_name}", WILDCARD_NODE_NAME):
         block = document.get(name)
         if isinstance(block, Mapping) and isinstance(block.get(ROS_PARAMETERS_KEY), Mapping):
             return block[ROS_PARAMETERS_KEY]
@@ -204,9 +210,7 @@ def _read_config(reader: ParameterReader) -> RuntimeConfig:
     execution = _read_execution(reader, len(joints))
     safety = SafetyConfig(
         camera_max_age_s=reader.real("safety.camera_max_age_s", low=0.0, high=MAX_AGE_S, low_open=True),
-        joint_state_max_age_s=reader.real(
-            "safety.joint_state_max_age_s", low=0.0, high=MAX_AGE_S, low_open=True
-        ),
+        joint_state_max_age_s=reader.real("safety.joint_state_max_age_s", low=0.0, high=MAX_AGE_S, low_open=True),
         dry_run=reader.flag("safety.dry_run"),
     )
     _check_timing(rates, execution)
@@ -262,9 +266,7 @@ def _read_joints(reader: ParameterReader) -> tuple[JointConfig, ...]:
             min_position=lo,
             max_position=hi,
             max_velocity=reader.real(f"{key}.max_velocity", low=0.0, high=MAX_VELOCITY, low_open=True),
-            max_acceleration=reader.real(
-                f"{key}.max_acceleration", low=0.0, high=MAX_ACCELERATION, low_open=True
-            ),
+            max_acceleration=reader.real(f"{key}.max_acceleration", low=0.0, high=MAX_ACCELERATION, low_open=True),
             max_jump=reader.real(
                 f"{key}.max_jump", low=0.0, high=MAX_ABS_POSITION, low_open=True, default=default_jump
             ),
@@ -290,9 +292,7 @@ def _read_controllers(reader: ParameterReader, joint_names: tuple[str, ...]) -> 
                 raise RuntimeConfigError(msg)
             owner[joint] = name
         controllers.append(
-            ControllerConfig(
-                name=name, type=reader.text(f"{key}.type", choices=CONTROLLER_TYPES), joints=joints
-            )
+            ControllerConfig(name=name, type=reader.text(f"{key}.type", choices=CONTROLLER_TYPES), joints=joints)
         )
     unowned = [j for j in joint_names if j not in owner]
     if unowned:
@@ -343,9 +343,7 @@ def _read_rates(reader: ParameterReader) -> RatesConfig:
         foresight_rate_hz=reader.real(
             "rates.foresight_rate_hz", low=0.0, high=inference, low_open=True, default=inference
         ),
-        foresight_preview_rate_hz=reader.real(
-            "rates.foresight_preview_rate_hz", low=0.0, high=inference, default=0.0
-        ),
+        foresight_preview_rate_hz=reader.real("rates.foresight_preview_rate_hz", low=0.0, high=inference, default=0.0),
     )
     if rates.control_rate_hz < rates.inference_rate_hz:
         msg = (
@@ -365,9 +363,7 @@ def _read_execution(reader: ParameterReader, dim: int) -> ExecutionConfig:
     return ExecutionConfig(
         mode=reader.text("execution.mode", choices=EXECUTION_MODES),
         blend_steps=reader.integer("execution.blend_steps", low=0, high=chunk_size - 1, default=0),
-        reference_steps=reader.integer(
-            "execution.reference_steps", low=1, high=chunk_size, default=chunk_size
-        ),
+        reference_steps=reader.integer("execution.reference_steps", low=1, high=chunk_size, default=chunk_size),
         chunk_size=chunk_size,
         action_dim=action_dim,
         frame_history_steps=reader.integer(

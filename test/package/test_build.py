@@ -51,8 +51,8 @@ def test_colcon_build_in_a_workspace(tmp_path: Path) -> None:
     assert out[1] == "ActionChunk"
 
 
-def run_setup(path: str) -> subprocess.CompletedProcess[str]:
-    env = {"PATH": path, "HOME": os.environ.get("HOME", "/tmp")}
+def run_setup(path: str, check_only: bool = False) -> subprocess.CompletedProcess[str]:
+    env = {"PATH": path, "HOME": os.environ.get("HOME", "/tmp"), "INTERNVLA_SETUP_CHECK_ONLY": str(int(check_only))}
     bash = shutil.which("bash") or "/bin/bash"
     return subprocess.run([bash, str(ROOT / "scripts" / "setup.sh")], env=env, capture_output=True, text=True,
                           timeout=120)
@@ -74,6 +74,6 @@ def test_setup_names_a_missing_tool(tmp_path: Path) -> None:
 
 def test_setup_is_fast_when_nothing_changed() -> None:
     """A second run on an unchanged tree only checks its stamp (the first run is `make test` itself)."""
-    result = run_setup(os.environ["PATH"])
+    result = run_setup(os.environ["PATH"], check_only=True)
     assert result.returncode == 0, result.stderr
     assert "environment up to date" in result.stderr

@@ -1,0 +1,195 @@
+"""Export a checkpoint's inference path to ONNX graphs with fixed shapes (batch 1) + ``manifest.json``.
+
+Graphs (see :mod:`internvla_ros.backends.graphs`): ViT, prefix pass (-> per-layer K/V), Cosmos
+encode (one frame per view), generation pass (prefix K/V -> its own K/V + ``middle_out``), one
+flow-matching step (all K/V + state + ``x_t`` + time -> ``v_t``), foresight head, Cosmos decode.
+The Euler loop stays on the host, so one step graph serves every step.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import shutil
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from internvla_ros.backends import graphs
+from internvla_ros.backends.errors import BackendError
+from internvla_ros.backends.graphs import Layout
+from internvla_ros.backends.manifest import (
+    FORMAT_VERSION,
+    MANIFEST_FILE,
+    GraphSpec,
+    Manifest,
+    TensorSpec,
+    model_key,
+    source_hashes,
+)
+from internvla_ros.model.checkpoint import load_checkpoint
+from internvla_ros.model.errors import ModelError
+from internvla_ros.model.modeling import InternVLAModel
+
+OPSET = 23
+"""Emits native RMSNormalization / Attention ops (ONNX Runtime >= 1.23 runs them)."""
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+INLINE_LIMIT = 1 << 30
+"""Graphs with more weight bytes than this keep them in a side file (protobuf stops at 2 GiB)."""
+CACHE_ENV = "INTERNVLA_EXPORT_CACHE"
+
+
+def default_cache_root() -> Path:
+    """``$INTERNVLA_EXPORT_CACHE``, else ``$XDG_CACHE_HOME/internvla_ros/exports`` (~/.cache by default)."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "internvla_ros" / "exports"
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _example(spec: TensorSpec) -> Tensor:
+    dtype = getattr(torch, spec.dtype)
+    if dtype == torch.bool:
+        return torch.ones(spec.shape, dtype=dtype)
+    return torch.zeros(spec.shape, dtype=dtype) if not dtype.is_floating_point else torch.rand(spec.shape).to(dtype)
+
+
+def graph_io(layout: Layout, compute: torch.dtype) -> dict[str, tuple[list[TensorSpec], list[TensorSpec]]]:
+    """Names, shapes and dtypes of every graph's inputs and outputs."""
+    c = _dtype_name(compute)
+    f32, i64, b = "float32", "int64", "bool"
+    lay = layout
+    views = lay.n_views
+    prefix_kv, gen_kv, ctx_kv = lay.kv_shape(lay.prefix_len), lay.kv_shape(lay.generation_len), lay.kv_shape(
+        lay.context_len)
+    latents = (views, lay.latent_channels, *lay.latent_hw)
+    image_embeds = TensorSpec("image_embeds", (views * lay.image_tokens_per_view, lay.und_hidden), c)
+    chunk = (1, lay.chunk_size, lay.max_action_dim)
+    return {
+        graphs.VISION: ([TensorSpec("pixel_values", (views * lay.patches_per_view, lay.patch_values), f32)],
+                        [image_embeds]),
+        graphs.PREFIX: ([TensorSpec("input_ids", (1, lay.prefix_len), i64),
+                         TensorSpec("attention_mask", (1, lay.prefix_len), i64), image_embeds,
+                         TensorSpec("position_ids", (3, 1, lay.prefix_len), i64)],
+                        [TensorSpec("prefix_keys", prefix_kv, c), TensorSpec("prefix_values", prefix_kv, c)]),
+        graphs.COSMOS_ENCODE: ([TensorSpec("frames", (views, 3, *lay.frame_hw), f32)],
+                               [TensorSpec("latents", latents, f32)]),
+        graphs.GENERATION: (
+            [TensorSpec("cosmos_latents", (1, views, lay.frames_per_view, *latents[1:]), f32),
+             TensorSpec("view_mask", (1, views), b), TensorSpec("prefix_keys", prefix_kv, c),
+             TensorSpec("prefix_values", prefix_kv, c), TensorSpec("prefix_valid", (1, lay.prefix_len), b),
+             TensorSpec("prefix_positions", (3, 1, lay.prefix_len), i64)],
+            [TensorSpec("middle_out", (1, lay.generation_len, lay.expert_hidden), c),
+             TensorSpec("generation_keys", gen_kv, c), TensorSpec("generation_values", gen_kv, c),
+             TensorSpec("generation_valid", (1, lay.generation_len), b),
+             TensorSpec("generation_positions", (3, 1, lay.generation_len), i64)]),
+        graphs.ACTION_STEP: (
+            [TensorSpec("context_keys", ctx_kv, c), TensorSpec("context_values", ctx_kv, c),
+             TensorSpec("context_valid", (1, lay.context_len), b),
+             TensorSpec("context_positions", (3, 1, lay.context_len), i64),
+             TensorSpec("state", (1, lay.max_state_dim), f32), TensorSpec("x_t", chunk, f32),
+             TensorSpec("time", (1,), f32)],
+            [TensorSpec("v_t", chunk, f32)]),
+        graphs.FORESIGHT: ([TensorSpec("middle_out", (1, lay.generation_len, lay.expert_hidden), c)],
+                           [TensorSpec("foresight_latents", (1, *latents), f32)]),
+        graphs.COSMOS_DECODE: ([TensorSpec("latents", latents, f32)],
+                               [TensorSpec("images", (views, 3, *lay.cosmos_hw), f32)]),
+    }
+
+
+def graph_modules(model: InternVLAModel, layout: Layout) -> dict[str, Callable[[], nn.Module]]:
+    return {
+        graphs.VISION: lambda: graphs.VisionGraph(model, layout),
+        graphs.PREFIX: lambda: graphs.PrefixGraph(model),
+        graphs.COSMOS_ENCODE: lambda: graphs.CosmosEncodeGraph(model),
+        graphs.GENERATION: lambda: graphs.GenerationGraph(model, layout),
+        graphs.ACTION_STEP: lambda: graphs.ActionStepGraph(model, layout),
+        graphs.FORESIGHT: lambda: graphs.ForesightGraph(model),
+        graphs.COSMOS_DECODE: lambda: graphs.CosmosDecodeGraph(model),
+    }
+
+
+def _versions() -> dict[str, str]:
+    versions = {}
+    for package in ("torch", "onnx", "onnxscript", "transformers"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = "missing"
+    return versions
+
+
+def _export_one(module: nn.Module, inputs: list[TensorSpec], outputs: list[TensorSpec], path: Path) -> None:
+    examples = tuple(_example(spec) for spec in inputs)
+    weight_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                module.eval(), examples, dynamo=True, opset_version=OPSET, verbose=False,
+                input_names=[s.name for s in inputs], output_names=[s.name for s in outputs],
+            )
+        program.save(str(path), external_data=weight_bytes > INLINE_LIMIT)
+    except ImportError as err:
+        raise BackendError(f"ONNX export needs onnx and onnxscript ({err}); install them next to torch") from err
+    except Exception as err:  # torch.onnx raises many unrelated types; name the graph and re-raise as ours
+        raise BackendError(f"exporting graph {path.stem!r} failed: {type(err).__name__}: {err}") from err
+
+
+def export_model(model_dir: Path, out_dir: Path, dtype: str = "float32") -> Manifest:
+    """Export ``model_dir`` into ``out_dir`` (replacing any export there); returns the manifest written.
+
+    ``dtype`` is the precision of the experts and the ViT (norms and heads stay float32, as in
+    :meth:`InternVLAModel.to_precision`); Cosmos stays float32.
+    """
+    if dtype not in DTYPES:
+        raise BackendError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    hashes = source_hashes(model_dir)
+    try:
+        checkpoint = load_checkpoint(model_dir, dtype=DTYPES[dtype], cosmos_dtype=torch.float32)
+    except ModelError as err:
+        raise BackendError(f"cannot export {model_dir}: {err}") from err
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / MANIFEST_FILE).unlink(missing_ok=True)
+    layout = Layout.of(checkpoint.config)
+    io = graph_io(layout, DTYPES[dtype])
+    specs = {}
+    for name, build in graph_modules(checkpoint.model, layout).items():
+        inputs, outputs = io[name]
+        path = out_dir / f"{name}.onnx"
+        _export_one(build(), inputs, outputs, path)
+        specs[name] = GraphSpec(path.name, path.stat().st_size, tuple(inputs), tuple(outputs))
+    manifest = Manifest(
+        format=FORMAT_VERSION, dtype=dtype, opset=OPSET, exporter="torch.onnx.export(dynamo=True)",
+        versions=_versions(), source_dir=str(model_dir.resolve()), source_files=hashes,
+        layout={key: list(v) if isinstance(v, tuple) else v for key, v in asdict(layout).items()}, graphs=specs,
+    )
+    manifest.write(out_dir)
+    return manifest
+
+
+def ensure_export(model_dir: Path, dtype: str = "float32", cache_root: Path | None = None) -> Path:
+    """A current export of ``model_dir`` under ``cache_root/<model key>``, exported first if there is none.
+
+    The key hashes the model files, so a changed model gets a new directory (never a stale one).
+    """
+    key = model_key(source_hashes(model_dir), dtype)
+    target = (cache_root or default_cache_root()) / key
+    if (target / MANIFEST_FILE).is_file():
+        manifest = Manifest.read(target)
+        if manifest.key == key:
+            return target
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    export_model(model_dir, partial, dtype)
+    shutil.rmtree(target, ignore_errors=True)
+    partial.rename(target)
+    return target

@@ -1,0 +1,100 @@
+"""ONNX Runtime backend: one session per exported graph, best available execution provider."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from internvla_ros.backends.errors import BackendError, BackendUnavailable
+from internvla_ros.backends.manifest import Manifest
+from internvla_ros.backends.pipeline import GraphPipeline
+from internvla_ros.model.config import load_config
+from internvla_ros.model.errors import ModelError
+
+NAME = "onnxruntime"
+PROVIDER_PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+def _ort() -> Any:
+    try:
+        import onnxruntime
+    except ImportError as err:
+        raise BackendUnavailable(f"{NAME}: Python module 'onnxruntime' is not installed ({err}); "
+                                 "pip install onnxruntime (or onnxruntime-gpu)") from err
+    return onnxruntime
+
+
+def choose_providers(available: list[str]) -> list[str]:
+    """The preferred providers this build of ONNX Runtime has, best first."""
+    chosen = [p for p in PROVIDER_PREFERENCE if p in available]
+    if not chosen:
+        raise BackendUnavailable(f"{NAME}: none of {', '.join(PROVIDER_PREFERENCE)} is available "
+                                 f"(this build offers {', '.join(available) or 'nothing'})")
+    return chosen
+
+
+def open_session(path: Path, providers: list[str], threads: int) -> Any:
+    """An inference session for one graph file, or a BackendError naming the file and the fix."""
+    ort = _ort()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    # Idle pool threads would otherwise spin and steal the cores from whatever runs next (torch, ROS).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    try:
+        return ort.InferenceSession(str(path), options, providers=providers)
+    except Exception as err:  # onnxruntime's pybind errors share no base class of their own
+        raise BackendError(f"{path}: ONNX Runtime cannot load this graph ({type(err).__name__}: {err}); "
+                           f"re-export with `internvla export MODEL_DIR --out {path.parent}`") from err
+
+
+class OrtRunner:
+    """Runs the manifest's graphs with numpy arrays on the host."""
+
+    def __init__(self, engine_dir: Path, manifest: Manifest, providers: list[str], threads: int) -> None:
+        self.sessions = {name: open_session(engine_dir / spec.file, providers, threads)
+                         for name, spec in manifest.graphs.items()}
+        self.outputs = {name: [o.name for o in spec.outputs] for name, spec in manifest.graphs.items()}
+
+    @property
+    def providers(self) -> dict[str, str]:
+        """Graph -> the provider that runs it (the first one the session accepted)."""
+        return {name: session.get_providers()[0] for name, session in self.sessions.items()}
+
+    def run(self, graph: str, feeds: dict[str, Any]) -> list[Any]:
+        return self.sessions[graph].run(self.outputs[graph], feeds)
+
+    def to_device(self, array: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(array)
+
+    def to_host(self, value: np.ndarray) -> np.ndarray:
+        return value
+
+    def concat(self, parts: list[np.ndarray], axis: int) -> np.ndarray:
+        return np.concatenate(parts, axis=axis)
+
+
+def load_export(engine_dir: Path, model_dir: Path) -> Manifest:
+    """The manifest of ``engine_dir``, refused unless it was exported from ``model_dir`` as it is now."""
+    manifest = Manifest.read(engine_dir)
+    manifest.verify_source(model_dir, engine_dir)
+    manifest.check_files(engine_dir)
+    return manifest
+
+
+def create(model_dir: Path, engine_dir: Path, threads: int = 1) -> GraphPipeline:
+    """The ONNX Runtime backend over the export in ``engine_dir`` of ``model_dir``."""
+    providers = choose_providers(_ort().get_available_providers())
+    manifest = load_export(engine_dir, model_dir)
+    try:
+        config = load_config(model_dir)
+    except ModelError as err:
+        raise BackendError(str(err)) from err
+    runner = OrtRunner(engine_dir, manifest, providers, threads)
+    used = sorted(set(runner.providers.values()))
+    return GraphPipeline(NAME, f"{NAME} {'+'.join(used)}, {threads} thread(s), {manifest.dtype}", config, runner)

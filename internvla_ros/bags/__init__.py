@@ -1,0 +1,1 @@
+"""rosbag2 support shared by the demo recorder and the replay tool (pure Python: rosbags, no rclpy)."""

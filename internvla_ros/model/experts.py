@@ -1,0 +1,153 @@
+"""The three experts and the ViT, built from transformers' Qwen3-VL building blocks.
+
+Attribute names mirror the released checkpoint, so ``state_dict()`` keys are the checkpoint keys:
+``und_expert.model.visual.*``, ``und_expert.model.language_model.{embed_tokens,layers,norm}``,
+``und_expert.lm_head``, ``{gen,act}_expert.{layers,norm}``. Only the modules are used; the forward
+logic lives in :mod:`internvla_ros.model.attention` and :mod:`internvla_ros.model.modeling`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from transformers.models.qwen3_vl.configuration_qwen3_vl import Qwen3VLTextConfig, Qwen3VLVisionConfig
+from transformers.models.qwen3_vl.modeling_qwen3_vl import (
+    Qwen3VLTextDecoderLayer,
+    Qwen3VLTextRMSNorm,
+    Qwen3VLTextRotaryEmbedding,
+    Qwen3VLVisionModel,
+)
+
+from internvla_ros.model.config import ExpertConfig, InternVLAConfig, VisionConfig
+from internvla_ros.model.errors import ConfigError
+
+
+def hf_text_config(config: ExpertConfig) -> Qwen3VLTextConfig:
+    """transformers' config object for one expert (only used to size its building blocks)."""
+    return Qwen3VLTextConfig(
+        vocab_size=config.vocab_size or 1,
+        hidden_size=config.hidden_size,
+        intermediate_size=config.intermediate_size,
+        num_hidden_layers=config.num_layers,
+        num_attention_heads=config.num_heads,
+        num_key_value_heads=config.num_kv_heads,
+        head_dim=config.head_dim,
+        hidden_act=config.hidden_act,
+        rms_norm_eps=config.rms_norm_eps,
+        attention_bias=config.attention_bias,
+        rope_parameters={
+            "rope_type": "default",
+            "rope_theta": config.rope_theta,
+            "mrope_section": list(config.mrope_section),
+            "mrope_interleaved": config.mrope_interleaved,
+        },
+    )
+
+
+def hf_vision_config(config: VisionConfig) -> Qwen3VLVisionConfig:
+    return Qwen3VLVisionConfig(
+        depth=config.depth,
+        hidden_size=config.hidden_size,
+        hidden_act=config.hidden_act,
+        intermediate_size=config.intermediate_size,
+        num_heads=config.num_heads,
+        in_channels=config.in_channels,
+        patch_size=config.patch_size,
+        spatial_merge_size=config.spatial_merge_size,
+        temporal_patch_size=config.temporal_patch_size,
+        out_hidden_size=config.out_hidden_size,
+        num_position_embeddings=config.num_position_embeddings,
+        deepstack_visual_indexes=list(config.deepstack_visual_indexes),
+        rope_parameters={"rope_type": "axial", "rope_theta": config.rotary_theta},
+    )
+
+
+class TextExpert(nn.Module):
+    """A Qwen3-VL text decoder stack: ``layers.N.*`` and the final ``norm`` (+ ``embed_tokens``)."""
+
+    def __init__(self, config: ExpertConfig, embed_tokens: nn.Embedding | None = None) -> None:
+        super().__init__()
+        hf = hf_text_config(config)
+        self.config = config
+        if embed_tokens is not None:
+            self.embed_tokens = embed_tokens
+        self.layers = nn.ModuleList(Qwen3VLTextDecoderLayer(hf, i) for i in range(config.num_layers))
+        self.norm = Qwen3VLTextRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        return self.layers[0].self_attn.q_proj.weight.dtype
+
+    def final_norm(self, hidden: Tensor) -> Tensor:
+        return self.norm(hidden).to(hidden.dtype)
+
+
+class VisionTower(Qwen3VLVisionModel):
+    """Qwen3-VL ViT + merger. The DeepStack mergers are kept for their weights but never run.
+
+    The reference discards the DeepStack features (``image_embs, _ = visual(...)``), so they cannot
+    change the actions; clearing the layer indexes skips computing them at all.
+    """
+
+    def __init__(self, config: VisionConfig) -> None:
+        super().__init__(hf_vision_config(config))
+        self.deepstack_visual_indexes = ()
+
+    def embed(self, pixel_values: Tensor, grid_thw: Tensor) -> Tensor:
+        """Flattened patches ``(N, 1536)`` + grids ``(images, 3)`` -> merged embeddings ``(N / 4, out)``."""
+        return self(pixel_values, grid_thw=grid_thw).pooler_output
+
+
+class _VisionLanguageModel(nn.Module):
+    """``und_expert.model``: ``visual`` + ``language_model``."""
+
+    def __init__(self, config: InternVLAConfig, embed_tokens: nn.Embedding) -> None:
+        super().__init__()
+        self.visual = VisionTower(config.vision)
+        self.language_model = TextExpert(config.und, embed_tokens=embed_tokens)
+
+
+class UnderstandingExpert(nn.Module):
+    """Qwen3-VL-2B: ViT + language model. ``lm_head`` is only the (tied) token embedding's storage."""
+
+    def __init__(self, config: InternVLAConfig) -> None:
+        super().__init__()
+        vocab = config.und.vocab_size
+        if vocab is None:  # InternVLAConfig already refuses this; narrows the type
+            raise ConfigError("InternVLAConfig.und.vocab_size: the understanding expert needs a vocabulary")
+        embed_tokens = nn.Embedding(vocab, config.und.hidden_size)
+        self.model = _VisionLanguageModel(config, embed_tokens)
+        self.lm_head = nn.Linear(config.und.hidden_size, vocab, bias=False)
+        # Tied word embedding: the checkpoint stores only lm_head.weight.
+        embed_tokens.weight = self.lm_head.weight
+
+
+class MixtureOfExperts(nn.Module):
+    """``qwen3_vl_with_expert``: the three experts that share one attention per layer."""
+
+    def __init__(self, config: InternVLAConfig) -> None:
+        super().__init__()
+        self.und_expert = UnderstandingExpert(config)
+        self.gen_expert = TextExpert(config.gen)
+        self.act_expert = TextExpert(config.act)
+        # One M-RoPE for all tokens (the experts share theta, sections and head_dim).
+        self.rotary = Qwen3VLTextRotaryEmbedding(hf_text_config(config.und))
+
+    @property
+    def language_model(self) -> TextExpert:
+        return self.und_expert.model.language_model
+
+    @property
+    def visual(self) -> VisionTower:
+        return self.und_expert.model.visual
+
+    def rope(self, position_ids: Tensor) -> tuple[Tensor, Tensor]:
+        """cos/sin ``(B, L, head_dim)`` in float32 for M-RoPE ids ``(3, B, L)``."""
+        anchor = torch.empty((), dtype=torch.float32, device=position_ids.device)
+        return self.rotary(anchor, position_ids)
+
+    def reset_rotary(self, config: InternVLAConfig) -> None:
+        """Rebuild the non-persistent RoPE frequency buffers (after building on the meta device)."""
+        self.rotary = Qwen3VLTextRotaryEmbedding(hf_text_config(config.und))
+        visual = self.visual
+        visual.rotary_pos_emb = type(visual.rotary_pos_emb)(visual.config)

@@ -1,0 +1,453 @@
+"""InternVLA-A1: understanding, generation (visual foresight) and action experts with one shared attention.
+
+Inference does each piece of work once per chunk:
+
+1. :meth:`InternVLAModel.run_prefix` — ViT + prompt through the und expert; per-layer K/V kept.
+2. :meth:`InternVLAModel.run_generation` — the 96 Cosmos tokens through the gen expert, reading the
+   prefix K/V; its own K/V kept (:class:`BlockCache`), reusable across chunks when foresight is
+   refreshed at a lower rate than the actions.
+3. :meth:`InternVLAModel.sample_actions` — each Euler step runs only the state + action tokens
+   through the act expert against the cached K/V (:meth:`InternVLAModel.action_context`).
+
+:meth:`InternVLAModel.predict_uncached` recomputes all blocks jointly at every step (the layout the
+model is trained with, also used by :meth:`InternVLAModel.forward`); every path goes through
+:func:`~internvla_ros.model.attention.mixed_layer`.
+
+Precision: float32 everywhere gives parity with the reference. With :meth:`InternVLAModel.to_precision`
+(bfloat16) the experts and the ViT run in bf16 while every RMSNorm weight, the RoPE tables and all
+projection heads (state/action/time/foresight, including ``action_out_proj``) stay float32, as in the
+reference; Cosmos runs in the dtype asked for (the reference forces bf16; float32 is exact).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLTextRMSNorm
+
+from internvla_ros.model.attention import (
+    ACTION_BLOCK,
+    GENERATION_BLOCK,
+    PREFIX_BLOCK,
+    STATE_BLOCK,
+    LayerKV,
+    block_attention_bias,
+    following_positions,
+    mixed_layer,
+    mrope_prefix_positions,
+)
+from internvla_ros.model.config import InternVLAConfig
+from internvla_ros.model.cosmos import CosmosImageTokenizer
+from internvla_ros.model.errors import ModelError, PreprocessingError
+from internvla_ros.model.experts import MixtureOfExperts, TextExpert
+from internvla_ros.model.inputs import ModelInputs
+from internvla_ros.model.preprocessing import cosmos_frames
+
+
+def sinusoidal_time_embedding(time: Tensor, dim: int, min_period: float, max_period: float) -> Tensor:
+    """Sine-cosine embedding ``(B, dim)`` of flow-matching times ``(B,)``, computed in float64 like the reference."""
+    fraction = torch.linspace(0.0, 1.0, dim // 2, dtype=torch.float64, device=time.device)
+    period = min_period * (max_period / min_period) ** fraction
+    angle = (2 * math.pi / period)[None, :] * time.to(torch.float64)[:, None]
+    return torch.cat([torch.sin(angle), torch.cos(angle)], dim=1).to(time.dtype)
+
+
+def pad_last_dim(x: Tensor, size: int, what: str) -> Tensor:
+    """Zero-pad the feature axis to ``size`` (state and actions are padded to 32 dims)."""
+    if x.shape[-1] > size:
+        raise PreprocessingError(f"{what} has {x.shape[-1]} dims, more than the model's {size}")
+    return F.pad(x, (0, size - x.shape[-1]))
+
+
+@dataclass(frozen=True)
+class BlockCache:
+    """Per-layer post-RoPE keys/values of consecutive blocks, with their layout."""
+
+    layers: tuple[LayerKV, ...]
+    blocks: Tensor
+    """(L,) block id of every token."""
+    valid: Tensor
+    """(B, L) False for padding tokens and missing cameras."""
+    positions: Tensor
+    """(3, B, L) M-RoPE ids."""
+
+    def extend(self, other: BlockCache) -> BlockCache:
+        return BlockCache(
+            layers=tuple(
+                LayerKV(torch.cat([a.keys, b.keys], dim=2), torch.cat([a.values, b.values], dim=2))
+                for a, b in zip(self.layers, other.layers, strict=True)
+            ),
+            blocks=torch.cat([self.blocks, other.blocks]),
+            valid=torch.cat([self.valid, other.valid], dim=1),
+            positions=torch.cat([self.positions, other.positions], dim=2),
+        )
+
+
+@dataclass(frozen=True)
+class TokenBlock:
+    """Embeddings of one block of tokens, ready for the transformer."""
+
+    embeds: Tensor
+    valid: Tensor
+    positions: Tensor
+    block_ids: Tensor
+
+
+@dataclass
+class SamplerTrace:
+    """What each Euler step consumed and produced: ``x_t``, the velocity, and the time ``(1,)``."""
+
+    x_t: list[Tensor] = field(default_factory=list)
+    v_t: list[Tensor] = field(default_factory=list)
+    t: list[Tensor] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Actions of one chunk, and the intermediates that parity checks compare."""
+
+    actions: Tensor
+    prefix_out: Tensor
+    middle_out: Tensor
+    cosmos_latents: Tensor
+    prefix_position_ids: Tensor
+    middle_position_ids: Tensor
+    vit_image_embeds: Tensor
+    prefix_embs: Tensor
+    middle_embs: Tensor
+    trace: SamplerTrace
+
+
+@dataclass(frozen=True)
+class Losses:
+    """Training losses: per-element flow-matching MSE ``(B, chunk, max_action_dim)`` and foresight MSE."""
+
+    action: Tensor
+    foresight: Tensor
+
+
+class InternVLAModules(nn.Module):
+    """The released ``model.*`` layout: experts, Cosmos and the projection heads."""
+
+    def __init__(self, config: InternVLAConfig) -> None:
+        super().__init__()
+        width = config.act.hidden_size
+        latent = config.cosmos_latent_channels
+        scale = config.foresight_scale_factor
+        self.qwen3_vl_with_expert = MixtureOfExperts(config)
+        self.cosmos = CosmosImageTokenizer(config.cosmos)
+        self.cosmos_in_proj = nn.Conv2d(latent, width, kernel_size=1)
+        self.downsample_conv = nn.Conv2d(width, width, kernel_size=scale, stride=scale)
+        self.upsample_conv = nn.ConvTranspose2d(width, width, kernel_size=scale, stride=scale)
+        self.cosmos_out_layer_norm = nn.LayerNorm(width, eps=config.foresight_layernorm_eps)
+        self.cosmos_out_proj = nn.Linear(width, latent)
+        self.state_proj = nn.Linear(config.max_state_dim, width)
+        self.action_in_proj = nn.Linear(config.max_action_dim, width)
+        self.action_time_mlp_in = nn.Linear(2 * width, width)
+        self.action_time_mlp_out = nn.Linear(width, width)
+        self.action_out_proj = nn.Linear(width, config.max_action_dim)
+
+
+class InternVLAModel(nn.Module):
+    """InternVLA-A1-3B policy network; ``state_dict()`` keys equal the released checkpoint's."""
+
+    def __init__(self, config: InternVLAConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.model = InternVLAModules(config)
+
+    # ---------------------------------------------------------------- helpers
+    @property
+    def experts(self) -> MixtureOfExperts:
+        return self.model.qwen3_vl_with_expert
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        return self.experts.language_model.compute_dtype
+
+    def to_precision(self, dtype: torch.dtype, cosmos_dtype: torch.dtype | None = None) -> InternVLAModel:
+        """Experts + ViT in ``dtype``; RMSNorm weights, RoPE tables and heads float32; Cosmos in ``cosmos_dtype``."""
+        self.model.float()
+        self.experts.to(dtype)
+        for module in self.experts.modules():
+            if isinstance(module, Qwen3VLTextRMSNorm):
+                module.float()
+        self.experts.rotary.float()
+        self.experts.visual.rotary_pos_emb.float()
+        self.model.cosmos.to(cosmos_dtype or dtype)
+        return self
+
+    def _run(
+        self,
+        experts: list[TextExpert],
+        blocks: list[TokenBlock],
+        past: BlockCache | None,
+    ) -> tuple[list[Tensor], tuple[LayerKV, ...]]:
+        """All layers of the given experts over consecutive blocks (one expert per block)."""
+        positions = torch.cat([b.positions for b in blocks], dim=2)
+        valid = torch.cat([b.valid for b in blocks], dim=1)
+        block_ids = torch.cat([b.block_ids for b in blocks])
+        key_valid, key_blocks = valid, block_ids
+        if past is not None:
+            key_valid = torch.cat([past.valid, valid], dim=1)
+            key_blocks = torch.cat([past.blocks, block_ids])
+        dtype = experts[0].compute_dtype
+        bias = block_attention_bias(block_ids, valid, key_blocks, key_valid, self.config.attention_mask_value, dtype)
+        cos, sin = self.experts.rope(positions)
+        rope = (cos.to(dtype), sin.to(dtype))
+        hidden = [b.embeds.to(e.compute_dtype) for e, b in zip(experts, blocks, strict=True)]
+        new_kv = []
+        for index in range(self.config.und.num_layers):
+            layers = [e.layers[index] for e in experts]
+            hidden, kv = mixed_layer(layers, hidden, rope, bias, None if past is None else past.layers[index])
+            new_kv.append(kv)
+        outputs = [e.final_norm(h) for e, h in zip(experts, hidden, strict=True)]
+        return outputs, tuple(new_kv)
+
+    # ---------------------------------------------------------------- prefix (ViT + prompt)
+    def embed_images(self, pixel_values: Tensor, image_grid_thw: Tensor) -> Tensor:
+        """ViT + merger: ``(B, patches, 1536)`` -> ``(B * n_views * 64, und_hidden)``."""
+        visual = self.experts.visual
+        patches = pixel_values.reshape(-1, pixel_values.shape[-1]).to(visual.patch_embed.proj.weight.dtype)
+        return visual.embed(patches, image_grid_thw.reshape(-1, 3))
+
+    def embed_prefix(
+        self, pixel_values: Tensor, image_grid_thw: Tensor, input_ids: Tensor, attention_mask: Tensor
+    ) -> tuple[TokenBlock, Tensor]:
+        """Token embeddings with the image tokens replaced by ViT outputs; also returns the ViT outputs."""
+        image_embeds = self.embed_images(pixel_values, image_grid_thw)
+        embeds = self.experts.language_model.embed_tokens(input_ids)
+        is_image = input_ids == self.config.tokens.image
+        image_tokens = int(is_image.sum())
+        if image_tokens != image_embeds.shape[0]:
+            raise PreprocessingError(
+                f"{image_tokens} image tokens in input_ids but the ViT produced {image_embeds.shape[0]} embeddings"
+            )
+        embeds = embeds.masked_scatter(is_image[..., None], image_embeds.to(embeds.dtype))
+        positions = mrope_prefix_positions(input_ids, attention_mask, image_grid_thw, self.config.tokens.image,
+                                           self.config.vision.spatial_merge_size)
+        block_ids = torch.full((input_ids.shape[1],), PREFIX_BLOCK, device=input_ids.device)
+        return TokenBlock(embeds, attention_mask.bool(), positions, block_ids), image_embeds
+
+    def run_prefix(self, prefix: TokenBlock) -> tuple[Tensor, BlockCache]:
+        """The und expert over the prefix; returns its final-norm output and per-layer K/V."""
+        (prefix_out,), kv = self._run([self.experts.language_model], [prefix], None)
+        return prefix_out, BlockCache(kv, prefix.block_ids, prefix.valid, prefix.positions)
+
+    # ---------------------------------------------------------------- generation (visual foresight)
+    def encode_frames(self, frames: Tensor) -> Tensor:
+        """Cosmos latents ``(..., 16, 32, 32)`` float32 of frames ``(..., 3, 224, 224)`` in [0, 1].
+
+        Frames can be encoded one at a time (e.g. the t-15 frame ahead of time) and stacked later.
+        """
+        lead = frames.shape[:-3]
+        flat = cosmos_frames(frames.reshape(-1, *frames.shape[-3:]).float(), self.config.cosmos_resolution)
+        latents = self.model.cosmos.encode(flat).float()
+        return latents.reshape(*lead, *latents.shape[1:])
+
+    def embed_generation(self, latents: Tensor, view_mask: Tensor, after: Tensor) -> TokenBlock:
+        """Cosmos latents ``(B, N, T, 16, 32, 32)`` -> 16 tokens per view and frame, ordered (view, frame, h, w).
+
+        ``after`` are the positions of the block it follows (the prefix).
+        """
+        cfg = self.config
+        expected = (cfg.n_views, cfg.frames_per_view, cfg.cosmos_latent_channels, *cfg.cosmos_latent_hw)
+        if latents.ndim != 6 or tuple(latents.shape[1:]) != expected:
+            raise PreprocessingError(f"cosmos latents must be (B, {', '.join(map(str, expected))}), "
+                                     f"got {tuple(latents.shape)}")
+        batch = latents.shape[0]
+        heads = self.model
+        x = heads.cosmos_in_proj(latents.flatten(0, 2).to(heads.cosmos_in_proj.weight.dtype))
+        x = heads.downsample_conv(x)  # (B*N*T, D, 4, 4)
+        tokens = x.flatten(2).transpose(1, 2).reshape(batch, -1, x.shape[1])
+        per_view = cfg.frames_per_view * cfg.foresight_tokens_per_frame
+        valid = view_mask.bool().repeat_interleave(per_view, dim=1)
+        positions = following_positions(after, tokens.shape[1])
+        block_ids = torch.full((tokens.shape[1],), GENERATION_BLOCK, device=tokens.device)
+        return TokenBlock(tokens, valid, positions, block_ids)
+
+    def run_generation(self, prefix: BlockCache, generation: TokenBlock) -> tuple[Tensor, BlockCache]:
+        """The gen expert over the foresight tokens, reading the prefix K/V.
+
+        Returns the gen expert's final-norm output and the generation block's own K/V. Combine it
+        with a prefix through :meth:`action_context`; a runtime may keep it for several chunks to
+        refresh foresight at a lower rate than the actions.
+        """
+        (middle_out,), kv = self._run([self.experts.gen_expert], [generation], prefix)
+        return middle_out, BlockCache(kv, generation.block_ids, generation.valid, generation.positions)
+
+    @staticmethod
+    def action_context(prefix: BlockCache, generation: BlockCache) -> BlockCache:
+        """The K/V every action step reads: prefix, then generation (concatenated once per chunk)."""
+        return prefix.extend(generation)
+
+    def foresight_latents(self, middle_out: Tensor) -> Tensor:
+        """Predicted Cosmos latent of frame t+15 per view ``(B, N, 16, 32, 32)`` (float32)."""
+        cfg = self.config
+        heads = self.model
+        batch, width = middle_out.shape[0], middle_out.shape[-1]
+        side = math.isqrt(cfg.foresight_tokens_per_frame)
+        x = middle_out.float().reshape(batch, cfg.n_views, cfg.frames_per_view, side, side, width)
+        x = x.mean(dim=2).permute(0, 1, 4, 2, 3).flatten(0, 1)  # (B*N, D, 4, 4)
+        x = heads.upsample_conv(x)
+        h, w = x.shape[-2:]
+        x = heads.cosmos_out_proj(heads.cosmos_out_layer_norm(x.permute(0, 2, 3, 1)))
+        return x.reshape(batch, cfg.n_views, h, w, -1).permute(0, 1, 4, 2, 3)
+
+    def decode_foresight(self, latents: Tensor) -> Tensor:
+        """Cosmos-decode predicted latents ``(B, N, 16, 32, 32)`` to images ``(B, N, 3, 256, 256)`` in ~[-1, 1].
+
+        Works with Cosmos in float32 or bf16 (the latents are cast to its dtype, the images returned float32).
+        """
+        images = self.model.cosmos.decode(latents.flatten(0, 1))
+        return images.float().reshape(*latents.shape[:2], *images.shape[1:])
+
+    # ---------------------------------------------------------------- actions (flow matching)
+    def embed_suffix(self, state: Tensor, x_t: Tensor, time: Tensor, after: Tensor) -> TokenBlock:
+        """State token, then the noisy action tokens fused with the time embedding (swish MLP)."""
+        cfg = self.config
+        heads = self.model
+        state = pad_last_dim(state, cfg.max_state_dim, "state")
+        state_emb = heads.state_proj(state.float())[:, None]
+        time_emb = sinusoidal_time_embedding(time.float(), heads.action_in_proj.out_features, cfg.min_period,
+                                             cfg.max_period)
+        action_emb = heads.action_in_proj(x_t.float())
+        fused = torch.cat([action_emb, time_emb[:, None].expand_as(action_emb)], dim=2)
+        action_time = heads.action_time_mlp_out(F.silu(heads.action_time_mlp_in(fused)))
+        embeds = torch.cat([state_emb, action_time], dim=1)
+        batch, length = embeds.shape[:2]
+        block_ids = torch.full((length,), ACTION_BLOCK, device=embeds.device)
+        block_ids[0] = STATE_BLOCK
+        valid = torch.ones(batch, length, dtype=torch.bool, device=embeds.device)
+        return TokenBlock(embeds, valid, following_positions(after, length), block_ids)
+
+    def velocity(self, suffix_out: Tensor) -> Tensor:
+        """action_out_proj (float32) over the action tokens."""
+        return self.model.action_out_proj(suffix_out[:, -self.config.chunk_size:].float())
+
+    def denoise_step(self, context: BlockCache, state: Tensor, x_t: Tensor, time: Tensor) -> Tensor:
+        """Velocity ``v_t`` (float32) at ``x_t`` and times ``(B,)``; only the state + action tokens are computed."""
+        suffix = self.embed_suffix(state, x_t, time, context.positions)
+        (suffix_out,), _ = self._run([self.experts.act_expert], [suffix], context)
+        return self.velocity(suffix_out)
+
+    def _joint_pass(
+        self, prefix: TokenBlock, generation: TokenBlock, state: Tensor, x_t: Tensor, time: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """All three experts over all blocks at once: (prefix_out, middle_out, v_t)."""
+        suffix = self.embed_suffix(state, x_t, time, generation.positions)
+        experts = [self.experts.language_model, self.experts.gen_expert, self.experts.act_expert]
+        (prefix_out, middle_out, suffix_out), _ = self._run(experts, [prefix, generation, suffix], None)
+        return prefix_out, middle_out, self.velocity(suffix_out)
+
+    def _euler(self, noise: Tensor, velocity: Callable[[Tensor, Tensor], Tensor], trace: SamplerTrace | None) -> Tensor:
+        """Euler integration from ``noise`` (t = 1) to actions (t = 0) of ``velocity(x_t, time (B,))``.
+
+        ``dt`` and the time are float32 tensors and the time is accumulated (1.0, 0.9, 0.79999995, ...),
+        as the reference does.
+        """
+        steps = self.config.num_inference_steps
+        dt = torch.tensor(-1.0 / steps, dtype=torch.float32, device=noise.device)
+        time = torch.tensor(1.0, dtype=torch.float32, device=noise.device)
+        x_t = noise.float()
+        for _ in range(steps):
+            v_t = velocity(x_t, time.expand(x_t.shape[0]))
+            if trace is not None:
+                trace.x_t.append(x_t)
+                trace.v_t.append(v_t)
+                trace.t.append(time.reshape(1))
+            x_t = x_t + dt * v_t
+            time = time + dt
+        return x_t
+
+    def sample_actions(
+        self, context: BlockCache, state: Tensor, noise: Tensor, trace: SamplerTrace | None = None
+    ) -> Tensor:
+        """Actions ``(B, chunk, max_action_dim)`` from ``noise``, reading the cached prefix + generation K/V."""
+        return self._euler(noise, lambda x_t, time: self.denoise_step(context, state, x_t, time), trace)
+
+    # ---------------------------------------------------------------- whole chunk
+    def latents_for(self, inputs: ModelInputs) -> Tensor:
+        if inputs.cosmos_latents is not None:
+            return inputs.cosmos_latents.float()
+        if inputs.frames is None:
+            raise PreprocessingError("ModelInputs needs either frames or cosmos_latents for the foresight block")
+        return self.encode_frames(inputs.frames)
+
+    def _check_noise(self, noise: Tensor, batch: int) -> None:
+        expected = (batch, self.config.chunk_size, self.config.max_action_dim)
+        if tuple(noise.shape) != expected:
+            raise ModelError(f"noise must have shape {expected}, got {tuple(noise.shape)}")
+
+    def _embed(self, inputs: ModelInputs) -> tuple[TokenBlock, Tensor, TokenBlock, Tensor]:
+        prefix, vit = self.embed_prefix(inputs.pixel_values, inputs.image_grid_thw, inputs.input_ids,
+                                        inputs.attention_mask)
+        latents = self.latents_for(inputs)
+        return prefix, vit, self.embed_generation(latents, inputs.view_mask, prefix.positions), latents
+
+    @torch.no_grad()
+    def predict(self, inputs: ModelInputs, noise: Tensor) -> Prediction:
+        """One chunk with K/V reuse: prefix once, generation once, then the action steps."""
+        self._check_noise(noise, inputs.input_ids.shape[0])
+        prefix, vit, generation, latents = self._embed(inputs)
+        prefix_out, prefix_cache = self.run_prefix(prefix)
+        middle_out, generation_cache = self.run_generation(prefix_cache, generation)
+        context = self.action_context(prefix_cache, generation_cache)
+        trace = SamplerTrace()
+        actions = self.sample_actions(context, inputs.state, noise, trace=trace)
+        return Prediction(
+            actions=actions, prefix_out=prefix_out, middle_out=middle_out, cosmos_latents=latents,
+            prefix_position_ids=prefix.positions, middle_position_ids=generation.positions, vit_image_embeds=vit,
+            prefix_embs=prefix.embeds, middle_embs=generation.embeds, trace=trace,
+        )
+
+    @torch.no_grad()
+    def predict_uncached(self, inputs: ModelInputs, noise: Tensor) -> Prediction:
+        """One chunk recomputing all three experts over all blocks at every step (no K/V reuse)."""
+        self._check_noise(noise, inputs.input_ids.shape[0])
+        prefix, vit, generation, latents = self._embed(inputs)
+        outputs: list[Tensor] = []
+
+        def velocity(x_t: Tensor, time: Tensor) -> Tensor:
+            prefix_out, middle_out, v_t = self._joint_pass(prefix, generation, inputs.state, x_t, time)
+            outputs[:] = [prefix_out, middle_out]
+            return v_t
+
+        trace = SamplerTrace()
+        actions = self._euler(noise, velocity, trace)
+        prefix_out, middle_out = outputs
+        return Prediction(
+            actions=actions, prefix_out=prefix_out, middle_out=middle_out, cosmos_latents=latents,
+            prefix_position_ids=prefix.positions, middle_position_ids=generation.positions, vit_image_embeds=vit,
+            prefix_embs=prefix.embeds, middle_embs=generation.embeds, trace=trace,
+        )
+
+    # ---------------------------------------------------------------- training objective
+    def sample_time(self, batch: int, device: torch.device | str = "cpu") -> Tensor:
+        """Flow-matching training times ``Beta(alpha, beta) * scale + offset`` ``(B,)`` (float32)."""
+        cfg = self.config
+        alpha = torch.tensor(cfg.time_beta_alpha, dtype=torch.float32, device=device)
+        beta = torch.tensor(cfg.time_beta_beta, dtype=torch.float32, device=device)
+        sample = torch.distributions.Beta(alpha, beta).sample((batch,))
+        return sample * cfg.time_scale + cfg.time_offset
+
+    def forward(self, inputs: ModelInputs, actions: Tensor, future_latents: Tensor, noise: Tensor,
+                time: Tensor) -> Losses:
+        """Training losses at flow times ``time`` ``(B,)``: ``x_t = t * noise + (1 - t) * actions``, target
+        ``noise - actions``; foresight target ``future_latents`` ``(B, N, 16, 32, 32)`` (the t+15 frames).
+        """
+        actions = pad_last_dim(actions, self.config.max_action_dim, "actions")
+        self._check_noise(noise, actions.shape[0])
+        prefix, _, generation, _ = self._embed(inputs)
+        t = time.float()[:, None, None]
+        x_t = t * noise + (1 - t) * actions
+        _, middle_out, v_t = self._joint_pass(prefix, generation, inputs.state, x_t, time)
+        views = inputs.view_mask.bool()
+        predicted = self.foresight_latents(middle_out)
+        foresight = F.mse_loss(predicted[views], future_latents.float()[views])
+        return Losses(action=F.mse_loss(v_t, noise - actions, reduction="none"), foresight=foresight)

@@ -1,0 +1,112 @@
+"""The runtime's plain outputs as ROS messages (and nothing else: no logic lives here)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from sensor_msgs.msg import Image
+from std_msgs.msg import Float64MultiArray, MultiArrayDimension
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+from internvla_ros.msg import ActionChunk, PolicyStatus
+from internvla_ros.ros.conversions import NS_PER_S, ns_to_duration, ns_to_time
+from internvla_ros.runtime.commands import ForwardCommand, JointTrajectoryCommand
+from internvla_ros.runtime.status import RuntimeState, RuntimeStatus
+
+STATUS_STATES = {
+    RuntimeState.IDLE: PolicyStatus.STATE_INACTIVE,
+    RuntimeState.RUNNING: PolicyStatus.STATE_RUNNING,
+    RuntimeState.PAUSED: PolicyStatus.STATE_PAUSED,
+    RuntimeState.HOLDING: PolicyStatus.STATE_HOLDING,
+    RuntimeState.ESTOPPED: PolicyStatus.STATE_ESTOPPED,
+}
+
+
+def trajectory_msg(command: JointTrajectoryCommand) -> JointTrajectory:
+    """Stamped with the runtime's time of the first point: the controller starts it then."""
+    msg = JointTrajectory()
+    msg.header.stamp = ns_to_time(command.stamp_ns)
+    msg.joint_names = list(command.joint_names)
+    msg.points = [
+        JointTrajectoryPoint(positions=list(p.positions), velocities=list(p.velocities),
+                             time_from_start=ns_to_duration(p.time_from_start_ns))
+        for p in command.points
+    ]
+    return msg
+
+
+def forward_msg(command: ForwardCommand) -> Float64MultiArray:
+    msg = Float64MultiArray()
+    msg.layout.dim = [MultiArrayDimension(label="joints", size=len(command.values), stride=len(command.values))]
+    msg.data = list(command.values)
+    return msg
+
+
+def action_chunk_msg(chunk_id: int, stamp_ns: int, obs_stamp_ns: int, step_ns: int, start_index: int,
+                     joint_names: Sequence[str], positions: np.ndarray) -> ActionChunk:
+    msg = ActionChunk()
+    msg.header.stamp = ns_to_time(stamp_ns)
+    msg.chunk_id = chunk_id
+    msg.observation_stamp = ns_to_time(obs_stamp_ns)
+    msg.control_period = ns_to_duration(step_ns)
+    msg.horizon = int(positions.shape[0])
+    msg.start_index = max(0, start_index)
+    msg.joint_names = list(joint_names)
+    msg.positions = np.asarray(positions, dtype=np.float64).ravel().tolist()
+    msg.inference_latency = ns_to_duration(max(0, stamp_ns - obs_stamp_ns))
+    return msg
+
+
+def status_msg(status: RuntimeStatus, instruction: str, latency_p50_s: float, latency_p99_s: float,
+               commands_sent: int, invalid_inputs: int, lifecycle_active: bool) -> PolicyStatus:
+    msg = PolicyStatus()
+    msg.header.stamp = ns_to_time(status.stamp_ns)
+    msg.state = STATUS_STATES[status.state] if lifecycle_active else PolicyStatus.STATE_INACTIVE
+    msg.dry_run = status.dry_run
+    msg.instruction = instruction
+    msg.inference_rate = status.inference_rate_hz
+    msg.control_rate = status.control_rate_hz
+    msg.foresight_rate = status.foresight_rate_hz
+    msg.inference_latency_p50 = latency_p50_s
+    msg.inference_latency_p99 = latency_p99_s
+    msg.max_input_age = status.observation_age_last_ns / NS_PER_S
+    msg.chunks_computed = status.chunks_accepted
+    msg.commands_sent = commands_sent
+    msg.inference_overruns = status.overruns
+    msg.chunks_dropped = sum(status.dropped_chunks.values()) + sum(status.rejected_chunks.values())
+    msg.stale_inputs = sum(status.stale.values())
+    msg.invalid_inputs = invalid_inputs + sum(status.rejected.values())
+    msg.commands_clamped = sum(status.clamped.values()) + sum(status.clamped_trajectory.values())
+    msg.commands_rejected = status.inference_failures
+    msg.last_error = status.estop_reason or status.last_error
+    return msg
+
+
+def diagnostics_msg(node_name: str, status: PolicyStatus) -> DiagnosticArray:
+    level = DiagnosticStatus.OK
+    if status.state in (PolicyStatus.STATE_HOLDING, PolicyStatus.STATE_PAUSED) or status.last_error:
+        level = DiagnosticStatus.WARN
+    if status.state in (PolicyStatus.STATE_ESTOPPED, PolicyStatus.STATE_ERROR):
+        level = DiagnosticStatus.ERROR
+    entry = DiagnosticStatus(level=level, name=f"{node_name}: policy", hardware_id=node_name,
+                             message=status.last_error or "ok")
+    fields = ("state", "dry_run", "inference_rate", "control_rate", "foresight_rate", "inference_latency_p50",
+              "inference_latency_p99", "chunks_computed", "commands_sent", "inference_overruns", "chunks_dropped",
+              "stale_inputs", "invalid_inputs", "commands_clamped", "commands_rejected")
+    entry.values = [KeyValue(key=name, value=str(getattr(status, name))) for name in fields]
+    array = DiagnosticArray(status=[entry])
+    array.header = status.header
+    return array
+
+
+def rgb_image_msg(pixels: np.ndarray, stamp_ns: int, frame_id: str) -> Image:
+    msg = Image()
+    msg.header.stamp = ns_to_time(stamp_ns)
+    msg.header.frame_id = frame_id
+    msg.height, msg.width = int(pixels.shape[0]), int(pixels.shape[1])
+    msg.encoding = "rgb8"
+    msg.step = msg.width * 3
+    msg.data = np.ascontiguousarray(pixels, dtype=np.uint8).tobytes()
+    return msg

@@ -1,0 +1,120 @@
+"""The two threads that drive a PolicyRuntime in real time: control and inference.
+
+The control thread sleeps until the runtime's next tick and emits its command; the inference thread
+requests observations when due and waits for the policy (in the node: an inference worker process,
+so the model's compute and GIL never sit on the control thread). The clock is injected, so the ROS
+node drives this with its node clock (sim time included) and the runtime benchmark with the monotonic
+clock; both run the same code.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from internvla_ros.runtime.commands import ControlOutput
+from internvla_ros.runtime.config import NS_PER_S
+from internvla_ros.runtime.errors import PolicyRuntimeError
+from internvla_ros.runtime.observation import Observation
+from internvla_ros.runtime.policy import PolicyResult
+from internvla_ros.runtime.scheduler import ChunkResult, PolicyRuntime
+from internvla_ros.runtime.status import RuntimeState
+
+IDLE_POLL_S = 0.005  # how often the inference thread checks for a due observation
+JOIN_TIMEOUT_S = 30.0
+
+
+class Clock(Protocol):
+    def now_ns(self) -> int: ...
+
+    def sleep_until(self, deadline_ns: int) -> None:
+        """Returns at (or just after) deadline_ns; may return early only on shutdown."""
+        ...
+
+
+@dataclass(frozen=True)
+class ChunkEvent:
+    """An inference that came back, whatever happened to its chunk."""
+
+    observation: Observation
+    result: PolicyResult
+    outcome: ChunkResult
+    ready_ns: int
+
+
+class RuntimeDriver:
+    """Runs the control and inference threads of one runtime until stop()."""
+
+    def __init__(
+        self,
+        runtime: PolicyRuntime,
+        infer: Callable[[Observation], PolicyResult],
+        clock: Clock,
+        publish: Callable[[ControlOutput], None],
+        on_chunk: Callable[[ChunkEvent], None] = lambda event: None,
+        on_problem: Callable[[str, str], None] = lambda key, message: None,
+        on_tick: Callable[[int], None] | None = None,
+    ) -> None:
+        self.runtime = runtime
+        self._infer = infer
+        self._clock = clock
+        self._publish = publish
+        self._on_chunk = on_chunk
+        self._on_problem = on_problem
+        self._on_tick = on_tick
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._threads = [threading.Thread(target=self._control_loop, name="control", daemon=True),
+                         threading.Thread(target=self._inference_loop, name="inference", daemon=True)]
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(JOIN_TIMEOUT_S)
+        self._threads = []
+
+    def _control_loop(self) -> None:
+        runtime, clock = self.runtime, self._clock
+        period_ns = runtime.config.rates.control_period_ns
+        while not self._stop.is_set():
+            now_ns = clock.now_ns()
+            if runtime.state is RuntimeState.IDLE:
+                try:
+                    runtime.start(now_ns)
+                except PolicyRuntimeError as err:
+                    self._on_problem("start", f"waiting to start: {err}")
+                    self._stop.wait(period_ns / NS_PER_S)
+                    continue
+            clock.sleep_until(max(runtime.next_tick_ns, now_ns - period_ns))
+            tick_ns = clock.now_ns()
+            output = runtime.tick(tick_ns)
+            if output is not None:
+                if self._on_tick is not None:
+                    self._on_tick(tick_ns)
+                self._publish(output)
+
+    def _inference_loop(self) -> None:
+        runtime, clock = self.runtime, self._clock
+        while not self._stop.is_set():
+            observation = runtime.poll_observation(clock.now_ns())
+            if observation is None:
+                self._stop.wait(IDLE_POLL_S)
+                continue
+            try:
+                result = self._infer(observation)
+            except PolicyRuntimeError as err:
+                runtime.report_inference_failure(observation.stamp_ns, str(err))
+                self._on_problem("inference", f"inference failed, holding: {err}")
+                continue
+            ready_ns = clock.now_ns()
+            outcome = runtime.submit_chunk(result.actions, observation.stamp_ns, ready_ns)
+            if not outcome.accepted:
+                self._on_problem("chunk", f"chunk not executed: {outcome.reason}")
+            self._on_chunk(ChunkEvent(observation, result, outcome, ready_ns))

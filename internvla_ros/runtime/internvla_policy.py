@@ -1,0 +1,151 @@
+"""The InternVLA-A1 model behind the runtime's Policy interface.
+
+One `infer` call: preprocess the observation (cameras at t and t-15, normalised state, prompt), run the
+prefix once, run the generation (foresight) pass when the runtime asks for it and otherwise reuse its
+cached K/V, then sample the chunk with 10 action steps that only read the cached K/V. Cosmos latents
+are cached per camera frame, so the t-15 frame, which was the current frame of an earlier request, is
+not encoded again. Noise comes from a seeded generator, so a replay of the same observations gives
+the same chunks.
+
+    policy = load_policy(model="models/default")       # the factory the inference worker calls
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from internvla_ros.model.checkpoint import Checkpoint, load_checkpoint
+from internvla_ros.model.modeling import BlockCache
+from internvla_ros.model.preprocessing import ObservationPreprocessor, PreprocessorConfig, load_tokenizer
+from internvla_ros.runtime.observation import CameraFrames, Observation
+from internvla_ros.runtime.policy import PolicyResult
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+LATENT_CACHE_SIZE = 64  # frames; a few seconds of history for three cameras
+WARMUP_CALLS = 2
+
+
+def _now() -> int:
+    return time.monotonic_ns()
+
+
+class InternVLAPolicy:
+    """Observation -> normalised action chunk (chunk_size, max_action_dim), with foresight K/V reuse."""
+
+    def __init__(self, checkpoint: Checkpoint, preprocessor: ObservationPreprocessor, seed: int = 0) -> None:
+        self.model = checkpoint.model
+        self.config = checkpoint.config
+        self.preprocessor = preprocessor
+        self._seed = seed
+        self._generator = torch.Generator().manual_seed(seed)
+        self._generation: BlockCache | None = None
+        self._middle_out: torch.Tensor | None = None
+        self._generation_prompt: str | None = None
+        self._latents: OrderedDict[tuple[str, int], torch.Tensor] = OrderedDict()
+        self.info: dict[str, Any] = {"model": str(checkpoint.directory), "dtype": str(self.model.compute_dtype),
+                                     "parameters": sum(p.numel() for p in self.model.parameters())}
+
+    def reset(self) -> None:
+        self._generator.manual_seed(self._seed)
+        self._generation = self._middle_out = self._generation_prompt = None
+        self._latents.clear()
+
+    def _latent(self, camera: str, stamp_ns: int, frame: torch.Tensor) -> torch.Tensor:
+        key = (camera, stamp_ns)
+        latent = self._latents.get(key)
+        if latent is None:
+            latent = self.model.encode_frames(frame[None])[0]
+            self._latents[key] = latent
+            while len(self._latents) > LATENT_CACHE_SIZE:
+                self._latents.popitem(last=False)
+        return latent
+
+    def _cosmos_latents(self, cameras: Mapping[str, CameraFrames], frames: torch.Tensor) -> torch.Tensor:
+        """(1, n_views, 2, C, h, w): each camera's [t-15, t] latents, encoded once per frame."""
+        cfg = self.config
+        latents = torch.zeros(1, cfg.n_views, cfg.frames_per_view, cfg.cosmos_latent_channels,
+                              *cfg.cosmos_latent_hw)
+        for name, camera in cameras.items():
+            stamps = (camera.history_stamp_ns, camera.current_stamp_ns)
+            for index, stamp in enumerate(stamps):
+                latents[0, camera.slot, index] = self._latent(name, stamp, frames[0, camera.slot, index])
+        return latents
+
+    @torch.inference_mode()
+    def infer(self, observation: Observation) -> PolicyResult:
+        timing: dict[str, int] = {}
+        start = mark = _now()
+
+        def lap(stage: str) -> None:
+            nonlocal mark
+            now = _now()
+            timing[stage] = now - mark
+            mark = now
+
+        current = {camera.slot: camera.current for camera in observation.cameras.values()}
+        history = {camera.slot: camera.history for camera in observation.cameras.values()}
+        inputs = self.preprocessor(current, observation.normalized_state, observation.instruction, history)
+        lap("preprocess")
+        model = self.model
+        prefix, _ = model.embed_prefix(inputs.pixel_values, inputs.image_grid_thw, inputs.input_ids,
+                                       inputs.attention_mask)
+        lap("vision")
+        _, prefix_cache = model.run_prefix(prefix)
+        lap("prefix")
+        stale = observation.instruction != self._generation_prompt
+        if observation.recompute_foresight or self._generation is None or stale:
+            latents = self._cosmos_latents(observation.cameras, inputs.frames)
+            lap("cosmos_encode")
+            generation = model.embed_generation(latents, inputs.view_mask, prefix.positions)
+            self._middle_out, self._generation = model.run_generation(prefix_cache, generation)
+            self._generation_prompt = observation.instruction
+            lap("generation")
+        context = model.action_context(prefix_cache, self._generation)
+        noise = torch.randn(1, self.config.chunk_size, self.config.max_action_dim, generator=self._generator)
+        actions = model.sample_actions(context, inputs.state, noise)
+        lap("actions")
+        preview: dict[str, np.ndarray] = {}
+        if observation.decode_preview and self._middle_out is not None:
+            images = model.decode_foresight(model.foresight_latents(self._middle_out))[0]
+            for name, camera in observation.cameras.items():
+                pixels = ((images[camera.slot].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+                preview[name] = pixels.permute(1, 2, 0).contiguous().numpy()
+            lap("foresight_decode")
+        timing["total"] = _now() - start
+        return PolicyResult(actions=actions[0].float().numpy(), timing_ns=timing, preview=preview)
+
+
+def load_policy(model: str, tokenizer: str | None = None, dtype: str = "float32",
+                cameras: Mapping[str, int] | None = None, seed: int = 0) -> InternVLAPolicy:
+    """The inference worker's factory: load the checkpoint strictly and warm the policy up."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype '{dtype}' is not supported; use one of {sorted(DTYPES)}")
+    started = time.monotonic()
+    checkpoint = load_checkpoint(Path(model), dtype=DTYPES[dtype])
+    preprocessor = ObservationPreprocessor(PreprocessorConfig.from_model_config(checkpoint.config),
+                                           load_tokenizer(Path(tokenizer) if tokenizer else None), stats=None)
+    policy = InternVLAPolicy(checkpoint, preprocessor, seed=seed)
+    loaded = time.monotonic()
+    warmup = warmup_observation(checkpoint.config.n_views, cameras)
+    for _ in range(WARMUP_CALLS):
+        policy.infer(warmup)
+    policy.reset()
+    policy.info.update(load_s=round(loaded - started, 3), warmup_s=round(time.monotonic() - loaded, 3))
+    return policy
+
+
+def warmup_observation(n_views: int, cameras: Mapping[str, int] | None = None) -> Observation:
+    """Black frames in every configured slot and a zero state: exercises every stage once."""
+    slots = dict(cameras) if cameras else {f"image{k}": k for k in range(n_views)}
+    black = np.zeros((240, 320, 3), np.uint8)
+    frames = {name: CameraFrames(slot=slot, current=black, current_stamp_ns=1, history=black, history_stamp_ns=0)
+              for name, slot in slots.items()}
+    return Observation(stamp_ns=1, request_ns=1, cameras=frames, state=np.zeros(1), normalized_state=np.zeros(1),
+                       instruction="warm up", recompute_foresight=True, decode_preview=True)

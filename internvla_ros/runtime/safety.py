@@ -1,0 +1,222 @@
+"""Safety applied to every command the runtime emits, in every mode.
+
+- ``MotionLimiter``: non-finite rejection, position, velocity, acceleration and max-jump limits per joint,
+  relative to the previous command and the time since it; also used point by point on trajectories.
+- ``InputWatchdog``: no fresh camera frame or joint state within its configured age -> hold.
+- ``SafetyGate``: pause/resume, a latching e-stop (until reset) and dry-run.
+- ``EventCounters``: every clamp, reject and stale event by reason; the status reports them all.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from internvla_ros.runtime.config import NS_PER_S, RuntimeConfig
+
+CLAMP_POSITION = "position"
+CLAMP_VELOCITY = "velocity"
+CLAMP_ACCELERATION = "acceleration"
+CLAMP_JUMP = "jump"
+REJECT_NON_FINITE = "non_finite"
+REJECT_TIME = "non_increasing_time"
+STALE_JOINT_STATE = "joint_state"
+STALE_CAMERA_PREFIX = "camera:"
+
+# Categories of EventCounters.
+CLAMPED = "clamped"
+CLAMPED_TRAJECTORY = "clamped_trajectory"
+REJECTED = "rejected"
+STALE = "stale"
+
+
+class EventCounters:
+    """Counts of events by category and reason; never reset behind the user's back."""
+
+    def __init__(self) -> None:
+        self._counts: dict[str, Counter[str]] = {}
+
+    def add(self, category: str, reason: str, count: int = 1) -> None:
+        self._counts.setdefault(category, Counter())[reason] += count
+
+    def get(self, category: str, reason: str) -> int:
+        return self._counts.get(category, Counter())[reason]
+
+    def total(self, category: str) -> int:
+        return sum(self._counts.get(category, Counter()).values())
+
+    def snapshot(self, category: str) -> dict[str, int]:
+        return dict(sorted(self._counts.get(category, Counter()).items()))
+
+
+@dataclass(frozen=True)
+class MotionState:
+    """The last emitted command: positions and velocities (config order) at ``stamp_ns``."""
+
+    positions: np.ndarray
+    velocities: np.ndarray
+    stamp_ns: int
+
+
+@dataclass(frozen=True)
+class LimitedCommand:
+    state: MotionState
+    reasons: frozenset[str]  # what was clamped or rejected for this command
+
+
+class MotionLimiter:
+    """Per-joint limits between consecutive commands. Positions never leave [min, max]; each step stays
+    within min(max_velocity * dt, max_jump); acceleration is limited except where a position limit or a
+    hold forces a stop."""
+
+    def __init__(self, config: RuntimeConfig, counters: EventCounters) -> None:
+        limits = [j.limits for j in config.joints]
+        self._low = np.asarray([lim.min_position for lim in limits])
+        self._high = np.asarray([lim.max_position for lim in limits])
+        self._vmax = np.asarray([lim.max_velocity for lim in limits])
+        self._amax = np.asarray([lim.max_acceleration for lim in limits])
+        self._jump = np.asarray([lim.max_jump for lim in limits])
+        self._counters = counters
+
+    @property
+    def low(self) -> np.ndarray:
+        return self._low
+
+    @property
+    def high(self) -> np.ndarray:
+        return self._high
+
+    @property
+    def max_velocity(self) -> np.ndarray:
+        return self._vmax
+
+    @property
+    def max_acceleration(self) -> np.ndarray:
+        return self._amax
+
+    @property
+    def max_jump(self) -> np.ndarray:
+        return self._jump
+
+    def initial_state(self, positions: np.ndarray, stamp_ns: int) -> MotionState:
+        """The measured joint positions, clipped into limits, at rest: the start of every motion."""
+        start = np.clip(np.asarray(positions, dtype=np.float64), self._low, self._high)
+        return MotionState(start, np.zeros_like(start), stamp_ns)
+
+    def hold(self, previous: MotionState, stamp_ns: int) -> MotionState:
+        """Stay at the last safe position, at rest."""
+        return MotionState(previous.positions.copy(), np.zeros_like(previous.positions), stamp_ns)
+
+    def limit(
+        self, previous: MotionState, target: np.ndarray, stamp_ns: int, category: str = CLAMPED
+    ) -> LimitedCommand:
+        """The closest command to ``target`` reachable from ``previous`` within every limit."""
+        target = np.asarray(target, dtype=np.float64)
+        reasons: set[str] = set()
+        if stamp_ns <= previous.stamp_ns:
+            self._counters.add(REJECTED, REJECT_TIME)
+            return LimitedCommand(self.hold(previous, previous.stamp_ns), frozenset({REJECT_TIME}))
+        if target.shape != previous.positions.shape or not np.isfinite(target).all():
+            self._counters.add(REJECTED, REJECT_NON_FINITE)
+            return LimitedCommand(self.hold(previous, stamp_ns), frozenset({REJECT_NON_FINITE}))
+        dt = (stamp_ns - previous.stamp_ns) / NS_PER_S
+
+        clipped = np.clip(target, self._low, self._high)
+        if not np.array_equal(clipped, target):
+            reasons.add(CLAMP_POSITION)
+        velocity = (clipped - previous.positions) / dt
+        limited = np.clip(velocity, -self._vmax, self._vmax)
+        if not np.array_equal(limited, velocity):
+            reasons.add(CLAMP_VELOCITY)
+        dv = self._amax * dt
+        accel_limited = np.clip(limited, previous.velocities - dv, previous.velocities + dv)
+        if not np.array_equal(accel_limited, limited):
+            reasons.add(CLAMP_ACCELERATION)
+        step = accel_limited * dt
+        capped = np.clip(step, -self._jump, self._jump)
+        if not np.array_equal(capped, step):
+            reasons.add(CLAMP_JUMP)
+        positions = previous.positions + capped
+        final = np.clip(positions, self._low, self._high)
+        if not np.array_equal(final, positions):
+            reasons.add(CLAMP_POSITION)
+        for reason in reasons:
+            self._counters.add(category, reason)
+        velocities = (final - previous.positions) / dt
+        return LimitedCommand(MotionState(final, velocities, stamp_ns), frozenset(reasons))
+
+    def limit_path(self, previous: MotionState, stamps_ns: Sequence[int], targets: np.ndarray) -> list[MotionState]:
+        """Limits a timed path point by point, starting from ``previous`` (not committed anywhere)."""
+        states = []
+        state = previous
+        for stamp, target in zip(stamps_ns, targets, strict=True):
+            state = self.limit(state, target, stamp, CLAMPED_TRAJECTORY).state
+            states.append(state)
+        return states
+
+
+class InputWatchdog:
+    """Tracks the newest stamp of each input; any input older than its max age makes the runtime hold."""
+
+    def __init__(self, config: RuntimeConfig) -> None:
+        self._max_age_ns: dict[str, int] = {STALE_JOINT_STATE: config.safety.joint_state_max_age_ns}
+        for camera in config.cameras:
+            self._max_age_ns[STALE_CAMERA_PREFIX + camera.name] = config.safety.camera_max_age_ns
+        self._latest_ns: dict[str, int] = {}
+
+    def update(self, source: str, stamp_ns: int) -> None:
+        if source not in self._max_age_ns:
+            msg = f"unknown input {source!r}; known {sorted(self._max_age_ns)}"
+            raise KeyError(msg)
+        self._latest_ns[source] = max(stamp_ns, self._latest_ns.get(source, stamp_ns))
+
+    def stale(self, now_ns: int) -> tuple[str, ...]:
+        """Inputs never seen, or last seen longer ago than their max age (sorted, for stable reports)."""
+        return tuple(
+            sorted(
+                source
+                for source, max_age in self._max_age_ns.items()
+                if source not in self._latest_ns or now_ns - self._latest_ns[source] > max_age
+            )
+        )
+
+    def ages_ns(self, now_ns: int) -> Mapping[str, int]:
+        return {source: now_ns - stamp for source, stamp in sorted(self._latest_ns.items())}
+
+
+class SafetyGate:
+    """Operator-level switches: pause/resume, a latching e-stop, and dry-run (compute, never command)."""
+
+    def __init__(self, dry_run: bool) -> None:
+        self.dry_run = dry_run
+        self._paused = False
+        self._estop_reason: str | None = None
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    @property
+    def estopped(self) -> bool:
+        return self._estop_reason is not None
+
+    @property
+    def estop_reason(self) -> str | None:
+        return self._estop_reason
+
+    def pause(self) -> None:
+        self._paused = True
+
+    def resume(self) -> None:
+        self._paused = False
+
+    def estop(self, reason: str) -> None:
+        """Latches: stays engaged through resume() until reset_estop()."""
+        if self._estop_reason is None:
+            self._estop_reason = reason
+
+    def reset_estop(self) -> None:
+        self._estop_reason = None

@@ -1,0 +1,87 @@
+"""A snapshot of the runtime for operators; the node publishes it as a PolicyStatus message."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import Enum
+
+from internvla_ros.runtime.config import NS_PER_S
+
+RATE_WINDOW = 50  # events over which a rate is measured
+
+
+class RuntimeState(str, Enum):
+    IDLE = "idle"  # not started: nothing is commanded
+    RUNNING = "running"
+    PAUSED = "paused"  # operator pause: holding the last safe position
+    ESTOPPED = "estopped"  # latched until reset_estop(): holding
+    HOLDING = "holding"  # stale input: holding until every input is fresh again
+
+
+class RateMeter:
+    """Average rate over the last RATE_WINDOW events, from their integer-ns stamps."""
+
+    def __init__(self, window: int = RATE_WINDOW) -> None:
+        self._stamps: deque[int] = deque(maxlen=window)
+
+    def add(self, stamp_ns: int) -> None:
+        self._stamps.append(stamp_ns)
+
+    def rate_hz(self) -> float:
+        if len(self._stamps) < 2 or self._stamps[-1] <= self._stamps[0]:
+            return 0.0
+        return (len(self._stamps) - 1) * NS_PER_S / (self._stamps[-1] - self._stamps[0])
+
+
+class LatencyStats:
+    """Last, mean and max of a duration in ns."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.last_ns = 0
+        self.max_ns = 0
+        self._sum_ns = 0
+
+    def add(self, duration_ns: int) -> None:
+        self.count += 1
+        self.last_ns = duration_ns
+        self.max_ns = max(self.max_ns, duration_ns)
+        self._sum_ns += duration_ns
+
+    @property
+    def mean_ns(self) -> int:
+        return self._sum_ns // self.count if self.count else 0
+
+
+@dataclass(frozen=True)
+class RuntimeStatus:
+    stamp_ns: int
+    state: RuntimeState
+    mode: str
+    dry_run: bool
+    control_rate_hz: float  # measured
+    inference_rate_hz: float  # measured: accepted chunks per second
+    foresight_rate_hz: float  # measured: generation-pass recomputes requested per second
+    preview_rate_hz: float
+    inference_latency_last_ns: int  # request -> chunk handed back
+    inference_latency_mean_ns: int
+    inference_latency_max_ns: int
+    observation_age_last_ns: int  # observation stamp -> chunk handed back (what delay compensation skips)
+    control_ticks: int
+    missed_control_ticks: int
+    chunks_accepted: int
+    last_start_index: int  # the chunk index executed first by the newest plan
+    overruns: int  # inferences slower than their period
+    inference_timeouts: int  # inferences never handed back within a chunk's duration
+    inference_failures: int
+    clamped: Mapping[str, int]  # per-tick command clamps by reason
+    clamped_trajectory: Mapping[str, int]  # trajectory point clamps by reason
+    rejected: Mapping[str, int]  # rejected commands and inputs by reason
+    rejected_chunks: Mapping[str, int]
+    dropped_chunks: Mapping[str, int]
+    stale: Mapping[str, int]  # stale-input events by input
+    stale_inputs: tuple[str, ...]  # inputs stale right now
+    estop_reason: str
+    last_error: str

@@ -1,0 +1,246 @@
+"""policy_node under bad inputs and faults, over the real middleware.
+
+The test process plays the robot (joint_states and three cameras) so it can break each input on
+purpose; the node runs in its own process with an analytic policy in the real inference worker. For
+every fault: a clear log line and status, a safe hold, no crash, and recovery once the input is
+healthy again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rclpy
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Float64MultiArray, String
+from std_srvs.srv import Trigger
+from trajectory_msgs.msg import JointTrajectory
+
+from internvla_ros.msg import PolicyStatus
+from internvla_ros.runtime.config import RuntimeConfig
+
+from .conftest import CONFIG_DIR, spin_until
+from .policies import write_unit_stats
+
+NAMESPACE = "/faults"
+CONFIG_FILE = CONFIG_DIR / "dual_arm.yaml"
+STARTUP_TIMEOUT_S = 60.0
+FAULT_TIMEOUT_S = 4.0
+IMAGE_SHAPE = (48, 64, 3)
+
+
+class FakeRobot:
+    """Publishes joint_states at 100 Hz and every camera at 15 Hz; each stream can be broken on purpose."""
+
+    def __init__(self, node: rclpy.node.Node, config: RuntimeConfig) -> None:
+        self.node = node
+        self.names = list(config.joint_names)
+        self.positions = [0.5 * (j.limits.min_position + j.limits.max_position) for j in config.joints]
+        self.joint_fault: Callable[[JointState], JointState | None] | None = None
+        self.image_fault: dict[str, Callable[[Image], Image | None]] = {}
+        self._joints = node.create_publisher(JointState, f"{NAMESPACE}/joint_states", qos_profile_sensor_data)
+        self._cameras = {c.name: node.create_publisher(Image, f"{NAMESPACE}/{c.topic}", qos_profile_sensor_data)
+                         for c in config.cameras}
+        node.create_timer(0.01, self._publish_joints)
+        node.create_timer(1 / 15, self._publish_images)
+
+    def _publish_joints(self) -> None:
+        msg = JointState(name=self.names, position=self.positions)
+        msg.header.stamp = self.node.get_clock().now().to_msg()
+        if self.joint_fault is not None:
+            msg = self.joint_fault(msg)
+        if msg is not None:
+            self._joints.publish(msg)
+
+    def _publish_images(self) -> None:
+        pixels = np.full(IMAGE_SHAPE, 90, np.uint8)
+        for name, publisher in self._cameras.items():
+            msg = Image(height=IMAGE_SHAPE[0], width=IMAGE_SHAPE[1], encoding="rgb8", step=IMAGE_SHAPE[1] * 3)
+            msg.header.stamp = self.node.get_clock().now().to_msg()
+            msg.data = pixels.tobytes()
+            fault = self.image_fault.get(name)
+            if fault is not None:
+                msg = fault(msg)
+            if msg is not None:
+                publisher.publish(msg)
+
+
+def bad_size(msg: Image) -> Image:
+    msg.height = msg.height * 2  # claims twice the rows its data holds
+    return msg
+
+
+def unknown_encoding(msg: Image) -> Image:
+    msg.encoding = "yuv422"
+    return msg
+
+
+def zero_size(msg: Image) -> Image:
+    msg.height, msg.width, msg.step, msg.data = 0, 0, 0, b""
+    return msg
+
+
+def mismatched_step(msg: Image) -> Image:
+    msg.step = msg.step + 7
+    return msg
+
+
+def nan_position(msg: JointState) -> JointState:
+    msg.position = [float("nan"), *msg.position[1:]]
+    return msg
+
+
+def missing_joint(msg: JointState) -> JointState:
+    msg.name, msg.position = msg.name[1:], msg.position[1:]
+    return msg
+
+
+def duplicated_name(msg: JointState) -> JointState:
+    msg.name = [msg.name[0], *msg.name[:-1]]
+    return msg
+
+
+def extra_joint(msg: JointState) -> JointState:
+    msg.name, msg.position = [*msg.name, "head_pan"], [*msg.position, 0.1]
+    return msg
+
+
+class OutOfOrder:
+    """Every other message carries a stamp 0.5 s in the past."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self, msg: JointState) -> JointState:
+        self.count += 1
+        if self.count % 2:
+            stamp = msg.header.stamp
+            msg.header.stamp.sec = stamp.sec - 1 if stamp.nanosec < 500_000_000 else stamp.sec
+            msg.header.stamp.nanosec = (stamp.nanosec + 500_000_000) % 1_000_000_000
+        return msg
+
+
+@pytest.mark.slow
+def test_faults_hold_safely_and_recover(ros_context, start_node, tmp_path: Path) -> None:
+    config = RuntimeConfig.from_yaml(CONFIG_FILE)
+    model = write_unit_stats(tmp_path / "model", config.robot_type, config.dim)
+    policy = start_node("internvla_ros.ros.policy_node", "--params-file", str(CONFIG_FILE),
+                        "-p", f"model_path:={model}", "-p", "policy_factory:=test.ros.policies:sine_policy",
+                        "-p", "autostart:=true", "-p", "safety.dry_run:=false", "-p", "instruction:=wave",
+                        "-p", "status_rate_hz:=10.0", "-r", f"__ns:={NAMESPACE}")
+    node = rclpy.create_node("fault_robot", context=ros_context)
+    executor = SingleThreadedExecutor(context=ros_context)
+    executor.add_node(node)
+    robot = FakeRobot(node, config)
+    statuses: list[PolicyStatus] = []
+    gripper: list[Float64MultiArray] = []
+    node.create_subscription(PolicyStatus, f"{NAMESPACE}/policy_node/status", statuses.append, 50)
+    node.create_subscription(Float64MultiArray, f"{NAMESPACE}/left_gripper_controller/commands", gripper.append, 200)
+    instruction = node.create_publisher(String, f"{NAMESPACE}/instruction", QoSProfile(
+        depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL))
+
+    def alive() -> bool:
+        return policy.process.poll() is None
+
+    def wait_state(state: int, timeout_s: float = FAULT_TIMEOUT_S) -> PolicyStatus:
+        statuses.clear()
+        ok = spin_until(executor, lambda: not alive() or any(s.state == state for s in statuses), timeout_s)
+        assert alive(), policy.output()[-3000:]
+        assert ok, f"state {state} not reached; last: {statuses[-1] if statuses else None}\n{policy.output()[-2000:]}"
+        return next(s for s in statuses if s.state == state)
+
+    def running() -> PolicyStatus:
+        return wait_state(PolicyStatus.STATE_RUNNING)
+
+    assert spin_until(executor, lambda: any(s.state == PolicyStatus.STATE_RUNNING for s in statuses) or not alive(),
+                      STARTUP_TIMEOUT_S), policy.output()[-3000:]
+
+    # Controllers nobody subscribes to are named in the status (only one gripper has a listener here).
+    status = running()
+    assert "no subscriber on" in status.last_error and "right_arm_controller/joint_trajectory" in status.last_error
+    for controller in config.controllers:  # now every controller is "there"
+        kind = (JointTrajectory, "joint_trajectory") if controller.type == "joint_trajectory" else (
+            Float64MultiArray, "commands")
+        node.create_subscription(kind[0], f"{NAMESPACE}/{controller.name}/{kind[1]}", lambda msg: None, 10)
+    assert spin_until(executor, lambda: bool(statuses) and "no subscriber" not in statuses[-1].last_error, 5.0)
+
+    # Each broken camera stream: rejected with the reason, the camera goes stale -> hold, then recovery.
+    for fault, log_text in ((bad_size, "data holds"), (unknown_encoding, "unsupported encoding 'yuv422'"),
+                            (zero_size, "empty image"), (mismatched_step, "does not match width")):
+        invalid_before = running().invalid_inputs
+        robot.image_fault["left_wrist"] = fault
+        held = wait_state(PolicyStatus.STATE_HOLDING)
+        assert held.invalid_inputs > invalid_before and "left_wrist" in held.last_error
+        assert log_text in policy.output(), log_text
+        gripper.clear()
+        spin_until(executor, lambda: len(gripper) >= 10, 2.0)
+        assert len({tuple(m.data) for m in gripper}) == 1, "the hold must keep the gripper command constant"
+        robot.image_fault.clear()
+
+    # A camera that stops publishing, and silent joint_states: stale -> hold -> recovery.
+    running()
+    robot.image_fault["head"] = lambda msg: None
+    assert "camera:head" in wait_state(PolicyStatus.STATE_HOLDING).last_error
+    robot.image_fault.clear()
+    running()
+    robot.joint_fault = lambda msg: None
+    stale_before = statuses[-1].stale_inputs if statuses else 0
+    held = wait_state(PolicyStatus.STATE_HOLDING)
+    assert held.stale_inputs > stale_before and "joint_state" in held.last_error
+    robot.joint_fault = None
+
+    # Bad joint_states are refused (and the state goes stale); a superset of joints is fine.
+    for fault in (nan_position, missing_joint, duplicated_name):
+        running()
+        robot.joint_fault = fault
+        held = wait_state(PolicyStatus.STATE_HOLDING)
+        assert held.invalid_inputs > 0
+        robot.joint_fault = None
+    assert "joint_states ignored" in policy.output()
+    for fault in (extra_joint, OutOfOrder()):
+        running()
+        robot.joint_fault = fault
+        spin_until(executor, lambda: False, 1.0)
+        assert statuses[-1].state == PolicyStatus.STATE_RUNNING, (fault, statuses[-1])
+        robot.joint_fault = None
+
+    # Instructions: empty is ignored, too long fails inference (hold), NaN from the model is refused.
+    chunks_before = running().chunks_computed
+    instruction.publish(String(data="   "))
+    spin_until(executor, lambda: "empty instruction ignored" in policy.output(), FAULT_TIMEOUT_S)
+    assert running().instruction == "wave"
+    instruction.publish(String(data="wave " * 200))
+    spin_until(executor, lambda: "inference failed" in policy.output(), FAULT_TIMEOUT_S)
+    assert "more than tokenizer_max_length=48; shorten the instruction" in policy.output()
+    stuck = statuses[-1].chunks_computed
+    spin_until(executor, lambda: False, 1.0)
+    assert statuses[-1].chunks_computed == stuck, "no chunk may be executed for an unusable instruction"
+    instruction.publish(String(data="nan please"))
+    spin_until(executor, lambda: "non_finite" in policy.output() or "non-finite" in policy.output(), FAULT_TIMEOUT_S)
+    stuck = statuses[-1].chunks_computed
+    spin_until(executor, lambda: False, 1.0)
+    assert statuses[-1].chunks_computed == stuck, "a NaN chunk must never be executed"
+    instruction.publish(String(data="wave again"))
+    assert spin_until(executor, lambda: bool(statuses) and statuses[-1].chunks_computed > stuck + 2, FAULT_TIMEOUT_S)
+    assert statuses[-1].chunks_computed > chunks_before
+
+    # E-stop latches until reset; the services answer.
+    client = node.create_client(Trigger, f"{NAMESPACE}/policy_node/estop")
+    reset = node.create_client(Trigger, f"{NAMESPACE}/policy_node/reset")
+    assert client.wait_for_service(timeout_sec=5.0)
+    future = client.call_async(Trigger.Request())
+    spin_until(executor, future.done, 5.0)
+    assert future.result().success
+    wait_state(PolicyStatus.STATE_ESTOPPED)
+    spin_until(executor, lambda: False, 0.5)
+    assert statuses[-1].state == PolicyStatus.STATE_ESTOPPED, "e-stop must latch"
+    future = reset.call_async(Trigger.Request())
+    spin_until(executor, future.done, 5.0)
+    running()
+    assert alive()
+    assert policy.stop() == 0

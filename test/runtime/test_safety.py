@@ -1,0 +1,194 @@
+"""Every clamp and reject path of the motion limiter, the input watchdog and the operator gate."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from internvla_ros.runtime.safety import (
+    CLAMP_ACCELERATION,
+    CLAMP_JUMP,
+    CLAMP_POSITION,
+    CLAMP_VELOCITY,
+    CLAMPED,
+    REJECT_NON_FINITE,
+    REJECT_TIME,
+    REJECTED,
+    EventCounters,
+    InputWatchdog,
+    MotionLimiter,
+    MotionState,
+    SafetyGate,
+)
+
+from .harness import MS, make_config
+
+DT_NS = 20 * MS  # the base config's 50 Hz control period
+DT = DT_NS / 1e9
+EPS = 1e-9
+
+
+def make_limiter(**overrides: object) -> tuple[MotionLimiter, EventCounters]:
+    counters = EventCounters()
+    return MotionLimiter(make_config(**overrides), counters), counters
+
+
+def at_rest(positions: list[float], stamp_ns: int = 0) -> MotionState:
+    values = np.asarray(positions, dtype=float)
+    return MotionState(values, np.zeros_like(values), stamp_ns)
+
+
+def test_target_within_every_limit_passes_unchanged() -> None:
+    limiter, counters = make_limiter()
+    velocities = np.array([0.5, 0.5, 0.25, 0.5])
+    previous = MotionState(np.array([0.0, 0.0, 0.04, 0.2]), velocities, 0)
+    target = previous.positions + (velocities + 0.1) * DT
+    result = limiter.limit(previous, target, DT_NS)
+    np.testing.assert_allclose(result.state.positions, target)
+    assert result.reasons == frozenset()
+    assert counters.total(CLAMPED) == 0
+
+
+def test_position_limit_clamps_and_counts() -> None:
+    limiter, counters = make_limiter()
+    previous = MotionState(np.array([1.99, 0.0, 0.04, 0.2]), np.array([0.5, 0.0, 0.0, 0.0]), 0)
+    result = limiter.limit(previous, np.array([2.5, 0.0, 0.04, 0.2]), DT_NS)
+    assert result.state.positions[0] == pytest.approx(2.0)
+    assert CLAMP_POSITION in result.reasons
+    assert counters.get(CLAMPED, CLAMP_POSITION) == 1
+
+
+def test_velocity_limit_clamps_and_counts() -> None:
+    limiter, counters = make_limiter(joints__limits__shoulder__max_acceleration=1000.0)
+    previous = MotionState(np.array([0.0, 0.0, 0.04, 0.2]), np.array([1.0, 0.0, 0.0, 0.0]), 0)
+    result = limiter.limit(previous, np.array([0.05, 0.0, 0.04, 0.2]), DT_NS)  # 2.5 rad/s asked, 1.0 allowed
+    assert result.state.positions[0] == pytest.approx(1.0 * DT)
+    assert result.state.velocities[0] == pytest.approx(1.0)
+    assert result.reasons == frozenset({CLAMP_VELOCITY})
+    assert counters.get(CLAMPED, CLAMP_VELOCITY) == 1
+
+
+def test_acceleration_limit_clamps_and_counts() -> None:
+    limiter, counters = make_limiter()
+    previous = at_rest([0.0, 0.0, 0.04, 0.2])
+    result = limiter.limit(previous, np.array([0.015, 0.0, 0.04, 0.2]), DT_NS)  # 0.75 rad/s from rest
+    assert result.state.velocities[0] == pytest.approx(10.0 * DT)  # a_max * dt
+    assert result.reasons == frozenset({CLAMP_ACCELERATION})
+    assert counters.get(CLAMPED, CLAMP_ACCELERATION) == 1
+
+
+def test_jump_limit_clamps_and_counts() -> None:
+    """A joint whose velocity limit allows more per period than max_jump: the jump cap binds."""
+    limiter, counters = make_limiter(
+        joints__limits__elbow__max_velocity=50.0,
+        joints__limits__elbow__max_acceleration=10000.0,
+        joints__limits__elbow__max_jump=0.05,
+    )
+    previous = at_rest([0.0, 0.0, 0.04, 0.2])
+    result = limiter.limit(previous, np.array([0.0, 0.8, 0.04, 0.2]), DT_NS)
+    assert result.state.positions[1] == pytest.approx(0.05)
+    assert result.reasons == frozenset({CLAMP_JUMP})
+    assert counters.get(CLAMPED, CLAMP_JUMP) == 1
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_target_is_rejected_and_held(bad: float) -> None:
+    limiter, counters = make_limiter()
+    previous = MotionState(np.array([0.3, 0.1, 0.04, 0.2]), np.array([0.2, 0.0, 0.0, 0.0]), 0)
+    result = limiter.limit(previous, np.array([0.3, bad, 0.04, 0.2]), DT_NS)
+    np.testing.assert_array_equal(result.state.positions, previous.positions)
+    assert not result.state.velocities.any()
+    assert result.reasons == frozenset({REJECT_NON_FINITE})
+    assert counters.get(REJECTED, REJECT_NON_FINITE) == 1
+
+
+def test_wrong_length_target_is_rejected() -> None:
+    limiter, counters = make_limiter()
+    result = limiter.limit(at_rest([0.0, 0.0, 0.04, 0.2]), np.zeros(3), DT_NS)
+    assert result.reasons == frozenset({REJECT_NON_FINITE})
+    assert counters.get(REJECTED, REJECT_NON_FINITE) == 1
+
+
+def test_non_increasing_time_is_rejected() -> None:
+    limiter, counters = make_limiter()
+    result = limiter.limit(at_rest([0.0, 0.0, 0.04, 0.2], stamp_ns=DT_NS), np.array([0.01, 0, 0.04, 0.2]), DT_NS)
+    assert result.reasons == frozenset({REJECT_TIME})
+    assert counters.get(REJECTED, REJECT_TIME) == 1
+
+
+def test_initial_state_is_clipped_into_limits() -> None:
+    limiter, _ = make_limiter()
+    state = limiter.initial_state(np.array([2.5, -3.0, 0.5, -1.0]), 0)
+    np.testing.assert_allclose(state.positions, [2.0, -1.5, 0.08, 0.0])
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(
+    targets=hnp.arrays(
+        np.float64,
+        (30, 4),
+        elements=st.floats(min_value=-1e6, max_value=1e6) | st.sampled_from([np.nan, np.inf, -np.inf]),
+    ),
+    dts_ms=st.lists(st.integers(min_value=1, max_value=200), min_size=30, max_size=30),
+)
+def test_any_target_sequence_stays_within_limits(targets: np.ndarray, dts_ms: list[int]) -> None:
+    limiter, _ = make_limiter()
+    state = at_rest([0.0, 0.0, 0.04, 0.2])
+    stamp = 0
+    for target, dt_ms in zip(targets, dts_ms, strict=True):
+        stamp += dt_ms * MS
+        new = limiter.limit(state, target, stamp).state
+        step = np.abs(new.positions - state.positions)
+        dt = dt_ms * MS / 1e9
+        assert np.isfinite(new.positions).all() and np.isfinite(new.velocities).all()
+        assert (new.positions >= limiter.low - EPS).all() and (new.positions <= limiter.high + EPS).all()
+        assert (step <= limiter.max_velocity * dt + EPS).all()
+        assert (step <= limiter.max_jump + EPS).all()
+        state = new
+
+
+def test_acceleration_holds_while_tracking_within_the_workspace() -> None:
+    """Away from position limits, consecutive command velocities never change faster than a_max."""
+    limiter, _ = make_limiter()
+    state = at_rest([0.0, 0.0, 0.04, 0.2])
+    rng = np.random.default_rng(0)
+    for k in range(1, 200):
+        target = np.array([np.sin(k * 0.3), np.cos(k * 0.2), 0.04, 0.2]) * [1.0, 1.0, 1.0, 1.0]
+        target[:2] += rng.normal(0.0, 0.05, 2)
+        new = limiter.limit(state, target, k * DT_NS).state
+        dv = np.abs(new.velocities - state.velocities)
+        assert (dv <= limiter.max_acceleration * DT + 1e-6).all()
+        state = new
+
+
+def test_watchdog_reports_never_seen_and_too_old_inputs() -> None:
+    watchdog = InputWatchdog(make_config())  # camera 0.2 s, joint state 0.1 s
+    assert watchdog.stale(0) == ("camera:head", "camera:wrist", "joint_state")
+    watchdog.update("joint_state", 0)
+    watchdog.update("camera:head", 0)
+    watchdog.update("camera:wrist", 0)
+    assert watchdog.stale(100 * MS) == ()
+    assert watchdog.stale(100 * MS + 1) == ("joint_state",)
+    assert watchdog.stale(200 * MS + 1) == ("camera:head", "camera:wrist", "joint_state")
+    watchdog.update("camera:head", 150 * MS)
+    watchdog.update("camera:head", 10 * MS)  # an older stamp never rewinds the input
+    assert watchdog.stale(300 * MS) == ("camera:wrist", "joint_state")
+    with pytest.raises(KeyError):
+        watchdog.update("camera:tail", 0)
+
+
+def test_estop_latches_through_resume_until_reset() -> None:
+    gate = SafetyGate(dry_run=False)
+    gate.estop("operator")
+    gate.estop("second press")
+    gate.resume()
+    assert gate.estopped and gate.estop_reason == "operator"
+    gate.reset_estop()
+    assert not gate.estopped
+    gate.pause()
+    assert gate.paused
+    gate.resume()
+    assert not gate.paused
