@@ -15,6 +15,8 @@ COMMAND_MODULES = [
     "internvla_ros.cli.model_info",
     "internvla_ros.cli.make_default",
     "internvla_ros.cli.demo",
+    "internvla_ros.cli.bench_runtime",
+    "internvla_ros.cli.replay",
 ]
 
 

@@ -17,23 +17,16 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from internvla_ros.cli.groups import verb_group
 from internvla_ros.model.checkpoint import WEIGHTS_FILE, build_empty, check_shapes, expected_shapes, read_header
 from internvla_ros.model.config import CONFIG_FILE, load_config, read_json
 from internvla_ros.model.cost import chunk_flops, parameter_groups
 from internvla_ros.model.errors import ModelError
 
-GROUP = "model"
-VERBS_ATTR = "internvla_verbs"
-"""Attribute of the ``model`` group parser holding its verb table, so other modules can add verbs."""
-
 
 def model_verbs(subparsers: argparse._SubParsersAction) -> argparse._SubParsersAction:
-    """The verb table of ``internvla model``, created on first use."""
-    parser = subparsers.choices.get(GROUP)
-    if parser is None:
-        parser = subparsers.add_parser(GROUP, help="inspect and convert model checkpoints")
-        setattr(parser, VERBS_ATTR, parser.add_subparsers(dest="model_command", required=True, metavar="VERB"))
-    return getattr(parser, VERBS_ATTR)
+    """The verb table of ``internvla model``."""
+    return verb_group(subparsers, "model", "inspect and make model checkpoints")
 
 
 def _count(value: int) -> str:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from builtin_interfaces.msg import Duration, Time
+from rclpy.clock import Clock
+from rclpy.context import Context
+from rclpy.time import Time as RclpyTime
 
 NS_PER_S = 1_000_000_000
 
@@ -21,3 +24,18 @@ def duration_to_ns(duration: Duration) -> int:
 
 def ns_to_duration(ns: int) -> Duration:
     return Duration(sec=ns // NS_PER_S, nanosec=ns % NS_PER_S)
+
+
+class RclpyClock:
+    """An rclpy clock (ROS time with sim time, or steady time) as the runtime driver's Clock."""
+
+    def __init__(self, clock: Clock, context: Context) -> None:
+        self._clock = clock
+        self._context = context
+
+    def now_ns(self) -> int:
+        return self._clock.now().nanoseconds
+
+    def sleep_until(self, deadline_ns: int) -> None:
+        self._clock.sleep_until(RclpyTime(nanoseconds=deadline_ns, clock_type=self._clock.clock_type),
+                                context=self._context)

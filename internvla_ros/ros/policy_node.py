@@ -29,7 +29,6 @@ from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackRet
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.signals import SignalHandlerOptions
-from rclpy.time import Time
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Float64MultiArray, String
 from std_srvs.srv import Trigger
@@ -39,7 +38,7 @@ from internvla_ros.model.errors import ModelError
 from internvla_ros.model.normalization import NormalizationStats
 from internvla_ros.msg import ActionChunk, PolicyStatus
 from internvla_ros.paths import default_model_dir
-from internvla_ros.ros.conversions import NS_PER_S, time_to_ns
+from internvla_ros.ros.conversions import NS_PER_S, RclpyClock, time_to_ns
 from internvla_ros.ros.images import ImageError, to_rgb
 from internvla_ros.ros.messages import (
     action_chunk_msg,
@@ -50,7 +49,7 @@ from internvla_ros.ros.messages import (
     trajectory_msg,
 )
 from internvla_ros.runtime import ActionMapper, ControlOutput, PolicyRuntime, RuntimeConfig
-from internvla_ros.runtime.driver import ChunkEvent, RuntimeDriver
+from internvla_ros.runtime.driver import DEFAULT_CONTROL_PRIORITY, ChunkEvent, RuntimeDriver
 from internvla_ros.runtime.errors import PolicyRuntimeError
 from internvla_ros.runtime.worker import InferenceWorker
 
@@ -67,6 +66,7 @@ NODE_PARAMETERS: dict[str, Any] = {
     "instruction": "",
     "status_rate_hz": 2.0,
     "startup_timeout_s": 600.0,
+    "control_priority": DEFAULT_CONTROL_PRIORITY,  # SCHED_FIFO priority of the control thread; 0 = normal
 }
 # Declared by rclpy itself on every node.
 ROS_BUILTIN_PARAMETERS = {"use_sim_time", "start_type_description_service"}
@@ -76,21 +76,6 @@ LATENCY_WINDOW = 200
 LOG_THROTTLE_S = 2.0
 INSTRUCTION_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                              durability=DurabilityPolicy.TRANSIENT_LOCAL)
-
-
-class NodeClock:
-    """The node's clock (ROS time, sim time included) as the runtime driver's Clock."""
-
-    def __init__(self, node: LifecycleNode) -> None:
-        self._clock = node.get_clock()
-        self._context = node.context
-
-    def now_ns(self) -> int:
-        return self._clock.now().nanoseconds
-
-    def sleep_until(self, deadline_ns: int) -> None:
-        self._clock.sleep_until(Time(nanoseconds=deadline_ns, clock_type=self._clock.clock_type),
-                                context=self._context)
 
 
 class PolicyNode(LifecycleNode):
@@ -164,8 +149,10 @@ class PolicyNode(LifecycleNode):
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         assert self._runtime is not None and self._worker is not None
         self._active = True
-        self._driver = RuntimeDriver(self._runtime, self._worker.infer, NodeClock(self), self._publish_commands,
-                                     on_chunk=self._on_chunk, on_problem=self._warn)
+        clock = RclpyClock(self.get_clock(), self.context)
+        self._driver = RuntimeDriver(self._runtime, self._worker.infer, clock, self._publish_commands,
+                                     on_chunk=self._on_chunk, on_problem=self._warn,
+                                     control_priority=int(self.get_parameter("control_priority").value))
         self._driver.start()
         self.get_logger().info("activated")
         return super().on_activate(state)
@@ -394,6 +381,9 @@ class PolicyNode(LifecycleNode):
             p50, p99 = (np.percentile(latencies, [50, 99]) if latencies.size else (0.0, 0.0))
             msg = status_msg(self._runtime.status(now_ns), self._instruction, float(p50), float(p99),
                              self._commands_sent, self._invalid_inputs, self._active)
+            if self._active and not self._instruction:
+                waiting = "no instruction yet: publish one on the instruction topic (holding until then)"
+                msg.last_error = f"{msg.last_error}; {waiting}" if msg.last_error else waiting
             unheard = self._controllers_without_subscribers()
             if self._active and unheard:
                 warning = (f"no subscriber on {', '.join(unheard)}: is the controller loaded and "

@@ -174,16 +174,25 @@ class RuntimeConfig:
 
     @classmethod
     def from_yaml(
-        cls, path: str | Path, node_name: str = DEFAULT_NODE_NAME, ignore: Collection[str] = ()
+        cls,
+        path: str | Path,
+        node_name: str = DEFAULT_NODE_NAME,
+        ignore: Collection[str] = (),
+        overrides: Mapping[str, Any] | None = None,
     ) -> RuntimeConfig:
-        """Loads ``<node_name>: ros__parameters:`` (or ``/**``) from a ROS parameter file."""
+        """Loads ``<node_name>: ros__parameters:`` (or ``/**``) from a ROS parameter file.
+
+        ``overrides``: dotted names replacing the file's values, as ``-p name:=value`` does for the node.
+        """
         path = Path(path)
         try:
             document = yaml.safe_load(path.read_text(encoding="utf-8"))
         except (OSError, yaml.YAMLError) as err:
             msg = f"{path}: cannot read the parameter file: {err}"
             raise RuntimeConfigError(msg) from err
-        return cls.from_parameters(flatten_parameters(_node_parameters(document, node_name, path)), ignore)
+        parameters = flatten_parameters(_node_parameters(document, node_name, path))
+        parameters.update(overrides or {})
+        return cls.from_parameters(parameters, ignore)
 
 
 def _node_parameters(document: Any, node_name: str, path: Path) -> Mapping[str, Any]:

@@ -9,6 +9,8 @@ clock; both run the same code.
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +26,12 @@ from internvla_ros.runtime.status import RuntimeState
 
 IDLE_POLL_S = 0.005  # how often the inference thread checks for a due observation
 JOIN_TIMEOUT_S = 30.0
+# How long a thread may hold the GIL while another waits (CPython's default is 5 ms, a quarter of a
+# 50 Hz period): the control thread gets the interpreter back within this after it wakes.
+GIL_SWITCH_INTERVAL_S = 0.0005
+# SCHED_FIFO priority of the control thread, as ros2_control's controller manager uses for its loop:
+# on 2 shared cores it keeps the 50 Hz period jitter p99 well under 1 ms while the model infers.
+DEFAULT_CONTROL_PRIORITY = 50
 
 
 class Clock(Protocol):
@@ -56,7 +64,10 @@ class RuntimeDriver:
         on_chunk: Callable[[ChunkEvent], None] = lambda event: None,
         on_problem: Callable[[str, str], None] = lambda key, message: None,
         on_tick: Callable[[int], None] | None = None,
+        control_priority: int = 0,
     ) -> None:
+        """``control_priority`` > 0 runs the control thread with SCHED_FIFO at that priority (needs
+        CAP_SYS_NICE or root; refused permission is reported through on_problem, and the loop goes on)."""
         self.runtime = runtime
         self._infer = infer
         self._clock = clock
@@ -64,10 +75,12 @@ class RuntimeDriver:
         self._on_chunk = on_chunk
         self._on_problem = on_problem
         self._on_tick = on_tick
+        self._control_priority = control_priority
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
+        sys.setswitchinterval(min(sys.getswitchinterval(), GIL_SWITCH_INTERVAL_S))
         self._stop.clear()
         self._threads = [threading.Thread(target=self._control_loop, name="control", daemon=True),
                          threading.Thread(target=self._inference_loop, name="inference", daemon=True)]
@@ -80,7 +93,17 @@ class RuntimeDriver:
             thread.join(JOIN_TIMEOUT_S)
         self._threads = []
 
+    def _raise_priority(self) -> None:
+        if self._control_priority <= 0:
+            return
+        try:
+            os.sched_setscheduler(threading.get_native_id(), os.SCHED_FIFO, os.sched_param(self._control_priority))
+        except (OSError, AttributeError) as err:
+            self._on_problem("priority", f"control thread keeps normal priority: SCHED_FIFO "
+                                         f"{self._control_priority} refused ({err}); grant CAP_SYS_NICE or set 0")
+
     def _control_loop(self) -> None:
+        self._raise_priority()
         runtime, clock = self.runtime, self._clock
         period_ns = runtime.config.rates.control_period_ns
         while not self._stop.is_set():

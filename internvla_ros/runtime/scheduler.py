@@ -222,6 +222,7 @@ class PolicyRuntime:
             return True
 
     def set_instruction(self, instruction: str) -> None:
+        """The task for the next observations; until one is set, no observation is requested (hold)."""
         with self._lock:
             self._instruction = instruction
 
@@ -457,6 +458,8 @@ class PolicyRuntime:
         if self._state is not RuntimeState.RUNNING or self._request is not None:
             return False
         if self._model_state is None or self._gate.paused or self._gate.estopped:
+            return False
+        if not self._instruction.strip():  # a language-conditioned policy has nothing to do yet
             return False
         if self._watchdog.stale(now_ns):
             return False

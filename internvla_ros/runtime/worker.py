@@ -2,8 +2,8 @@
 
 The parent (the node, the runtime benchmark) starts `python -m internvla_ros.runtime.worker` with the
 policy's factory ("module:function") and its JSON keyword arguments. Both sides exchange frames over the
-child's stdin/stdout: a JSON header and a safetensors payload of numpy arrays, each length-prefixed.
-Nothing is pickled: a frame can only ever decode to arrays and JSON values.
+child's stdin/stdout: a length-prefixed JSON header naming each array's dtype and shape, then the arrays'
+raw bytes. Nothing is pickled: a frame can only ever decode to plain numeric arrays and JSON values.
 
     worker = InferenceWorker("internvla_ros.runtime.internvla_policy:load_policy", {"model": "models/default"})
     worker.start()                      # returns once the child has loaded and warmed up the policy
@@ -26,15 +26,15 @@ from collections.abc import Callable, Mapping
 from typing import Any, BinaryIO
 
 import numpy as np
-from safetensors.numpy import load as load_arrays
-from safetensors.numpy import save as save_arrays
 
 from internvla_ros.runtime.errors import PolicyRuntimeError
 from internvla_ros.runtime.observation import CameraFrames, Observation
 from internvla_ros.runtime.policy import Policy, PolicyResult
 
 LENGTH = struct.Struct("<Q")
-MAX_FRAME_BYTES = 1 << 31
+MAX_HEADER_BYTES = 1 << 20
+ARRAYS_KEY = "__arrays__"
+ALLOWED_DTYPE_KINDS = "biuf"  # bool, signed/unsigned integers, floats: nothing that can hold objects
 READY = "ready"
 
 
@@ -43,9 +43,19 @@ class InferenceError(PolicyRuntimeError):
 
 
 def write_frame(stream: BinaryIO, header: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
-    head = json.dumps(header).encode()
-    body = save_arrays({name: np.ascontiguousarray(value) for name, value in arrays.items()})
-    stream.write(LENGTH.pack(len(head)) + head + LENGTH.pack(len(body)) + body)
+    """A length-prefixed JSON header (with each array's name, dtype and shape), then the raw array bytes.
+
+    The arrays are written straight from their buffers: no serialised copy of several megabytes of
+    camera frames is made while holding the GIL, which the control thread of the same process needs.
+    """
+    contiguous = {name: np.ascontiguousarray(value) for name, value in arrays.items()}
+    specs = [{"name": name, "dtype": value.dtype.str, "shape": list(value.shape)} for name, value in contiguous.items()]
+    head = json.dumps({**header, ARRAYS_KEY: specs}).encode()
+    stream.write(LENGTH.pack(len(head)))
+    stream.write(head)
+    for value in contiguous.values():
+        if value.nbytes:
+            stream.write(memoryview(value).cast("B"))
     stream.flush()
 
 
@@ -56,14 +66,26 @@ def _read_exactly(stream: BinaryIO, size: int) -> bytes:
     return data
 
 
+def _array_dtype(text: str) -> np.dtype:
+    dtype = np.dtype(text)
+    if dtype.kind not in ALLOWED_DTYPE_KINDS:
+        raise EOFError(f"array dtype {text!r} is not a plain numeric type: the stream is corrupt")
+    return dtype
+
+
 def read_frame(stream: BinaryIO) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    parts = []
-    for _ in range(2):
-        (size,) = LENGTH.unpack(_read_exactly(stream, LENGTH.size))
-        if size > MAX_FRAME_BYTES:
-            raise EOFError(f"frame of {size} bytes is larger than {MAX_FRAME_BYTES}: the stream is corrupt")
-        parts.append(_read_exactly(stream, size))
-    return json.loads(parts[0]), load_arrays(parts[1])
+    (size,) = LENGTH.unpack(_read_exactly(stream, LENGTH.size))
+    if size > MAX_HEADER_BYTES:
+        raise EOFError(f"frame header of {size} bytes is larger than {MAX_HEADER_BYTES}: the stream is corrupt")
+    header = json.loads(_read_exactly(stream, size))
+    arrays = {}
+    for spec in header.pop(ARRAYS_KEY, []):
+        array = np.empty(spec["shape"], dtype=_array_dtype(spec["dtype"]))
+        view = memoryview(array).cast("B") if array.nbytes else None
+        if view is not None and stream.readinto(view) != array.nbytes:
+            raise EOFError(f"stream closed inside array {spec['name']!r}")
+        arrays[spec["name"]] = array
+    return header, arrays
 
 
 def encode_observation(observation: Observation) -> tuple[dict[str, Any], dict[str, np.ndarray]]:

@@ -28,6 +28,7 @@ JOINTS = ("shoulder", "elbow", "gripper", "belt")
 CAMERAS = ("head", "wrist")
 ACTION_DIM = 32
 CHUNK = 50
+INSTRUCTION = "track the parcel"
 
 # Three joints on two controller kinds: an arm on a joint_trajectory controller, a gripper and a
 # velocity-commanded belt on forward_command controllers.
@@ -109,7 +110,9 @@ def write_stats(path: Path, dim: int = len(JOINTS), mean: float = 0.0, std: floa
 def make_runtime(tmp_path: Path, **overrides: Any) -> PolicyRuntime:
     config = make_config(**overrides)
     stats = NormalizationStats.load(write_stats(tmp_path / "stats.json"), ROBOT_TYPE)
-    return PolicyRuntime(config, ActionMapper(config, stats))
+    runtime = PolicyRuntime(config, ActionMapper(config, stats))
+    runtime.set_instruction(INSTRUCTION)
+    return runtime
 
 
 def padded(actions: np.ndarray) -> np.ndarray:

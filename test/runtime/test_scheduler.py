@@ -505,3 +505,16 @@ def test_hold_and_stop_commands_a_hold_then_idles(tmp_path: Path) -> None:
     assert runtime.state is RuntimeState.IDLE
     assert runtime.tick(loop.now_ns + 100 * MS) is None
     assert runtime.hold_and_stop(loop.now_ns + 100 * MS) is None
+
+
+def test_no_observation_is_requested_without_an_instruction(tmp_path: Path) -> None:
+    runtime = make_runtime(tmp_path)
+    runtime.set_instruction("   ")
+    feed_all(runtime, 0)
+    runtime.start(0)
+    for now in range(0, 2000 * MS, 10 * MS):
+        feed_all(runtime, now)
+        assert runtime.poll_observation(now) is None
+        runtime.tick(now)
+    runtime.set_instruction("track the parcel")
+    assert runtime.poll_observation(2000 * MS) is not None
