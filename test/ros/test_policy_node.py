@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import rclpy
 from rclpy.executors import SingleThreadedExecutor
-from sensor_msgs.msg import JointState
+from rclpy.qos import qos_profile_sensor_data
+from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float64MultiArray
 from trajectory_msgs.msg import JointTrajectory
 
@@ -86,3 +87,39 @@ def test_closed_loop_with_sim_robot(ros_context, start_node, tmp_path: Path) -> 
     assert status.stale_inputs <= 3, status
     assert policy.stop() == 0
     assert "shutting down: hold commanded" in policy.output()
+
+
+@pytest.mark.slow
+def test_default_model_drives_the_conveyor_cell_and_previews_foresight(ros_context, start_node) -> None:
+    """The neural policy (default model) in the node: chunks, foresight preview images, limits held."""
+    config_file = CONFIG_DIR / "conveyor_sorting.yaml"
+    config = RuntimeConfig.from_yaml(config_file)
+    assert config.rates.foresight_preview_rate_hz > 0
+    namespace = "/conveyor"
+    start_node("internvla_ros.ros.sim_robot", "-p", f"config:={config_file}", "-r", f"__ns:={namespace}")
+    policy = start_node("internvla_ros.ros.policy_node", "--params-file", str(config_file), "-p", "autostart:=true",
+                        "-p", "safety.dry_run:=false", "-p", "instruction:=sort the parcels",
+                        "-r", f"__ns:={namespace}")
+    node = rclpy.create_node("conveyor_probe", context=ros_context)
+    executor = SingleThreadedExecutor(context=ros_context)
+    executor.add_node(node)
+    chunks: list[ActionChunk] = []
+    previews: list = []
+    belt: list[Float64MultiArray] = []
+    node.create_subscription(ActionChunk, f"{namespace}/policy_node/action_chunk", chunks.append, 100)
+    node.create_subscription(Image, f"{namespace}/policy_node/foresight/wrist", previews.append,
+                             qos_profile_sensor_data)
+    node.create_subscription(Float64MultiArray, f"{namespace}/conveyor_controller/commands", belt.append, 100)
+    ok = spin_until(executor, lambda: policy.process.poll() is not None or (len(chunks) >= 6 and len(previews) >= 2),
+                    STARTUP_TIMEOUT_S + 30.0)
+    assert ok and policy.process.poll() is None, policy.output()[-3000:]
+    image = previews[-1]
+    assert image.encoding == "rgb8" and (image.height, image.width) == (256, 256)
+    assert len(set(bytes(image.data))) > 1, "the decoded foresight is not a blank image"
+    chunk = chunks[-1]
+    assert list(chunk.joint_names) == list(config.joint_names)
+    positions = np.asarray(chunk.positions).reshape(chunk.horizon, len(chunk.joint_names))
+    assert np.isfinite(positions).all()
+    speed = config.joints[config.joint_index["conveyor_speed"]].limits
+    assert all(speed.min_position <= m.data[0] <= speed.max_position for m in belt)
+    assert policy.stop() == 0

@@ -14,7 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rclpy
+from rcl_interfaces.msg import SetParametersResult
+from rcl_interfaces.srv import SetParameters
 from rclpy.executors import SingleThreadedExecutor
+from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float64MultiArray, String
@@ -32,6 +35,8 @@ CONFIG_FILE = CONFIG_DIR / "dual_arm.yaml"
 STARTUP_TIMEOUT_S = 60.0
 FAULT_TIMEOUT_S = 4.0
 IMAGE_SHAPE = (48, 64, 3)
+# The head camera is remapped, as the launch files' head_camera:= argument does.
+HEAD_REMAP = "/external/head_camera"
 
 
 class FakeRobot:
@@ -44,8 +49,10 @@ class FakeRobot:
         self.joint_fault: Callable[[JointState], JointState | None] | None = None
         self.image_fault: dict[str, Callable[[Image], Image | None]] = {}
         self._joints = node.create_publisher(JointState, f"{NAMESPACE}/joint_states", qos_profile_sensor_data)
-        self._cameras = {c.name: node.create_publisher(Image, f"{NAMESPACE}/{c.topic}", qos_profile_sensor_data)
-                         for c in config.cameras}
+        self._cameras = {
+            c.name: node.create_publisher(Image, HEAD_REMAP if c.name == "head" else f"{NAMESPACE}/{c.topic}",
+                                          qos_profile_sensor_data)
+            for c in config.cameras}
         node.create_timer(0.01, self._publish_joints)
         node.create_timer(1 / 15, self._publish_images)
 
@@ -132,7 +139,8 @@ def test_faults_hold_safely_and_recover(ros_context, start_node, tmp_path: Path)
     policy = start_node("internvla_ros.ros.policy_node", "--params-file", str(CONFIG_FILE),
                         "-p", f"model_path:={model}", "-p", "policy_factory:=test.ros.policies:sine_policy",
                         "-p", "autostart:=true", "-p", "safety.dry_run:=false", "-p", "instruction:=wave",
-                        "-p", "status_rate_hz:=10.0", "-r", f"__ns:={NAMESPACE}")
+                        "-p", "status_rate_hz:=10.0", "-r", f"__ns:={NAMESPACE}",
+                        "-r", f"cameras/head/image_raw:={HEAD_REMAP}")
     node = rclpy.create_node("fault_robot", context=ros_context)
     executor = SingleThreadedExecutor(context=ros_context)
     executor.add_node(node)
@@ -242,5 +250,20 @@ def test_faults_hold_safely_and_recover(ros_context, start_node, tmp_path: Path)
     future = reset.call_async(Trigger.Request())
     spin_until(executor, future.done, 5.0)
     running()
+
+    # Parameters: structural ones are refused while configured, with the reason; live ones apply.
+    set_parameters = node.create_client(SetParameters, f"{NAMESPACE}/policy_node/set_parameters")
+    assert set_parameters.wait_for_service(timeout_sec=5.0)
+
+    def set_parameter(name: str, value: Parameter) -> SetParametersResult:
+        future = set_parameters.call_async(SetParameters.Request(parameters=[Parameter(name, value=value)
+                                                                             .to_parameter_msg()]))
+        spin_until(executor, future.done, 5.0)
+        return future.result().results[0]
+
+    refused = set_parameter("rates.control_rate_hz", 500.0)
+    assert not refused.successful and "cannot change while configured" in refused.reason
+    assert set_parameter("instruction", "wave twice").successful
+    assert spin_until(executor, lambda: bool(statuses) and statuses[-1].instruction == "wave twice", 5.0)
     assert alive()
     assert policy.stop() == 0
