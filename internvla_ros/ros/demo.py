@@ -36,7 +36,7 @@ from trajectory_msgs.msg import JointTrajectory
 from internvla_ros.bags.types import typestore
 from internvla_ros.msg import ActionChunk, PolicyStatus
 from internvla_ros.paths import config_path, default_model_dir
-from internvla_ros.ros.conversions import NS_PER_S, time_to_ns
+from internvla_ros.ros.conversions import NS_PER_S, duration_to_ns, time_to_ns
 from internvla_ros.ros.images import to_rgb
 from internvla_ros.runtime.config import RuntimeConfig
 
@@ -56,7 +56,8 @@ class Recorded:
     """What the summary and the plot need, kept while recording."""
 
     chunks: list[tuple[int, int]] = field(default_factory=list)  # (ready stamp, observation stamp), ns
-    trajectories: list[tuple[int, str, list[str], list[float]]] = field(default_factory=list)
+    # (stamp, controller, joint names, [(time from start, positions), ...]) per JointTrajectory sent
+    trajectories: list[tuple[int, str, list[str], list[tuple[int, list[float]]]]] = field(default_factory=list)
     forward: list[tuple[int, str, list[float]]] = field(default_factory=list)
     states: list[tuple[int, list[str], list[float], list[float]]] = field(default_factory=list)
     status: PolicyStatus | None = None
@@ -113,8 +114,8 @@ class DemoRecorder(Node):
 
     def _on_trajectory(self, controller: str, msg: JointTrajectory, _: int) -> None:
         if self._recording and msg.points:
-            self.recorded.trajectories.append((time_to_ns(msg.header.stamp), controller, list(msg.joint_names),
-                                               list(msg.points[0].positions)))
+            points = [(duration_to_ns(p.time_from_start), list(p.positions)) for p in msg.points]
+            self.recorded.trajectories.append((time_to_ns(msg.header.stamp), controller, list(msg.joint_names), points))
 
     def _on_forward(self, controller: str, msg: Float64MultiArray, stamp: int) -> None:
         if self._recording:
@@ -209,6 +210,20 @@ def summarise(recorded: Recorded, config: RuntimeConfig, duration_s: float) -> d
     }
 
 
+def executed_trajectory(recorded: Recorded, joint: str, t0: int) -> list[tuple[int, float]]:
+    """The commanded path of a trajectory joint: each trajectory's points until the next one replaces it."""
+    sent = sorted((stamp, names, points) for stamp, _, names, points in recorded.trajectories if joint in names)
+    path = []
+    for index, (stamp, names, points) in enumerate(sent):
+        until = sent[index + 1][0] if index + 1 < len(sent) else None
+        column = names.index(joint)
+        for offset, positions in points:
+            if until is not None and stamp + offset >= until:
+                break
+            path.append((stamp + offset - t0, positions[column]))
+    return path
+
+
 def plot_joints(recorded: Recorded, config: RuntimeConfig, path: Path) -> None:
     """Commanded (trajectory starts and forward commands) vs measured positions of a few joints."""
     import matplotlib
@@ -226,12 +241,12 @@ def plot_joints(recorded: Recorded, config: RuntimeConfig, path: Path) -> None:
         measured = [(s - t0, p[n.index(joint)]) for s, n, p, _ in recorded.states if joint in n]
         if measured:
             axis.plot(*zip(*[(t / 1e9, v) for t, v in measured], strict=True), label="measured", linewidth=1.2)
-        commanded = [(s - t0, p[n.index(joint)]) for s, _, n, p in recorded.trajectories if joint in n]
+        commanded = executed_trajectory(recorded, joint, t0)
         commanded += [(s - t0, values[controller_joints[c].index(joint)]) for s, c, values in recorded.forward
                       if joint in controller_joints[c]]
         if commanded:
             commanded.sort()
-            axis.step(*zip(*[(t / 1e9, v) for t, v in commanded], strict=True), where="post", label="commanded",
+            axis.plot(*zip(*[(t / 1e9, v) for t, v in commanded], strict=True), label="commanded",
                       linewidth=1.0, alpha=0.8)
         limits = config.joints[config.joint_index[joint]].limits
         axis.axhline(limits.min_position, color="red", linewidth=0.6, linestyle=":")
