@@ -100,3 +100,38 @@ def hand_over(previous: Schedule, plan: ChunkPlan, start_ns: int, duration_ns: i
     if duration_ns <= 0:
         return plan
     return BlendedSchedule(previous.settle(start_ns), plan, start_ns, duration_ns)
+
+
+def hermite(p0: np.ndarray, v0: np.ndarray, p1: np.ndarray, v1: np.ndarray, duration_s: float,
+            t_s: float) -> tuple[np.ndarray, np.ndarray]:
+    """Cubic Hermite position and velocity at ``t_s`` into a segment: what a joint_trajectory_controller
+    does between two points that carry velocities."""
+    s = t_s / duration_s
+    h00, h10, h01, h11 = 2 * s**3 - 3 * s**2 + 1, s**3 - 2 * s**2 + s, -2 * s**3 + 3 * s**2, s**3 - s**2
+    position = h00 * p0 + h10 * duration_s * v0 + h01 * p1 + h11 * duration_s * v1
+    d00, d10, d01, d11 = 6 * s**2 - 6 * s, 3 * s**2 - 4 * s + 1, -6 * s**2 + 6 * s, 3 * s**2 - 2 * s
+    velocity = (d00 * p0 + d01 * p1) / duration_s + d10 * v0 + d11 * v1
+    return position, velocity
+
+
+@dataclass(frozen=True)
+class TimedPath:
+    """The trajectory last sent to the joint_trajectory controllers, sampled as they execute it.
+
+    The next trajectory starts from this path's state at its send time, so consecutive trajectories
+    join without a step even when per-tick limiting and the trajectory's own limiting differ.
+    """
+
+    stamps_ns: np.ndarray  # (K,) absolute times of the points, strictly increasing
+    positions: np.ndarray  # (K, D)
+    velocities: np.ndarray  # (K, D)
+
+    def sample(self, now_ns: int) -> tuple[np.ndarray, np.ndarray]:
+        if now_ns <= self.stamps_ns[0]:
+            return self.positions[0], self.velocities[0]
+        if now_ns >= self.stamps_ns[-1]:
+            return self.positions[-1], np.zeros_like(self.positions[-1])
+        k = int(np.searchsorted(self.stamps_ns, now_ns, side="right")) - 1
+        duration_s = (self.stamps_ns[k + 1] - self.stamps_ns[k]) / 1e9
+        return hermite(self.positions[k], self.velocities[k], self.positions[k + 1], self.velocities[k + 1],
+                       duration_s, (now_ns - self.stamps_ns[k]) / 1e9)

@@ -35,7 +35,7 @@ from internvla_ros.runtime.config import RuntimeConfig, period_ns
 from internvla_ros.runtime.errors import MappingError, PolicyRuntimeError
 from internvla_ros.runtime.mapping import ActionMapper
 from internvla_ros.runtime.observation import CameraFrames, FrameHistory, Observation
-from internvla_ros.runtime.plan import ChunkPlan, HoldSchedule, Schedule, hand_over
+from internvla_ros.runtime.plan import ChunkPlan, HoldSchedule, Schedule, TimedPath, hand_over
 from internvla_ros.runtime.safety import (
     CLAMPED,
     CLAMPED_TRAJECTORY,
@@ -125,6 +125,10 @@ class PolicyRuntime:
         self._history_ns = history_ns
         self._frames = {c.name: FrameHistory(history_ns) for c in config.cameras}
         self._joint_index = [[config.joint_index[j] for j in c.joints] for c in config.controllers]
+        self._trajectory_columns = np.asarray(sorted(
+            config.joint_index[j] for c in config.controllers if c.type == "joint_trajectory" for j in c.joints),
+            dtype=np.int64)
+        self._path: TimedPath | None = None  # the trajectory last sent to joint_trajectory controllers
 
         self._state = RuntimeState.IDLE
         self._joint_values: np.ndarray | None = None
@@ -241,6 +245,7 @@ class PolicyRuntime:
             self._motion = self._limiter.initial_state(self._joint_values, now_ns - self._control_ns)
             self._schedule = HoldSchedule(self._motion.positions)
             self._plan = None
+            self._path = None
             self._request = None
             self._state = RuntimeState.RUNNING
             self._resume_ns = now_ns
@@ -256,6 +261,7 @@ class PolicyRuntime:
             self._state = RuntimeState.IDLE
             self._request = None
             self._plan = None
+            self._path = None
             self._schedule = None
 
     def hold_and_stop(self, now_ns: int) -> ControlOutput | None:
@@ -405,7 +411,8 @@ class PolicyRuntime:
             self._update_state(now_ns)
             if self._state is RuntimeState.RUNNING:
                 self._schedule = self._schedule.settle(now_ns)
-                limited = self._limiter.limit(self._motion, self._schedule.sample(now_ns), now_ns)
+                limited = self._follow_sent_path(
+                    self._limiter.limit(self._motion, self._schedule.sample(now_ns), now_ns), now_ns)
             else:
                 limited = LimitedCommand(self._limiter.hold(self._motion, now_ns), frozenset())
             self._motion = limited.state
@@ -553,6 +560,18 @@ class PolicyRuntime:
         self._schedule = HoldSchedule(self._motion.positions.copy())
         self._state = state
 
+    def _follow_sent_path(self, limited: LimitedCommand, now_ns: int) -> LimitedCommand:
+        """Joints on joint_trajectory controllers are where the sent trajectory has them, not where the
+        per-tick limiter would: the controller executes the trajectory, and the next one must start on it."""
+        if self._path is None or not self._trajectory_columns.size:
+            return limited
+        positions, velocities = self._path.sample(now_ns)
+        state = limited.state
+        merged_positions, merged_velocities = state.positions.copy(), state.velocities.copy()
+        merged_positions[self._trajectory_columns] = positions[self._trajectory_columns]
+        merged_velocities[self._trajectory_columns] = velocities[self._trajectory_columns]
+        return LimitedCommand(MotionState(merged_positions, merged_velocities, state.stamp_ns), limited.reasons)
+
     def _output(self, now_ns: int, clamped: frozenset[str]) -> ControlOutput:
         assert self._motion is not None
         trajectories = self._trajectories(now_ns)
@@ -573,21 +592,25 @@ class PolicyRuntime:
     def _trajectories(self, now_ns: int) -> tuple[JointTrajectoryCommand, ...]:
         if self._send_hold:
             self._send_hold = False
+            self._path = None
             return self._hold_trajectories(now_ns)
         if not (self._send_plan and self._state is RuntimeState.RUNNING and self._plan is not None):
             return ()
         self._send_plan = False
         assert self._motion is not None and self._schedule is not None
-        count = max(1, (self._plan.end_ns - now_ns) // self._step_ns)
-        stamps = [now_ns + k * self._step_ns for k in range(1, count + 1)]
+        # Points on the control grid: the same limiting, at the same instants, as the per-tick commands,
+        # so what the controller executes and what the runtime tracks (and starts the next one from) agree.
+        count = max(1, (self._plan.end_ns - now_ns) // self._control_ns)
+        stamps = [now_ns + k * self._control_ns for k in range(1, count + 1)]
         targets = np.asarray([self._schedule.sample(t) for t in stamps])
         states = [self._motion, *self._limiter.limit_path(self._motion, stamps, targets)]
         positions = np.asarray([s.positions for s in states])
         velocities = np.zeros_like(positions)
         velocities[0] = self._motion.velocities
         if len(states) > 2:
-            velocities[1:-1] = (positions[2:] - positions[:-2]) / (2 * self._step_ns / 1e9)
+            velocities[1:-1] = (positions[2:] - positions[:-2]) / (2 * self._control_ns / 1e9)
         times = [0, *(t - now_ns for t in stamps)]
+        self._path = TimedPath(np.asarray([now_ns, *stamps], dtype=np.int64), positions, velocities)
         return self._per_trajectory_controller(now_ns, positions, velocities, times)
 
     def _hold_trajectories(self, now_ns: int) -> tuple[JointTrajectoryCommand, ...]:

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from internvla_ros.runtime.plan import hermite
+
 
 class TrajectoryRejected(Exception):
     """The controller would refuse this trajectory; the message says why, as the controller logs it."""
@@ -36,16 +38,6 @@ class Trajectory:
     joint_names: tuple[str, ...]
     stamp_ns: int  # 0 = start when first sampled
     points: tuple[TrajectoryPoint, ...]
-
-
-def _hermite(p0: np.ndarray, v0: np.ndarray, p1: np.ndarray, v1: np.ndarray, duration_s: float,
-             t_s: float) -> tuple[np.ndarray, np.ndarray]:
-    s = t_s / duration_s
-    h00, h10, h01, h11 = 2 * s**3 - 3 * s**2 + 1, s**3 - 2 * s**2 + s, -2 * s**3 + 3 * s**2, s**3 - s**2
-    position = h00 * p0 + h10 * duration_s * v0 + h01 * p1 + h11 * duration_s * v1
-    d00, d10, d01, d11 = 6 * s**2 - 6 * s, 3 * s**2 - 4 * s + 1, -6 * s**2 + 6 * s, 3 * s**2 - 2 * s
-    velocity = (d00 * p0 + d01 * p1) / duration_s + d10 * v0 + d11 * v1
-    return position, velocity
 
 
 class JointTrajectoryExecutor:
@@ -130,7 +122,7 @@ class JointTrajectoryExecutor:
                     fraction = elapsed_s / duration_s
                     velocity = (point.positions - previous_pos) / duration_s
                     return previous_pos + fraction * (point.positions - previous_pos), velocity
-                return _hermite(previous_pos, previous_vel, point.positions, point.velocities, duration_s,
+                return hermite(previous_pos, previous_vel, point.positions, point.velocities, duration_s,
                                 elapsed_s)
             previous_time, previous_pos = point.time_from_start_ns, point.positions
             previous_vel = point.velocities if point.velocities is not None else np.zeros_like(self._hold)

@@ -202,10 +202,13 @@ def test_execution_follows_the_chunk_index_for_now(tmp_path: Path) -> None:
     result = loop.run_until(480 * MS)
     first = result.chunk_results[0]
     assert first.accepted and first.start_index == 9
-    late = [o for o in result.outputs if o.stamp_ns >= 320 * MS]
-    for output in late:
-        expected = 0.01 * (output.stamp_ns / STEP_NS)  # observation at t = 0, state 0
-        assert output.positions[0] == pytest.approx(expected, abs=1e-6)
+    # The trajectory sent to the arm's controller holds the chunk's value for each instant it names.
+    sent = next(o for o in result.outputs if o.trajectories)
+    trajectory = sent.trajectories[0]
+    assert sent.stamp_ns >= 300 * MS
+    for point in trajectory.points[1:]:
+        expected = 0.01 * ((sent.stamp_ns + point.time_from_start_ns) / STEP_NS)  # observation at t = 0, state 0
+        assert point.positions[0] == pytest.approx(expected, abs=1e-6)
 
 
 def test_uncompensated_mode_starts_at_index_zero_on_arrival(tmp_path: Path) -> None:
@@ -518,3 +521,26 @@ def test_no_observation_is_requested_without_an_instruction(tmp_path: Path) -> N
         runtime.tick(now)
     runtime.set_instruction("track the parcel")
     assert runtime.poll_observation(2000 * MS) is not None
+
+
+def test_consecutive_trajectories_join_without_a_step(tmp_path: Path) -> None:
+    """A new trajectory starts where the running one has the joints at its send time, even when every
+    chunk is wild enough to keep the limiter clamping (what an untrained model produces)."""
+    from internvla_ros.runtime.plan import TimedPath
+
+    runtime = make_runtime(tmp_path, rates__control_rate_hz=100.0)
+    rng = np.random.default_rng(3)
+    # The caller wakes off the control grid (a jittery executor), as the node does.
+    loop = SimLoop(runtime, lambda obs: padded(rng.normal(0.0, 2.0, (CHUNK, 4))), latency_ns=120 * MS,
+                   step_ns=500_000, step_jitter_ns=3 * MS, seed=5)
+    loop.start()
+    result = loop.run_until(3_000 * MS)
+    sent = [(o.stamp_ns, o.trajectories[0]) for o in result.outputs if o.trajectories]
+    assert len(sent) >= 8
+    assert sum(runtime.status(loop.now_ns).clamped.values()) > 0
+    for (stamp, previous), (next_stamp, current) in itertools.pairwise(sent):
+        times = np.array([stamp + p.time_from_start_ns for p in previous.points], dtype=np.int64)
+        path = TimedPath(times, np.array([p.positions for p in previous.points]),
+                         np.array([p.velocities for p in previous.points]))
+        expected, _ = path.sample(next_stamp)
+        np.testing.assert_allclose(current.points[0].positions, expected, atol=1e-9)
