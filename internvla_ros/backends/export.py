@@ -127,16 +127,18 @@ def _versions() -> dict[str, str]:
     return versions
 
 
-def _export_one(module: nn.Module, inputs: list[TensorSpec], outputs: list[TensorSpec], path: Path) -> None:
+def _export_one(module: nn.Module, inputs: list[TensorSpec], outputs: list[TensorSpec], path: Path,
+                opset: int) -> None:
     examples = tuple(_example(spec) for spec in inputs)
-    weight_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
-                module.eval(), examples, dynamo=True, opset_version=OPSET, verbose=False,
+                module.eval(), examples, dynamo=True, opset_version=opset, verbose=False,
                 input_names=[s.name for s in inputs], output_names=[s.name for s in outputs],
             )
+        initializers = program.model.graph.initializers.values()
+        weight_bytes = sum(v.const_value.nbytes for v in initializers if v.const_value is not None)
         program.save(str(path), external_data=weight_bytes > INLINE_LIMIT)
     except ImportError as err:
         raise BackendError(f"ONNX export needs onnx and onnxscript ({err}); install them next to torch") from err
@@ -144,11 +146,12 @@ def _export_one(module: nn.Module, inputs: list[TensorSpec], outputs: list[Tenso
         raise BackendError(f"exporting graph {path.stem!r} failed: {type(err).__name__}: {err}") from err
 
 
-def export_model(model_dir: Path, out_dir: Path, dtype: str = "float32") -> Manifest:
+def export_model(model_dir: Path, out_dir: Path, dtype: str = "float32", opset: int = OPSET) -> Manifest:
     """Export ``model_dir`` into ``out_dir`` (replacing any export there); returns the manifest written.
 
     ``dtype`` is the precision of the experts and the ViT (norms and heads stay float32, as in
-    :meth:`InternVLAModel.to_precision`); Cosmos stays float32.
+    :meth:`InternVLAModel.to_precision`); Cosmos stays float32. A lower ``opset`` (e.g. 19, for
+    TensorRT parsers without the opset-23 Attention / RMSNormalization ops) decomposes those ops.
     """
     if dtype not in DTYPES:
         raise BackendError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
@@ -159,16 +162,20 @@ def export_model(model_dir: Path, out_dir: Path, dtype: str = "float32") -> Mani
         raise BackendError(f"cannot export {model_dir}: {err}") from err
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / MANIFEST_FILE).unlink(missing_ok=True)
+    for stale in out_dir.glob("*.onnx.data"):
+        stale.unlink()
     layout = Layout.of(checkpoint.config)
     io = graph_io(layout, DTYPES[dtype])
     specs = {}
     for name, build in graph_modules(checkpoint.model, layout).items():
         inputs, outputs = io[name]
         path = out_dir / f"{name}.onnx"
-        _export_one(build(), inputs, outputs, path)
-        specs[name] = GraphSpec(path.name, path.stat().st_size, tuple(inputs), tuple(outputs))
+        _export_one(build(), inputs, outputs, path, opset)
+        data = path.with_name(path.name + ".data")
+        data_file, data_bytes = (data.name, data.stat().st_size) if data.is_file() else (None, 0)
+        specs[name] = GraphSpec(path.name, path.stat().st_size, tuple(inputs), tuple(outputs), data_file, data_bytes)
     manifest = Manifest(
-        format=FORMAT_VERSION, dtype=dtype, opset=OPSET, exporter="torch.onnx.export(dynamo=True)",
+        format=FORMAT_VERSION, dtype=dtype, opset=opset, exporter="torch.onnx.export(dynamo=True)",
         versions=_versions(), source_dir=str(model_dir.resolve()), source_files=hashes,
         layout={key: list(v) if isinstance(v, tuple) else v for key, v in asdict(layout).items()}, graphs=specs,
     )

@@ -75,16 +75,14 @@ def create_backend(names: Sequence[str], options: BackendOptions) -> BackendChoi
     if not names:
         raise BackendError(f"no backend named; choose from {', '.join(BACKEND_NAMES)}")
     skipped: list[tuple[str, str]] = []
-    for index, name in enumerate(names):
+    for name, following in zip(names, [*names[1:], None], strict=True):
         try:
-            backend = create_one(name, options)
+            return BackendChoice(create_one(name, options), tuple(skipped))
         except BackendUnavailable as err:
             skipped.append((name, str(err)))
-            if not options.fallback or index == len(names) - 1:
-                tried = "; ".join(f"{n}: {why}" for n, why in skipped)
+            if not options.fallback or following is None:
+                tried = "; ".join(why for _, why in skipped)
                 hint = "" if options.fallback else " (fallback to the next backend is off)"
                 raise BackendUnavailable(f"no requested backend can run here{hint}: {tried}") from err
-            LOG.warning("backend %s unavailable (%s); falling back to %s", name, err, names[index + 1])
-            continue
-        return BackendChoice(backend, tuple(skipped))
-    raise AssertionError("unreachable")
+            LOG.warning("backend %s unavailable (%s); falling back to %s", name, err, following)
+    raise BackendError("no backend named")  # not reached: names is not empty

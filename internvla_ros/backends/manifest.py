@@ -65,11 +65,18 @@ class GraphSpec:
     bytes: int
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+    data_file: str | None = None
+    """Side file with the weights of a graph too large for one protobuf (``<file>.data``)."""
+    data_bytes: int = 0
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> GraphSpec:
         return cls(str(data["file"]), int(data["bytes"]), tuple(TensorSpec.from_json(t) for t in data["inputs"]),
-                   tuple(TensorSpec.from_json(t) for t in data["outputs"]))
+                   tuple(TensorSpec.from_json(t) for t in data["outputs"]), data.get("data_file"),
+                   int(data.get("data_bytes", 0)))
+
+    def files(self) -> dict[str, int]:
+        return {self.file: self.bytes, **({self.data_file: self.data_bytes} if self.data_file else {})}
 
 
 @dataclass(frozen=True)
@@ -136,9 +143,10 @@ class Manifest:
     def check_files(self, engine_dir: Path) -> None:
         """Every graph file present with the size it was written with (cheap; content is checked on load)."""
         for name, spec in self.graphs.items():
-            path = engine_dir / spec.file
-            size = path.stat().st_size if path.is_file() else None
-            if size != spec.bytes:
-                state = "missing" if size is None else f"{size} bytes, manifest says {spec.bytes}"
-                raise ExportMismatchError(f"{path}: graph {name!r} is {state}; re-export with "
-                                          f"`internvla export MODEL_DIR --out {engine_dir}`")
+            for file, expected in spec.files().items():
+                path = engine_dir / file
+                size = path.stat().st_size if path.is_file() else None
+                if size != expected:
+                    state = "missing" if size is None else f"{size} bytes, manifest says {expected}"
+                    raise ExportMismatchError(f"{path}: graph {name!r} is {state}; re-export with "
+                                              f"`internvla export MODEL_DIR --out {engine_dir}`")

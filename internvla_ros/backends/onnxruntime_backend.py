@@ -1,4 +1,4 @@
-"""ONNX Runtime backend: one session per exported graph, best available execution provider."""
+"""ONNX Runtime backend: one InferenceSession per exported graph, the best execution provider available."""
 
 from __future__ import annotations
 
@@ -35,8 +35,16 @@ def choose_providers(available: list[str]) -> list[str]:
     return chosen
 
 
-def open_session(path: Path, providers: list[str], threads: int) -> Any:
-    """An inference session for one graph file, or a BackendError naming the file and the fix."""
+def provider_options(providers: list[str], engine_dir: Path) -> list[str | tuple[str, dict[str, Any]]]:
+    """TensorRT through ONNX Runtime keeps its engines next to the export instead of rebuilding them."""
+    cache = str(engine_dir / "onnxruntime_tensorrt")
+    tensorrt = {"trt_engine_cache_enable": True, "trt_engine_cache_path": cache, "trt_timing_cache_enable": True,
+                "trt_timing_cache_path": cache}
+    return [(p, tensorrt) if p == "TensorrtExecutionProvider" else p for p in providers]
+
+
+def load_graph(path: Path, providers: list[str | tuple[str, dict[str, Any]]], threads: int) -> Any:
+    """One graph file loaded for inference, or a BackendError naming the file and the fix."""
     ort = _ort()
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
@@ -57,17 +65,18 @@ class OrtRunner:
     """Runs the manifest's graphs with numpy arrays on the host."""
 
     def __init__(self, engine_dir: Path, manifest: Manifest, providers: list[str], threads: int) -> None:
-        self.sessions = {name: open_session(engine_dir / spec.file, providers, threads)
-                         for name, spec in manifest.graphs.items()}
+        options = provider_options(providers, engine_dir)
+        self.loaded = {name: load_graph(engine_dir / spec.file, options, threads)
+                       for name, spec in manifest.graphs.items()}
         self.outputs = {name: [o.name for o in spec.outputs] for name, spec in manifest.graphs.items()}
 
     @property
     def providers(self) -> dict[str, str]:
-        """Graph -> the provider that runs it (the first one the session accepted)."""
-        return {name: session.get_providers()[0] for name, session in self.sessions.items()}
+        """Graph -> the provider that runs it (the first one it accepted)."""
+        return {name: graph.get_providers()[0] for name, graph in self.loaded.items()}
 
     def run(self, graph: str, feeds: dict[str, Any]) -> list[Any]:
-        return self.sessions[graph].run(self.outputs[graph], feeds)
+        return self.loaded[graph].run(self.outputs[graph], feeds)
 
     def to_device(self, array: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(array)
@@ -91,6 +100,9 @@ def create(model_dir: Path, engine_dir: Path, threads: int = 1) -> GraphPipeline
     """The ONNX Runtime backend over the export in ``engine_dir`` of ``model_dir``."""
     providers = choose_providers(_ort().get_available_providers())
     manifest = load_export(engine_dir, model_dir)
+    if manifest.dtype == "bfloat16" and providers == ["CPUExecutionProvider"]:
+        raise BackendUnavailable(f"{NAME}: the CPU provider has no bfloat16 kernels (Conv, MatMul) for {engine_dir}; "
+                                 "export with --dtype float32 or float16, or run on CUDA / TensorRT")
     try:
         config = load_config(model_dir)
     except ModelError as err:

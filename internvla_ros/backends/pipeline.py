@@ -95,6 +95,12 @@ class GraphPipeline:
         self._check("noise", noise, (1, lay.chunk_size, lay.max_action_dim))
         self._check("input_ids", inputs.input_ids, (1, lay.prefix_len))
         self._check("pixel_values", inputs.pixel_values, (1, lay.n_views * lay.patches_per_view, lay.patch_values))
+        self._check("attention_mask", inputs.attention_mask, (1, lay.prefix_len))
+        self._check("view_mask", inputs.view_mask, (1, lay.n_views))
+        grid = torch.tensor([[list(cfg.vision_grid)] * lay.n_views])
+        if not torch.equal(inputs.image_grid_thw.cpu().long(), grid):
+            raise BackendError(f"image_grid_thw must be {grid.tolist()} (the exported ViT grid), "
+                               f"got {inputs.image_grid_thw.tolist()}")
         if inputs.state.shape[-1] > lay.max_state_dim:
             raise BackendError(f"state has {inputs.state.shape[-1]} dims, more than the model's {lay.max_state_dim}")
         try:

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 from rosbags.typesys.store import Typestore
 
-from internvla_ros.paths import share_dir
+from internvla_ros.paths import PACKAGE, share_dir
 
-PACKAGE = "internvla_ros"
 OWN_MESSAGES = ("ActionChunk", "PolicyStatus")
+ACTION_CHUNK = f"{PACKAGE}/msg/ActionChunk"
+POLICY_STATUS = f"{PACKAGE}/msg/PolicyStatus"
 
 
 def msg_dir() -> Path:
@@ -19,9 +19,11 @@ def msg_dir() -> Path:
     return share_dir() / "msg"
 
 
-@functools.cache
 def typestore() -> Typestore:
-    """Jazzy's standard types plus internvla_ros/msg/ActionChunk and PolicyStatus (from their .msg files)."""
+    """Jazzy's standard types plus internvla_ros/msg/ActionChunk and PolicyStatus (from their .msg files).
+
+    A new store each call: readers register the types they find in a bag into the store they are given.
+    """
     store = get_typestore(Stores.ROS2_JAZZY)
     types = {}
     for name in OWN_MESSAGES:

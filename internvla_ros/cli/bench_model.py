@@ -32,13 +32,14 @@ from internvla_ros.backends.errors import BackendError
 from internvla_ros.backends.factory import BACKEND_NAMES, BackendOptions, create_backend
 from internvla_ros.backends.graphs import Layout
 from internvla_ros.cli.check_parity import INPUTS_FILE, _load, batch_to_inputs
+from internvla_ros.cli.groups import verb_group
 from internvla_ros.model.config import InternVLAConfig, load_config
 from internvla_ros.model.errors import ModelError
 from internvla_ros.model.inputs import ModelInputs
 from internvla_ros.paths import default_model_dir
 
 GROUP = "bench"
-VERBS_ATTR = "internvla_verbs"
+BENCH_HELP = "measure latency and jitter"
 """Attribute of the ``bench`` group parser holding its verb table, so other modules can add verbs."""
 COMPARE_DEFAULT = ("torch", "torch-uncached", "onnxruntime")
 ENCODE_BOTH = "cosmos_encode (both frames)"
@@ -51,12 +52,8 @@ PROMPT_TOKENS = 13
 
 
 def bench_verbs(subparsers: argparse._SubParsersAction) -> argparse._SubParsersAction:
-    """The verb table of ``internvla bench``, created on first use."""
-    parser = subparsers.choices.get(GROUP)
-    if parser is None:
-        parser = subparsers.add_parser(GROUP, help="measure latency")
-        setattr(parser, VERBS_ATTR, parser.add_subparsers(dest="bench_command", required=True, metavar="VERB"))
-    return getattr(parser, VERBS_ATTR)
+    """The verb table of ``internvla bench``."""
+    return verb_group(subparsers, GROUP, BENCH_HELP)
 
 
 def synthetic_batch(config: InternVLAConfig, seed: int = 0) -> tuple[ModelInputs, torch.Tensor]:

@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from internvla_ros.cli.groups import verb_group
+from internvla_ros.cli.bench_model import bench_verbs
 from internvla_ros.model.errors import ModelError
 from internvla_ros.runtime.driver import DEFAULT_CONTROL_PRIORITY
 from internvla_ros.runtime.errors import PolicyRuntimeError
@@ -44,7 +44,7 @@ def command(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = verb_group(subparsers, "bench", "measure latency and jitter").add_parser(
+    parser = bench_verbs(subparsers).add_parser(
         "runtime", help=__doc__.splitlines()[0].split(": ", 1)[1], description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of measurement (default 60)")

@@ -20,12 +20,12 @@ from pathlib import Path
 import torch
 
 from internvla_ros.backends.errors import BackendError
-from internvla_ros.backends.export import DTYPES, export_model
+from internvla_ros.backends.export import DTYPES, OPSET, export_model
 
 
-def export(model_dir: Path, out_dir: Path, dtype: str) -> int:
+def export(model_dir: Path, out_dir: Path, dtype: str, opset: int) -> int:
     start = time.perf_counter_ns()
-    manifest = export_model(model_dir, out_dir, dtype)
+    manifest = export_model(model_dir, out_dir, dtype, opset)
     seconds = (time.perf_counter_ns() - start) / 1e9
     print(f"exported {model_dir} ({manifest.dtype}, opset {manifest.opset}) to {out_dir} in {seconds:.1f} s")
     for spec in manifest.graphs.values():
@@ -39,7 +39,7 @@ def command(args: argparse.Namespace) -> int:
     """Entry point of ``internvla export``."""
     torch.set_num_threads(args.threads)
     try:
-        return export(Path(args.directory), Path(args.out), args.dtype)
+        return export(Path(args.directory), Path(args.out), args.dtype, args.opset)
     except BackendError as err:
         print(f"ERROR: {err}", file=sys.stderr)
         return 2
@@ -55,5 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, metavar="ENGINE_DIR", help="directory for the graphs and manifest")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
                         help="precision of the experts and the ViT (default: float32)")
+    parser.add_argument("--opset", type=int, default=OPSET,
+                        help=f"ONNX opset (default: {OPSET}; 19 decomposes Attention/RMSNormalization)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads while exporting (default: 1)")
     parser.set_defaults(func=command)

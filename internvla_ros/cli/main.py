@@ -10,18 +10,22 @@ import argparse
 import importlib
 import sys
 
+DESCRIPTION = "internvla_ros tools: parity checks, models, the closed-loop demo, benchmarks, ONNX export, bag replay"
+
 COMMAND_MODULES = [
     "internvla_ros.cli.check_parity",
     "internvla_ros.cli.model_info",
     "internvla_ros.cli.make_default",
     "internvla_ros.cli.demo",
     "internvla_ros.cli.bench_runtime",
+    "internvla_ros.cli.bench_model",
+    "internvla_ros.cli.export",
     "internvla_ros.cli.replay",
 ]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="internvla", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="internvla", description=DESCRIPTION)
     subparsers = parser.add_subparsers(dest="command", required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(subparsers)

@@ -28,6 +28,7 @@ from internvla_ros.ros.conversions import RclpyClock
 from internvla_ros.ros.messages import forward_msg, trajectory_msg
 from internvla_ros.runtime import ActionMapper, ControlOutput, PolicyRuntime, RuntimeConfig
 from internvla_ros.runtime.driver import RuntimeDriver
+from internvla_ros.runtime.node_parameters import NEURAL_POLICY_FACTORY
 from internvla_ros.runtime.worker import InferenceWorker
 
 CONTROL_RATE_HZ = 50.0
@@ -35,7 +36,6 @@ SATURATING_INFERENCE_HZ = 20.0  # far above what the model reaches here: inferen
 JOINT_STATE_HZ = 100.0
 CAMERA_HZ = 30.0
 CAMERA_SHAPE = (480, 640, 3)
-NEURAL_POLICY_FACTORY = "internvla_ros.runtime.internvla_policy:load_policy"
 BENCH_INSTRUCTION = "pick up the red block and place it in the blue bowl"
 
 

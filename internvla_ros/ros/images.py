@@ -9,36 +9,25 @@ problem instead of a garbled array.
 from __future__ import annotations
 
 import numpy as np
+from rosbags.image import ImageConversionError, ImageFormatError, message_to_cvimage
 from sensor_msgs.msg import CompressedImage, Image
 
+from internvla_ros.runtime.images import ImageError, check_image_fields, check_rgb
+
 try:  # a system ROS 2 install
-    from cv_bridge import CvBridge
+    from cv_bridge import CvBridge, CvBridgeError
 
     _BRIDGE: CvBridge | None = CvBridge()
+    _BRIDGE_ERRORS: tuple[type[Exception], ...] = (CvBridgeError,)
 except ImportError:  # PyPI wheels: rosbags-image
     _BRIDGE = None
-    from rosbags.image import ImageConversionError, ImageFormatError, message_to_cvimage
-
-BYTES_PER_PIXEL = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1}
-SUPPORTED_ENCODINGS = tuple(BYTES_PER_PIXEL)
-
-
-class ImageError(ValueError):
-    """An image message that cannot be used as a camera frame; the message says why and what to fix."""
+    _BRIDGE_ERRORS = ()
+DECODE_ERRORS = (AssertionError, ValueError, ImageConversionError, ImageFormatError, *_BRIDGE_ERRORS)
 
 
 def check_image(msg: Image) -> None:
     """Raises ImageError unless msg is a non-empty, consistent image in a supported encoding."""
-    if msg.encoding not in BYTES_PER_PIXEL:
-        raise ImageError(f"unsupported encoding '{msg.encoding}'; publish one of {', '.join(SUPPORTED_ENCODINGS)}")
-    if msg.height == 0 or msg.width == 0:
-        raise ImageError(f"empty image ({msg.height}x{msg.width})")
-    row = msg.width * BYTES_PER_PIXEL[msg.encoding]
-    if msg.step != row:
-        raise ImageError(f"step {msg.step} does not match width {msg.width} x {BYTES_PER_PIXEL[msg.encoding]} bytes "
-                         f"({msg.encoding}) = {row}; padded rows are not supported")
-    if len(msg.data) != msg.step * msg.height:
-        raise ImageError(f"data holds {len(msg.data)} bytes, step x height = {msg.step * msg.height}")
+    check_image_fields(msg.encoding, msg.height, msg.width, msg.step, len(msg.data))
 
 
 def to_rgb(msg: Image | CompressedImage) -> np.ndarray:
@@ -55,9 +44,8 @@ def to_rgb(msg: Image | CompressedImage) -> np.ndarray:
                 rgb = _BRIDGE.compressed_imgmsg_to_cv2(msg, desired_encoding="rgb8")
         else:
             rgb = message_to_cvimage(msg, "rgb8")
-    except (AssertionError, ImageConversionError, ImageFormatError, ValueError) as err:
+    except DECODE_ERRORS as err:
         kind = f"compressed ({msg.format})" if isinstance(msg, CompressedImage) else msg.encoding
         raise ImageError(f"cannot decode the {kind} image: {err or 'not a valid image'}") from err
-    if rgb is None or rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.size == 0:
-        raise ImageError(f"decoded to shape {None if rgb is None else rgb.shape}, expected (H, W, 3)")
+    check_rgb(rgb)
     return np.array(rgb, dtype=np.uint8, copy=True)

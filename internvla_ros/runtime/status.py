@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
+
+import numpy as np
 
 from internvla_ros.runtime.config import NS_PER_S
 
@@ -85,3 +87,56 @@ class RuntimeStatus:
     stale_inputs: tuple[str, ...]  # inputs stale right now
     estop_reason: str
     last_error: str
+
+
+@dataclass(frozen=True)
+class StatusReport:
+    """The fields of the node's PolicyStatus message, from a RuntimeStatus (the node and the replay publish it)."""
+
+    stamp_ns: int
+    state: RuntimeState
+    dry_run: bool
+    instruction: str
+    inference_rate: float
+    control_rate: float
+    foresight_rate: float
+    inference_latency_p50: float
+    inference_latency_p99: float
+    max_input_age: float
+    chunks_computed: int
+    commands_sent: int
+    inference_overruns: int
+    chunks_dropped: int
+    stale_inputs: int
+    invalid_inputs: int
+    commands_clamped: int
+    commands_rejected: int
+    last_error: str
+
+
+def status_report(status: RuntimeStatus, instruction: str, latencies_ns: Iterable[int], commands_sent: int,
+                   invalid_inputs: int) -> StatusReport:
+    """The PolicyStatus fields for a runtime status, the instruction and the recent inference latencies."""
+    latencies = np.asarray(list(latencies_ns), dtype=np.float64) / NS_PER_S
+    p50, p99 = np.percentile(latencies, [50, 99]) if latencies.size else (0.0, 0.0)
+    return StatusReport(
+        stamp_ns=status.stamp_ns,
+        state=status.state,
+        dry_run=status.dry_run,
+        instruction=instruction,
+        inference_rate=status.inference_rate_hz,
+        control_rate=status.control_rate_hz,
+        foresight_rate=status.foresight_rate_hz,
+        inference_latency_p50=float(p50),
+        inference_latency_p99=float(p99),
+        max_input_age=status.observation_age_last_ns / NS_PER_S,
+        chunks_computed=status.chunks_accepted,
+        commands_sent=commands_sent,
+        inference_overruns=status.overruns,
+        chunks_dropped=sum(status.dropped_chunks.values()) + sum(status.rejected_chunks.values()),
+        stale_inputs=sum(status.stale.values()),
+        invalid_inputs=invalid_inputs + sum(status.rejected.values()),
+        commands_clamped=sum(status.clamped.values()) + sum(status.clamped_trajectory.values()),
+        commands_rejected=status.inference_failures,
+        last_error=status.estop_reason or status.last_error,
+    )

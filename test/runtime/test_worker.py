@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import struct
 
 import numpy as np
@@ -64,5 +65,5 @@ def test_worker_start_failure_names_the_cause() -> None:
     worker = InferenceWorker("test.ros.policies:failing_policy")
     with pytest.raises(InferenceError, match="failed to start: RuntimeError: this policy cannot be built"):
         worker.start(timeout_s=60)
-    with pytest.raises(InferenceError, match="must look like 'package.module:function'"):
+    with pytest.raises(InferenceError, match=re.escape("must look like 'package.module:function'")):
         InferenceWorker("no_colon").start(timeout_s=60)

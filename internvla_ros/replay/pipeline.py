@@ -1,0 +1,222 @@
+"""One replay from start to finish: check the inputs, load the model, drive, write, compare, report.
+
+Everything that can be checked cheaply (config, tolerance file, model statistics, bag topics and length)
+is checked before the model is loaded, so bad input fails fast with exit code 2.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from internvla_ros.model.errors import ModelError
+from internvla_ros.model.normalization import NormalizationStats
+from internvla_ros.replay.compare import CommandRecorder, Comparison, Tolerance, compare, load_golden
+from internvla_ros.replay.driver import DriverOptions, ReplayDriver, ReplaySink, ReplayStats
+from internvla_ros.replay.errors import ReplayError
+from internvla_ros.replay.messages import COMPRESSED_IMAGE, IMAGE, JOINT_STATE, STRING, MessageFactory, make_typestore
+from internvla_ros.replay.reader import BagInfo, BagReader
+from internvla_ros.replay.topics import TopicMap
+from internvla_ros.replay.writer import BagWriter
+from internvla_ros.runtime import ActionMapper, PolicyRuntime, RuntimeConfig
+from internvla_ros.runtime.config import NS_PER_S
+from internvla_ros.runtime.errors import RuntimeConfigError
+from internvla_ros.runtime.node_parameters import NOT_ROBOT_CONFIG
+
+STATS_FILE = "stats.json"
+INFERENCE_THREADS = 1  # reproducible float results, and the documented speed numbers
+# Node-level parameters a robot config file may also hold (internvla_ros.ros.policy_node.NODE_PARAMETERS).
+KIB = 1024
+
+
+@dataclass(frozen=True)
+class ReplayRequest:
+    bag: Path
+    config: Path
+    model: Path
+    out: Path | None = None
+    golden: Path | None = None
+    report: Path | None = None
+    tolerance: Path | None = None
+    namespace: str = "/"
+    remaps: Sequence[str] = ()
+    inference_latency_ns: int = 100_000_000
+    status_period_ns: int = 500_000_000
+    instruction: str = ""
+    seed: int = 0
+    dtype: str = "float32"
+    tokenizer: Path | None = None
+    overwrite: bool = False
+
+
+@dataclass
+class ReplayOutcome:
+    request: ReplayRequest
+    config: RuntimeConfig
+    topics: TopicMap
+    bag: BagInfo
+    camera_topics: dict[str, str]
+    stats: ReplayStats
+    recorder: CommandRecorder
+    wall_s: float
+    model_load_s: float
+    maxrss_mib: float
+    out: Path | None = None
+    comparison: Comparison | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def speed(self) -> float:
+        """Bag seconds replayed per wall second (model loading excluded)."""
+        return self.bag.duration_ns / NS_PER_S / self.wall_s if self.wall_s > 0 else float("inf")
+
+
+def load_config(path: Path) -> RuntimeConfig:
+    try:
+        return RuntimeConfig.from_yaml(path, ignore=NOT_ROBOT_CONFIG)
+    except RuntimeConfigError as err:
+        msg = f"--config: {err}"
+        raise ReplayError(msg) from err
+
+
+def select_inputs(bag: BagInfo, topics: TopicMap, notes: list[str] | None = None) -> dict[str, str]:
+    """The topic each camera is read from (raw preferred), after checking every input is there and typed."""
+    present = bag.topics
+    note = "" if bag.metadata_found or bag.path.is_file() else (
+        f" (no metadata.yaml: read the {len(bag.files)} storage files directly)")
+    expected = ", ".join(topics.inputs())
+    missing = []
+    if topics.joint_states not in present:
+        missing.append(topics.joint_states)
+    cameras = {}
+    for camera, topic in topics.cameras.items():
+        compressed = topics.compressed(camera)
+        if topic in present:
+            cameras[camera] = topic
+            if compressed in present and notes is not None:
+                notes.append(f"camera {camera}: both {topic} and {compressed} were recorded; the raw one is replayed")
+        elif compressed in present:
+            cameras[camera] = compressed
+        else:
+            missing.append(topic)
+    if missing:
+        msg = (f"{bag.path}: the bag lacks {', '.join(missing)}{note}. The config expects {expected}; "
+               f"the bag has {bag.describe_topics()}. Use --namespace/--remap if the robot recorded other names.")
+        raise ReplayError(msg)
+    types = {topics.joint_states: JOINT_STATE, topics.instruction: STRING}
+    types |= {t: COMPRESSED_IMAGE if t.endswith("/compressed") else IMAGE for t in cameras.values()}
+    for topic, msgtype in types.items():
+        if topic in present and present[topic].msgtype != msgtype:
+            msg = f"{bag.path}: {topic} carries {present[topic].msgtype}; the policy node reads {msgtype}"
+            raise ReplayError(msg)
+    return cameras
+
+
+def check_length(bag: BagInfo, config: RuntimeConfig) -> None:
+    chunk_ns = (config.execution.chunk_size - 1) * config.rates.chunk_step_ns
+    if bag.duration_ns < chunk_ns:
+        steps, rate = config.execution.chunk_size, config.rates.chunk_step_hz
+        msg = (f"{bag.path}: the bag lasts {bag.duration_ns / NS_PER_S:.3f} s, shorter than one chunk "
+               f"({steps} steps at {rate:g} Hz = {chunk_ns / NS_PER_S:.3f} s)")
+        raise ReplayError(msg)
+
+
+def load_model(request: ReplayRequest, config: RuntimeConfig) -> object:
+    from internvla_ros.runtime.internvla_policy import load_policy  # torch-heavy: only once inputs are fine
+
+    torch.set_num_threads(INFERENCE_THREADS)
+    try:
+        return load_policy(model=str(request.model), tokenizer=str(request.tokenizer) if request.tokenizer else None,
+                           dtype=request.dtype, cameras={c.name: c.slot for c in config.cameras}, seed=request.seed)
+    except (ModelError, OSError, ValueError) as err:
+        msg = f"--model {request.model}: {err}"
+        raise ReplayError(msg) from err
+
+
+def run_replay(request: ReplayRequest, progress: Callable[[BagInfo], Callable[[int], None]] | None = None,
+               policy_loader: Callable[[ReplayRequest, RuntimeConfig], object] | None = None) -> ReplayOutcome:
+    """Runs one replay; raises ReplayError for unusable input (nothing is left under ``request.out``)."""
+    config = load_config(request.config)
+    tolerance = Tolerance.from_yaml(request.tolerance) if request.tolerance else Tolerance()
+    try:
+        stats = NormalizationStats.load(request.model / STATS_FILE, config.robot_type)
+    except (ModelError, OSError) as err:
+        msg = f"--model {request.model}: {err}"
+        raise ReplayError(msg) from err
+    topics = TopicMap.from_config(config, request.namespace, request.remaps)
+    store = make_typestore()
+    notes: list[str] = []
+    with BagReader(request.bag, store) as reader:
+        assert reader.info is not None
+        bag = reader.info
+        if not bag.metadata_found and not bag.path.is_file():
+            notes.append(f"{bag.path} has no metadata.yaml: its {len(bag.files)} storage files were read directly "
+                         "(mcap files carry their schemas; types without a definition come from the Jazzy type store)")
+        cameras = select_inputs(bag, topics, notes)
+        check_length(bag, config)
+        if not request.instruction.strip() and topics.instruction not in bag.topics:
+            msg = (f"{bag.path}: no instruction: the bag has no {topics.instruction} topic; "
+                   "pass --instruction 'the task, e.g. sort the parcels'")
+            raise ReplayError(msg)
+        started = time.monotonic()
+        policy = (policy_loader or load_model)(request, config)
+        model_load_s = time.monotonic() - started
+        mapper = ActionMapper(config, stats)
+        runtime = PolicyRuntime(config, mapper)
+        if config.safety.dry_run:
+            # Offline nothing moves: record the commands the node would send once actuation is enabled.
+            runtime.set_dry_run(False)
+            notes.append("the config has safety.dry_run: true; the replay records the commands the node "
+                         "sends with actuation enabled")
+        # The command log and the measured joints are kept only for a comparison or a report: without
+        # them memory does not grow with the bag's length.
+        keep = request.golden is not None or request.report is not None
+        recorder = CommandRecorder(config)
+        sinks: list[ReplaySink] = [recorder] if keep else []
+        writer = BagWriter(request.out, topics, MessageFactory(store), request.overwrite) if request.out else None
+        if writer is not None:
+            sinks.append(writer)
+        options = DriverOptions(request.inference_latency_ns, request.status_period_ns, request.instruction,
+                                keep_measured=keep)
+        driver = ReplayDriver(runtime, mapper, policy, topics, cameras, options, sinks,
+                              progress(bag) if progress else None)
+        try:
+            started = time.monotonic()
+            replay_stats = driver.run(reader.messages(driver.input_topics), bag.end_ns)
+            wall_s = time.monotonic() - started
+            _check_ran(bag, replay_stats, config)
+            out = writer.commit() if writer is not None else None
+        except BaseException:
+            if writer is not None:
+                writer.abort()
+            raise
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / KIB
+    outcome = ReplayOutcome(request, config, topics, bag, cameras, replay_stats, recorder, wall_s, model_load_s,
+                            maxrss, out, notes=notes)
+    if request.golden is not None:
+        golden = load_golden(request.golden, config, topics, lambda path: BagReader(path, store))
+        outcome.comparison = compare(recorder.log, golden, config, tolerance)
+    return outcome
+
+
+def _check_ran(bag: BagInfo, stats: ReplayStats, config: RuntimeConfig) -> None:
+    """A replay that never started or never produced a chunk has nothing to compare: unusable input."""
+    if stats.started_ns is None:
+        reasons = [f"camera {c}: {stats.invalid_images[c]} images rejected ({stats.image_errors[c]})"
+                   for c in stats.invalid_images]
+        if stats.rejected_joint_states:
+            reasons.append(f"{stats.rejected_joint_states} joint_states rejected (joints missing or malformed)")
+        detail = "; ".join(reasons) or "joint_states and every camera were never fresh at the same time"
+        msg = f"{bag.path}: the policy never started: {detail}"
+        raise ReplayError(msg)
+    if stats.chunks == 0:
+        status = stats.final_status
+        detail = f"state {status.state.value}, stale-input events {dict(status.stale)}" if status else ""
+        msg = f"{bag.path}: no chunk was computed ({detail})"
+
+        raise ReplayError(msg)
