@@ -63,12 +63,14 @@ setup(
         "rosbags>=0.11,<0.12",
         "rosbags-image>=0.9",
         "onnx>=1.17",
-        "onnxruntime>=1.20",
         "onnxscript>=0.2",
         "rich>=13",
         "matplotlib>=3.8",
     ],
     extras_require={
+        # Exactly one ONNX Runtime build: both install the same `onnxruntime` module.
+        "cpu": ["onnxruntime>=1.20"],
+        "gpu": ["onnxruntime-gpu>=1.20", "tensorrt>=10"],
         "ros-wheels": ROS_WHEELS + ROS_BUILD_WHEELS,
         "test": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "ruff>=0.6"],
     },

