@@ -80,11 +80,18 @@ class SimRobot(Node):
         reason = self.cell.submit_trajectory(controller, trajectory, self._now_ns())
         if reason is not None:
             self.get_logger().warn(f"{controller}: trajectory rejected: {reason}")
+        self._log_violations(controller)
 
     def _on_forward(self, controller: str, msg: Float64MultiArray) -> None:
         reason = self.cell.submit_forward_command(controller, np.asarray(msg.data))
         if reason is not None:
             self.get_logger().warn(f"{controller}: command dropped: {reason}")
+        self._log_violations(controller)
+
+    def _log_violations(self, controller: str) -> None:
+        for message in self.cell.violation_log:
+            self.get_logger().error(f"{controller}: command outside the joint limits: {message}")
+        self.cell.violation_log.clear()
 
     def _on_step(self) -> None:
         now_ns = self._now_ns()

@@ -119,6 +119,9 @@ class ExecutionConfig:
     chunk_size: int
     action_dim: int
     frame_history_steps: int  # the older frame is this many chunk steps before the current one
+    # > 0: the older frame may be a frame already sent as a current frame (so already encoded by the
+    # policy) if it is within this many chunk steps of the exact one; 0: always the exact frame.
+    history_reuse_steps: int = 0
 
 
 @dataclass(frozen=True)
@@ -378,6 +381,7 @@ def _read_execution(reader: ParameterReader, dim: int) -> ExecutionConfig:
         frame_history_steps=reader.integer(
             "execution.frame_history_steps", low=0, high=1000, default=PAPER_FRAME_HISTORY_STEPS
         ),
+        history_reuse_steps=reader.integer("execution.history_reuse_steps", low=0, high=1000, default=0),
     )
 
 

@@ -18,7 +18,7 @@ Calls are serialised by an internal lock, so an inference thread may call ``subm
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -69,6 +69,7 @@ REJECT_JOINT_STATE = "joint_state"
 REJECT_UNKNOWN_CAMERA = "unknown_camera"
 
 RECENT_REQUESTS = 8  # observations whose chunks are still accepted (identified by their stamp)
+HANDED_OUT_FRAMES = 32  # per camera: a few seconds of requests, enough for any history offset
 
 
 @dataclass
@@ -124,6 +125,10 @@ class PolicyRuntime:
         history_ns = execution.frame_history_steps * self._step_ns
         self._history_ns = history_ns
         self._frames = {c.name: FrameHistory(history_ns) for c in config.cameras}
+        # Frames already handed out as a camera's current frame (the policy has encoded them), newest last.
+        self._handed_out: dict[str, deque[tuple[int, Any]]] = {c.name: deque(maxlen=HANDED_OUT_FRAMES)
+                                                               for c in config.cameras}
+        self._history_reuse_ns = execution.history_reuse_steps * self._step_ns
         self._joint_index = [[config.joint_index[j] for j in c.joints] for c in config.controllers]
         self._trajectory_columns = np.asarray(sorted(
             config.joint_index[j] for c in config.controllers if c.type == "joint_trajectory" for j in c.joints),
@@ -492,13 +497,26 @@ class PolicyRuntime:
             self._last_error = f"inference for observation {request.obs_stamp_ns} ns not back after a chunk"
             self._request = None
 
+    def _older_frame(self, camera: str, latest_ns: int) -> tuple[int, Any]:
+        """The frame ``history_ns`` before the latest; with history reuse, the nearest frame already handed
+        out as current (so its encoding is reused) when it is within the reuse window of that instant."""
+        target_ns = latest_ns - self._history_ns
+        exact = self._frames[camera].before(target_ns)
+        assert exact is not None
+        if self._history_reuse_ns and self._handed_out[camera]:
+            reused = min(self._handed_out[camera], key=lambda frame: abs(frame[0] - target_ns))
+            if abs(reused[0] - target_ns) <= self._history_reuse_ns:
+                return reused
+        return exact
+
     def _camera_frames(self) -> dict[str, CameraFrames]:
         frames = {}
         for camera in self._config.cameras:
-            history = self._frames[camera.name]
-            latest = history.latest()
-            older = history.before(latest[0] - self._history_ns) if latest else None
-            assert latest is not None and older is not None
+            latest = self._frames[camera.name].latest()
+            assert latest is not None
+            older = self._older_frame(camera.name, latest[0])
+            if not self._handed_out[camera.name] or self._handed_out[camera.name][-1][0] != latest[0]:
+                self._handed_out[camera.name].append(latest)
             frames[camera.name] = CameraFrames(
                 slot=camera.slot,
                 current=latest[1],
@@ -566,6 +584,9 @@ class PolicyRuntime:
         if self._path is None or not self._trajectory_columns.size:
             return limited
         positions, velocities = self._path.sample(now_ns)
+        # The cubic between two limited points can overshoot a little; the tracked state never does.
+        positions = np.clip(positions, self._limiter.low, self._limiter.high)
+        velocities = np.clip(velocities, -self._limiter.max_velocity, self._limiter.max_velocity)
         state = limited.state
         merged_positions, merged_velocities = state.positions.copy(), state.velocities.copy()
         merged_positions[self._trajectory_columns] = positions[self._trajectory_columns]
@@ -609,6 +630,7 @@ class PolicyRuntime:
         velocities[0] = self._motion.velocities
         if len(states) > 2:
             velocities[1:-1] = (positions[2:] - positions[:-2]) / (2 * self._control_ns / 1e9)
+        velocities = np.clip(velocities, -self._limiter.max_velocity, self._limiter.max_velocity)
         times = [0, *(t - now_ns for t in stamps)]
         self._path = TimedPath(np.asarray([now_ns, *stamps], dtype=np.int64), positions, velocities)
         return self._per_trajectory_controller(now_ns, positions, velocities, times)

@@ -58,6 +58,7 @@ class SimulatedCell:
         self.accepted: Counter[str] = Counter()
         self.rejected: Counter[str] = Counter()
         self.limit_violations = 0
+        self.violation_log: list[str] = []  # drained and logged by the node
 
     @property
     def trajectory_controllers(self) -> tuple[str, ...]:
@@ -69,9 +70,17 @@ class SimulatedCell:
 
     def _count_violations(self, index: np.ndarray, positions: np.ndarray, velocities: np.ndarray | None) -> None:
         over = (positions < self._min[index] - LIMIT_TOLERANCE) | (positions > self._max[index] + LIMIT_TOLERANCE)
-        self.limit_violations += int(np.count_nonzero(over))
+        for k in np.flatnonzero(over):
+            self._violation(f"{self.names[index[k]]} position {positions[k]:.6f} outside "
+                            f"[{self._min[index[k]]}, {self._max[index[k]]}]")
         if velocities is not None:
-            self.limit_violations += int(np.count_nonzero(np.abs(velocities) > self._max_velocity[index] * 1.001))
+            for k in np.flatnonzero(np.abs(velocities) > self._max_velocity[index] * 1.001):
+                self._violation(f"{self.names[index[k]]} velocity {velocities[k]:.6f} above "
+                                f"{self._max_velocity[index[k]]}")
+
+    def _violation(self, message: str) -> None:
+        self.limit_violations += 1
+        self.violation_log.append(message)
 
     def submit_trajectory(self, controller: str, trajectory: Trajectory, now_ns: int) -> str | None:
         """None when accepted, else the controller's reason for refusing it."""

@@ -295,6 +295,27 @@ def test_frame_history_supplies_the_frame_half_a_second_earlier(tmp_path: Path) 
     assert slots == {"head": 0, "wrist": 1}
 
 
+def test_history_reuse_picks_an_already_sent_frame_near_the_exact_one(tmp_path: Path) -> None:
+    """With history reuse, the older frame is one the policy has already seen as a current frame (so its
+    encoding is cached), never further than the reuse window from the exact t-15 frame."""
+    reuse_steps = 3
+    runtime = make_runtime(tmp_path, execution__history_reuse_steps=reuse_steps)
+    loop = SimLoop(runtime, hold_policy, scene=lambda t: np.array([t]))
+    loop.start()
+    result = loop.run_until(3_000 * MS)
+    sent = {name: set() for name in CAMERAS}
+    reused = 0
+    history_ns = 15 * STEP_NS
+    for index, observation in enumerate(result.observations):
+        for name, frames in observation.cameras.items():
+            if index >= 4:
+                age = frames.current_stamp_ns - frames.history_stamp_ns
+                assert abs(age - history_ns) <= reuse_steps * STEP_NS + loop.camera_period_ns
+                reused += frames.history_stamp_ns in sent[name]
+            sent[name].add(frames.current_stamp_ns)
+    assert reused >= 0.8 * (len(result.observations) - 4) * len(CAMERAS)
+
+
 # Hand-overs --------------------------------------------------------------------------------------
 
 
@@ -486,8 +507,12 @@ def test_no_policy_output_makes_an_unsafe_command(tmp_path: Path, data: st.DataO
             assert (step <= limiter.max_velocity * 0.02 + 1e-9).all()
         previous = positions
         for trajectory in output.trajectories:
+            columns = [JOINTS.index(name) for name in trajectory.joint_names]
             for point in trajectory.points:
                 assert np.isfinite(point.positions).all() and np.isfinite(point.velocities).all()
+                assert (np.array(point.positions) >= limiter.low[columns]).all()
+                assert (np.array(point.positions) <= limiter.high[columns]).all()
+                assert (np.abs(point.velocities) <= limiter.max_velocity[columns] + 1e-9).all()
     for chunk_result in result.chunk_results:
         assert chunk_result.accepted or chunk_result.reason in {"shape", "non_finite", "statistics"}
     status = runtime.status(loop.now_ns)
@@ -543,4 +568,11 @@ def test_consecutive_trajectories_join_without_a_step(tmp_path: Path) -> None:
         path = TimedPath(times, np.array([p.positions for p in previous.points]),
                          np.array([p.velocities for p in previous.points]))
         expected, _ = path.sample(next_stamp)
-        np.testing.assert_allclose(current.points[0].positions, expected, atol=1e-9)
+        np.testing.assert_allclose(current.points[0].positions, expected, atol=1e-6)
+    limiter = runtime.limiter
+    for _, trajectory in sent:  # what the controller is sent stays inside every limit
+        columns = [JOINTS.index(name) for name in trajectory.joint_names]
+        for point in trajectory.points:
+            assert (np.abs(point.velocities) <= limiter.max_velocity[columns] + 1e-9).all()
+            assert (np.array(point.positions) >= limiter.low[columns]).all()
+            assert (np.array(point.positions) <= limiter.high[columns]).all()
