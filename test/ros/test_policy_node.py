@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import Image, JointState
@@ -38,7 +39,9 @@ def test_closed_loop_with_sim_robot(ros_context, start_node, tmp_path: Path) -> 
     node = rclpy.create_node("loop_probe", context=ros_context)
     executor = SingleThreadedExecutor(context=ros_context)
     executor.add_node(node)
-    received: dict[str, list] = {"gripper": [], "arm": [], "chunks": [], "status": [], "states": []}
+    received: dict[str, list] = {"gripper": [], "arm": [], "chunks": [], "status": [], "states": [], "sim": []}
+    node.create_subscription(DiagnosticArray, "/diagnostics", lambda m: received["sim"].extend(
+        {kv.key: kv.value for kv in s.values} for s in m.status if s.hardware_id == "sim_robot"), 10)
     node.create_subscription(Float64MultiArray, f"{NAMESPACE}/left_gripper_controller/commands",
                              lambda m: received["gripper"].append((time.monotonic(), m)), 100)
     node.create_subscription(JointTrajectory, f"{NAMESPACE}/left_arm_controller/joint_trajectory",
@@ -78,7 +81,9 @@ def test_closed_loop_with_sim_robot(ros_context, start_node, tmp_path: Path) -> 
     assert np.max(np.abs(measured - commanded)) < 0.05
     swing = np.ptp([s.position[list(s.name).index("left_joint1")] for s in received["states"]])
     assert swing > 0.05, "the sim's joint did not move with the policy's chunks"
-    assert "limit_violations" not in sim.output()
+    assert received["sim"], "no diagnostics from sim_robot"
+    assert received["sim"][-1]["limit_violations"] == "0", sim.output()[-2000:]
+    assert "outside the joint limits" not in sim.output()
     status = received["status"][-1]
     assert status.state == PolicyStatus.STATE_RUNNING and status.instruction == "wave"
     assert status.control_rate == pytest.approx(config.rates.control_rate_hz, rel=0.15)
