@@ -31,13 +31,14 @@ from internvla_ros.backends.manifest import (
     model_key,
     source_hashes,
 )
-from internvla_ros.model.checkpoint import load_checkpoint
+from internvla_ros.model.checkpoint import TORCH_DTYPES, load_checkpoint
 from internvla_ros.model.errors import ModelError
 from internvla_ros.model.modeling import InternVLAModel
 
 OPSET = 23
 """Emits native RMSNormalization / Attention ops (ONNX Runtime >= 1.23 runs them)."""
-DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DTYPES = TORCH_DTYPES
+"""Precisions an export can be made in: every one the model loads in."""
 INLINE_LIMIT = 1 << 30
 """Graphs with more weight bytes than this keep them in a side file (protobuf stops at 2 GiB)."""
 CACHE_ENV = "INTERNVLA_EXPORT_CACHE"

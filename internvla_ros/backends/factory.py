@@ -62,7 +62,7 @@ def create_one(name: str, options: BackendOptions) -> InferenceBackend:
         return torch_backend.TorchBackend(checkpoint.model, kv_reuse=name == torch_backend.NAME,
                                           compile=options.compile)
     if name == onnxruntime_backend.NAME:
-        onnxruntime_backend.choose_providers(onnxruntime_backend._ort().get_available_providers())
+        onnxruntime_backend.available_providers()  # before an export is made for it
         return onnxruntime_backend.create(options.model_dir, _engine_dir(options), options.threads)
     if name == tensorrt_backend.NAME:
         tensorrt_backend.import_tensorrt()

@@ -13,12 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from internvla_ros.backends.errors import BackendError, ExportMismatchError
+from internvla_ros.model.checkpoint import WEIGHTS_FILE
+from internvla_ros.model.config import ARCH_FILE, CONFIG_FILE
 
 MANIFEST_FILE = "manifest.json"
 FORMAT_VERSION = 1
 """Bumped whenever the graphs' inputs/outputs change; an older export is then refused."""
-REQUIRED_SOURCE_FILES = ("model.safetensors", "config.json")
-OPTIONAL_SOURCE_FILES = ("arch.json",)
+REQUIRED_SOURCE_FILES = (WEIGHTS_FILE, CONFIG_FILE)
+OPTIONAL_SOURCE_FILES = (ARCH_FILE,)
 HASH_BLOCK = 1 << 22
 
 
@@ -150,3 +152,11 @@ class Manifest:
                     state = "missing" if size is None else f"{size} bytes, manifest says {expected}"
                     raise ExportMismatchError(f"{path}: graph {name!r} is {state}; re-export with "
                                               f"`internvla export MODEL_DIR --out {engine_dir}`")
+
+
+def load_export(engine_dir: Path, model_dir: Path) -> Manifest:
+    """The manifest of ``engine_dir``, refused unless it was exported from ``model_dir`` as it is now."""
+    manifest = Manifest.read(engine_dir)
+    manifest.verify_source(model_dir, engine_dir)
+    manifest.check_files(engine_dir)
+    return manifest

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from internvla_ros.backends.errors import BackendError, BackendUnavailable
-from internvla_ros.backends.manifest import Manifest
+from internvla_ros.backends.manifest import Manifest, load_export
 from internvla_ros.backends.pipeline import GraphPipeline
 from internvla_ros.model.config import load_config
 from internvla_ros.model.errors import ModelError
@@ -17,7 +17,8 @@ NAME = "onnxruntime"
 PROVIDER_PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 
 
-def _ort() -> Any:
+def ort_module() -> Any:
+    """The ``onnxruntime`` module, or BackendUnavailable naming how to install it."""
     try:
         import onnxruntime
     except ImportError as err:
@@ -35,6 +36,11 @@ def choose_providers(available: list[str]) -> list[str]:
     return chosen
 
 
+def available_providers() -> list[str]:
+    """The providers to run with here, best first; BackendUnavailable without onnxruntime or a usable provider."""
+    return choose_providers(ort_module().get_available_providers())
+
+
 def provider_options(providers: list[str], engine_dir: Path) -> list[str | tuple[str, dict[str, Any]]]:
     """TensorRT through ONNX Runtime keeps its engines next to the export instead of rebuilding them."""
     cache = str(engine_dir / "onnxruntime_tensorrt")
@@ -45,7 +51,7 @@ def provider_options(providers: list[str], engine_dir: Path) -> list[str | tuple
 
 def load_graph(path: Path, providers: list[str | tuple[str, dict[str, Any]]], threads: int) -> Any:
     """One graph file loaded for inference, or a BackendError naming the file and the fix."""
-    ort = _ort()
+    ort = ort_module()
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
@@ -88,17 +94,9 @@ class OrtRunner:
         return np.concatenate(parts, axis=axis)
 
 
-def load_export(engine_dir: Path, model_dir: Path) -> Manifest:
-    """The manifest of ``engine_dir``, refused unless it was exported from ``model_dir`` as it is now."""
-    manifest = Manifest.read(engine_dir)
-    manifest.verify_source(model_dir, engine_dir)
-    manifest.check_files(engine_dir)
-    return manifest
-
-
 def create(model_dir: Path, engine_dir: Path, threads: int = 1) -> GraphPipeline:
     """The ONNX Runtime backend over the export in ``engine_dir`` of ``model_dir``."""
-    providers = choose_providers(_ort().get_available_providers())
+    providers = available_providers()
     manifest = load_export(engine_dir, model_dir)
     if manifest.dtype == "bfloat16" and providers == ["CPUExecutionProvider"]:
         raise BackendUnavailable(f"{NAME}: the CPU provider has no bfloat16 kernels (Conv, MatMul) for {engine_dir}; "

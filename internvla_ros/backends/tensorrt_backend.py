@@ -16,8 +16,7 @@ import numpy as np
 import torch
 
 from internvla_ros.backends.errors import BackendError, BackendUnavailable
-from internvla_ros.backends.manifest import Manifest
-from internvla_ros.backends.onnxruntime_backend import load_export
+from internvla_ros.backends.manifest import Manifest, load_export
 from internvla_ros.backends.pipeline import GraphPipeline
 from internvla_ros.model.config import load_config
 from internvla_ros.model.errors import ModelError

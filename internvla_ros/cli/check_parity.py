@@ -24,7 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from internvla_ros.backends.errors import BackendError
-from internvla_ros.model.checkpoint import load_checkpoint
+from internvla_ros.model.checkpoint import TORCH_DTYPES, load_checkpoint
 from internvla_ros.model.errors import ModelError
 from internvla_ros.model.inputs import ModelInputs
 from internvla_ros.model.modeling import InternVLAModel, Prediction
@@ -35,7 +35,8 @@ INPUTS_FILE = "inputs.safetensors"
 OUTPUTS_FILE = "outputs.safetensors"
 DEFAULT_ACTIONS_ATOL = 1e-4
 
-DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+DTYPES = ("float32", "bfloat16")
+"""Expert precisions the tolerance table covers (a subset of ``TORCH_DTYPES``)."""
 
 # Absolute tolerances for everything but the actions (those come from --atol). Float32 values follow
 # the fixture's README (independent fp32 implementation: 1e-4, decoded images 5e-4, ids exact).
@@ -169,7 +170,7 @@ def _single_robot(stats_path: Path | None) -> NormalizationStats | None:
 
 def check_parity(directory: Path, dtype: str, atol: float) -> int:
     """Compare; print the report; return the exit status (0 ok, 1 mismatch)."""
-    checkpoint = load_checkpoint(directory, dtype=DTYPES[dtype], cosmos_dtype=torch.float32)
+    checkpoint = load_checkpoint(directory, dtype=TORCH_DTYPES[dtype], cosmos_dtype=torch.float32)
     inputs_path, outputs_path = directory / INPUTS_FILE, directory / OUTPUTS_FILE
     inputs, noise = batch_to_inputs(_load(inputs_path), checkpoint.config.n_views, inputs_path)
     recorded = _load(outputs_path)

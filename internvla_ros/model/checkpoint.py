@@ -19,6 +19,8 @@ from internvla_ros.model.modeling import InternVLAModel
 
 WEIGHTS_FILE = "model.safetensors"
 STATS_FILE = "stats.json"
+TORCH_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+"""Precision names -> torch dtypes (``load_checkpoint``'s ``dtype``); callers may accept a subset."""
 MAX_LISTED = 20
 """How many names of each kind of problem an error message lists before summarising."""
 

@@ -161,7 +161,7 @@ class InternVLAModel(nn.Module):
         self.config = config
         self.model = InternVLAModules(config)
 
-    # ---------------------------------------------------------------- helpers
+    # ---------------------------------------------------------------- precision and the shared layer pass
     @property
     def experts(self) -> MixtureOfExperts:
         return self.model.qwen3_vl_with_expert

@@ -25,13 +25,13 @@ from internvla_ros.replay.messages import (
     FLOAT64_MULTI_ARRAY,
     JOINT_TRAJECTORY,
     ChunkMessage,
-    time_ns,
 )
 from internvla_ros.replay.reader import BagReader
 from internvla_ros.replay.topics import TopicMap
 from internvla_ros.runtime.commands import ControlOutput
 from internvla_ros.runtime.config import RuntimeConfig
 from internvla_ros.runtime.status import StatusReport
+from internvla_ros.runtime.timeutil import stamp_to_ns
 from internvla_ros.sim.trajectory import JointTrajectoryExecutor, Trajectory, TrajectoryPoint, TrajectoryRejected
 
 MS = 1_000_000
@@ -198,7 +198,7 @@ def load_golden(path: Path, config: RuntimeConfig, topics: TopicMap, reader_fact
             (log.trajectories if msgtype == JOINT_TRAJECTORY else log.forward)[controller] = []
         for topic, stamp, message in reader.messages([*found, *([chunk_topic] if chunk_topic else [])]):
             if topic == chunk_topic:
-                log.chunks.append((time_ns(message.header.stamp) or stamp, time_ns(message.observation_stamp)))
+                log.chunks.append((stamp_to_ns(message.header.stamp) or stamp, stamp_to_ns(message.observation_stamp)))
                 continue
             controller, msgtype = wanted[topic]
             if msgtype == JOINT_TRAJECTORY:
@@ -216,11 +216,11 @@ def _trajectory_record(message: Any, log_ns: int, joints: tuple[str, ...]) -> Tr
         return None
     order = [names.index(j) for j in joints]
     positions = np.asarray([np.asarray(p.positions, np.float64)[order] for p in message.points])
-    times = np.asarray([time_ns(p.time_from_start) for p in message.points], dtype=np.int64)
+    times = np.asarray([stamp_to_ns(p.time_from_start) for p in message.points], dtype=np.int64)
     velocities = None
     if all(len(p.velocities) == len(names) for p in message.points):
         velocities = np.asarray([np.asarray(p.velocities, np.float64)[order] for p in message.points])
-    stamp = time_ns(message.header.stamp)
+    stamp = stamp_to_ns(message.header.stamp)
     return TrajectoryRecord(stamp or log_ns, times, positions, velocities, log_ns, stamp)
 
 

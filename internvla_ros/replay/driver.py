@@ -18,14 +18,14 @@ from typing import Any, Protocol
 import numpy as np
 
 from internvla_ros.model.errors import ModelError
-from internvla_ros.replay.messages import ChunkMessage, time_ns
-from internvla_ros.replay.reader import to_rgb
+from internvla_ros.replay.messages import ChunkMessage
 from internvla_ros.replay.topics import TopicMap
 from internvla_ros.runtime import ActionMapper, ControlOutput, Observation, PolicyRuntime, RuntimeStatus
 from internvla_ros.runtime.errors import MappingError, PolicyRuntimeError
-from internvla_ros.runtime.images import ImageError
+from internvla_ros.runtime.images import ImageError, decode_rgb
 from internvla_ros.runtime.policy import Policy, PolicyResult
 from internvla_ros.runtime.status import StatusReport, status_report
+from internvla_ros.runtime.timeutil import stamp_to_ns
 
 MS = 1_000_000
 DEFAULT_INFERENCE_LATENCY_NS = 100 * MS
@@ -161,7 +161,7 @@ class ReplayDriver:
             self._feed_image(self._camera_of[topic], now_ns, message)
 
     def _feed_joint_state(self, now_ns: int, message: Any) -> None:
-        stamp_ns = time_ns(message.header.stamp) or now_ns
+        stamp_ns = stamp_to_ns(message.header.stamp) or now_ns
         if self._last_joint_ns is not None and stamp_ns - self._last_joint_ns > self._joint_max_age_ns:
             self.stats.joint_gaps.append((self._last_joint_ns, stamp_ns))
         names, positions = list(message.name), list(message.position)
@@ -183,7 +183,7 @@ class ReplayDriver:
 
     def _feed_image(self, camera: str, now_ns: int, message: Any) -> None:
         try:
-            pixels = to_rgb(message)
+            pixels = decode_rgb(message)
         except ImageError as err:
             self.stats.invalid_images[camera] += 1
             self.stats.image_errors.setdefault(camera, str(err))
@@ -195,7 +195,7 @@ class ReplayDriver:
         elif size != previous:
             self.stats.size_changes.append(SizeChange(camera, now_ns, previous, size))
         self._sizes[camera] = size
-        stamp_ns = time_ns(message.header.stamp) or now_ns
+        stamp_ns = stamp_to_ns(message.header.stamp) or now_ns
         self._runtime.update_camera(camera, stamp_ns, pixels)
 
     # Scheduling -----------------------------------------------------------------------------------

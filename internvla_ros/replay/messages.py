@@ -43,8 +43,6 @@ def make_typestore() -> Typestore:
         raise ReplayError(msg) from err
 
 
-def time_ns(stamp: Any) -> int:
-    return int(stamp.sec) * NS_PER_S + int(stamp.nanosec)
 
 
 @dataclass(frozen=True)
@@ -138,5 +136,6 @@ class MessageFactory:
             invalid_inputs=status.invalid_inputs,
             commands_clamped=status.commands_clamped,
             commands_rejected=status.commands_rejected,
+            inference_failures=status.inference_failures,
             last_error=status.last_error,
         )

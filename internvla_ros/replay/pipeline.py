@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from internvla_ros.model.checkpoint import STATS_FILE
 from internvla_ros.model.errors import ModelError
 from internvla_ros.model.normalization import NormalizationStats
 from internvla_ros.replay.compare import CommandRecorder, Comparison, Tolerance, compare, load_golden
@@ -28,10 +29,8 @@ from internvla_ros.runtime.config import NS_PER_S
 from internvla_ros.runtime.errors import RuntimeConfigError
 from internvla_ros.runtime.node_parameters import NOT_ROBOT_CONFIG
 
-STATS_FILE = "stats.json"
 INFERENCE_THREADS = 1  # reproducible float results, and the documented speed numbers
-# Node-level parameters a robot config file may also hold (internvla_ros.ros.policy_node.NODE_PARAMETERS).
-KIB = 1024
+KIB = 1024  # ru_maxrss is in KiB on Linux
 
 
 @dataclass(frozen=True)

@@ -18,16 +18,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import cv2
-import numpy as np
 from rosbags.highlevel import AnyReader, AnyReaderError
-from rosbags.image import ImageConversionError, ImageFormatError, message_to_cvimage
 from rosbags.rosbag2 import ReaderError
 from rosbags.typesys.store import Typestore
 
 from internvla_ros.replay.errors import ReplayError
-from internvla_ros.replay.messages import COMPRESSED_IMAGE
-from internvla_ros.runtime.images import ImageError, check_image_fields, check_rgb
 
 METADATA_FILE = "metadata.yaml"
 STORAGE_SUFFIXES = (".mcap", ".db3")
@@ -153,21 +148,3 @@ def _bag_error(path: Path, err: BaseException) -> ReplayError:
                        "recording may need `ros2 bag reindex` or `mcap recover` first")
 
 
-def to_rgb(message: Any) -> np.ndarray:
-    """An Image or CompressedImage (rosbags dataclass) as an (H, W, 3) uint8 RGB array.
-
-    The same checks as the node's conversion (``internvla_ros.runtime.images``), then rosbags-image.
-    """
-    compressed = message.__msgtype__ == COMPRESSED_IMAGE
-    if compressed:
-        if len(message.data) == 0:
-            raise ImageError("empty compressed image")
-    else:
-        check_image_fields(message.encoding, message.height, message.width, message.step, len(message.data))
-    try:
-        rgb = message_to_cvimage(message, "rgb8")
-    except (AssertionError, ImageConversionError, ImageFormatError, ValueError, cv2.error) as err:
-        kind = f"compressed ({message.format})" if compressed else message.encoding
-        raise ImageError(f"cannot decode the {kind} image: {err or 'not a valid image'}") from err
-    check_rgb(rgb)
-    return np.array(rgb, dtype=np.uint8, copy=True)

@@ -27,7 +27,7 @@ from internvla_ros.paths import config_path, default_model_dir
 from internvla_ros.ros.conversions import RclpyClock
 from internvla_ros.ros.messages import forward_msg, trajectory_msg
 from internvla_ros.runtime import ActionMapper, ControlOutput, PolicyRuntime, RuntimeConfig
-from internvla_ros.runtime.driver import RuntimeDriver
+from internvla_ros.runtime.driver import DEFAULT_CONTROL_PRIORITY, RuntimeDriver
 from internvla_ros.runtime.node_parameters import NEURAL_POLICY_FACTORY
 from internvla_ros.runtime.worker import InferenceWorker
 
@@ -59,7 +59,8 @@ def _feed_inputs(runtime: PolicyRuntime, config: RuntimeConfig, clock: RclpyCloc
 
 
 def run_benchmark(duration_s: float, model: Path | None = None, cell: str = "dual_arm", threads: int = 1,
-                  control_priority: int = 0, progress: Callable[[str], Any] = print) -> dict[str, Any]:
+                  control_priority: int = DEFAULT_CONTROL_PRIORITY,
+                  progress: Callable[[str], Any] = print) -> dict[str, Any]:
     overrides = {"rates.control_rate_hz": CONTROL_RATE_HZ, "rates.inference_rate_hz": SATURATING_INFERENCE_HZ,
                  "rates.foresight_rate_hz": SATURATING_INFERENCE_HZ, "safety.dry_run": False}
     config = RuntimeConfig.from_yaml(config_path(f"{cell}.yaml"), overrides=overrides)
@@ -73,38 +74,40 @@ def run_benchmark(duration_s: float, model: Path | None = None, cell: str = "dua
     progress(f"starting the inference worker ({model}, {threads} thread(s))")
     info = worker.start()
     context = rclpy.context.Context()
-    rclpy.init(context=context)
-    node = Node("bench_runtime", context=context)
-    publishers = {
-        c.name: node.create_publisher(JointTrajectory, f"{c.name}/joint_trajectory", 10)
-        if c.type == "joint_trajectory" else node.create_publisher(Float64MultiArray, f"{c.name}/commands", 10)
-        for c in config.controllers
-    }
-
-    def publish(output: ControlOutput) -> None:
-        for command in output.trajectories:
-            publishers[command.controller].publish(trajectory_msg(command))
-        for command in output.forward:
-            publishers[command.controller].publish(forward_msg(command))
-
     ticks: list[int] = []
-    clock = RclpyClock(Clock(clock_type=ClockType.STEADY_TIME), context)
     problems: list[str] = []
-    driver = RuntimeDriver(runtime, worker.infer, clock, publish, on_tick=ticks.append,
-                           on_problem=lambda key, text: problems.append(text) if key == "priority" else None,
-                           control_priority=control_priority)
-    stop = threading.Event()
-    progress(f"measuring {duration_s:.0f} s of control at {CONTROL_RATE_HZ:.0f} Hz with continuous inference")
-    driver.start()
-    timer = threading.Timer(duration_s, stop.set)
-    timer.start()
+    clock = RclpyClock(Clock(clock_type=ClockType.STEADY_TIME), context)
     try:
-        _feed_inputs(runtime, config, clock, stop)
+        rclpy.init(context=context)
+        node = Node("bench_runtime", context=context)
+        publishers = {
+            c.name: node.create_publisher(JointTrajectory, f"{c.name}/joint_trajectory", 10)
+            if c.type == "joint_trajectory" else node.create_publisher(Float64MultiArray, f"{c.name}/commands", 10)
+            for c in config.controllers
+        }
+
+        def publish(output: ControlOutput) -> None:
+            for command in output.trajectories:
+                publishers[command.controller].publish(trajectory_msg(command))
+            for command in output.forward:
+                publishers[command.controller].publish(forward_msg(command))
+
+        driver = RuntimeDriver(runtime, worker.infer, clock, publish, on_tick=ticks.append,
+                               on_problem=lambda key, text: problems.append(text) if key == "priority" else None,
+                               control_priority=control_priority)
+        stop = threading.Event()
+        progress(f"measuring {duration_s:.0f} s of control at {CONTROL_RATE_HZ:.0f} Hz with continuous inference")
+        driver.start()
+        timer = threading.Timer(duration_s, stop.set)
+        timer.start()
+        try:
+            _feed_inputs(runtime, config, clock, stop)
+        finally:
+            driver.stop()
+            timer.cancel()
+            node.destroy_node()
     finally:
-        driver.stop()
-        timer.cancel()
         worker.close()
-        node.destroy_node()
         context.try_shutdown()
     status = runtime.status(clock.now_ns())
     periods_ms = np.diff(np.asarray(ticks, dtype=np.int64)) / 1e6

@@ -7,11 +7,12 @@ from rclpy.clock import Clock
 from rclpy.context import Context
 from rclpy.time import Time as RclpyTime
 
-NS_PER_S = 1_000_000_000
+from internvla_ros.runtime.config import NS_PER_S
+from internvla_ros.runtime.timeutil import stamp_to_ns
 
 
 def time_to_ns(stamp: Time) -> int:
-    return stamp.sec * NS_PER_S + stamp.nanosec
+    return stamp_to_ns(stamp)
 
 
 def ns_to_time(ns: int) -> Time:

@@ -277,16 +277,21 @@ def run_demo(cell: str, duration_s: float, out: Path, model: Path | None = None,
     os.environ.update(ROS_DOMAIN_ID=env["ROS_DOMAIN_ID"], ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
     show(f"ROS_DOMAIN_ID={domain}: sim_robot + policy_node in {NAMESPACE}, model {model}, logs in {out}")
     common = ["-r", f"__ns:={NAMESPACE}"]
-    sim = _start("internvla_ros.ros.sim_robot", ["-p", f"config:={config_file}", *common], out / "sim_robot.log",
-                 env)
-    node = _start("internvla_ros.ros.policy_node",
-                  ["--params-file", str(config_file), "-p", f"model_path:={model}", "-p", "autostart:=true",
-                   "-p", "safety.dry_run:=false", "-p", f"instruction:={INSTRUCTIONS[cell]}", *common],
-                  out / "policy_node.log", env)
-    rclpy.init()
+    processes: list[subprocess.Popen[bytes]] = []
     writer = Writer(recording, version=9, storage_plugin=StoragePlugin.MCAP)
-    writer.open()
+    opened = False
     try:
+        sim = _start("internvla_ros.ros.sim_robot", ["-p", f"config:={config_file}", *common],
+                     out / "sim_robot.log", env)
+        processes.append(sim)
+        node = _start("internvla_ros.ros.policy_node",
+                      ["--params-file", str(config_file), "-p", f"model_path:={model}", "-p", "autostart:=true",
+                       "-p", "safety.dry_run:=false", "-p", f"instruction:={INSTRUCTIONS[cell]}", *common],
+                      out / "policy_node.log", env)
+        processes.append(node)
+        rclpy.init()
+        writer.open()
+        opened = True
         recorder = DemoRecorder(config, writer)
         executor = SingleThreadedExecutor()
         executor.add_node(recorder)
@@ -309,9 +314,10 @@ def run_demo(cell: str, duration_s: float, out: Path, model: Path | None = None,
                      f"stale {s.stale_inputs}")
         executor.shutdown()
     finally:
-        _stop(node)
-        _stop(sim)
-        writer.close()
+        for process in reversed(processes):  # the node first: it commands a hold while the sim still listens
+            _stop(process)
+        if opened:
+            writer.close()
         rclpy.try_shutdown()
     summary = summarise(recorder.recorded, config, duration_s)
     summary["cell"] = cell

@@ -79,7 +79,7 @@ def diagnostics_msg(node_name: str, status: PolicyStatus) -> DiagnosticArray:
                              message=status.last_error or "ok")
     fields = ("state", "dry_run", "inference_rate", "control_rate", "foresight_rate", "inference_latency_p50",
               "inference_latency_p99", "chunks_computed", "commands_sent", "inference_overruns", "chunks_dropped",
-              "stale_inputs", "invalid_inputs", "commands_clamped", "commands_rejected")
+              "stale_inputs", "invalid_inputs", "commands_clamped", "commands_rejected", "inference_failures")
     entry.values = [KeyValue(key=name, value=str(getattr(status, name))) for name in fields]
     array = DiagnosticArray(status=[entry])
     array.header = status.header

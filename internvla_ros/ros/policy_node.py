@@ -16,7 +16,9 @@ threads compete with the control loop. Every command goes through the runtime's 
 from __future__ import annotations
 
 import signal
+import sys
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +58,7 @@ from internvla_ros.runtime.worker import InferenceWorker
 
 NODE_NAME = "policy_node"
 # Safe to change while configured or active; every other change needs cleanup first.
-LIVE_PARAMETERS = {"instruction", "safety.dry_run", "status_rate_hz"}
+LIVE_PARAMETERS = {"instruction", "safety.dry_run"}
 LATENCY_WINDOW = 200
 LOG_THROTTLE_S = 2.0
 INSTRUCTION_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
@@ -89,7 +91,11 @@ class PolicyNode(LifecycleNode):
         self._invalid_inputs = 0
         self._instruction = str(self.get_parameter("instruction").value)
         self._warned: dict[str, float] = {}
-        self._status_timer = self.create_timer(1.0 / float(self.get_parameter("status_rate_hz").value),
+        status_rate_hz = float(self.get_parameter("status_rate_hz").value)
+        if not status_rate_hz > 0.0:
+            msg = f"status_rate_hz must be > 0, got {status_rate_hz}"
+            raise ValueError(msg)
+        self._status_timer = self.create_timer(1.0 / status_rate_hz,
                                                self._publish_status)
         if self.get_parameter("autostart").value:
             self._autostart_timer = self.create_timer(0.0, self._autostart)
@@ -109,6 +115,7 @@ class PolicyNode(LifecycleNode):
             self._mapper = ActionMapper(config, stats)
             self._runtime = PolicyRuntime(config, self._mapper)
         except (PolicyRuntimeError, ModelError, OSError) as err:
+            self._runtime, self._mapper = None, None
             self.get_logger().error(f"configure failed: {err}")
             return TransitionCallbackReturn.FAILURE
         self._runtime.set_instruction(self._instruction)
@@ -125,7 +132,7 @@ class PolicyNode(LifecycleNode):
             info = self._worker.start(timeout_s=float(self.get_parameter("startup_timeout_s").value))
         except PolicyRuntimeError as err:
             self.get_logger().error(f"configure failed: {err}")
-            self._worker = None
+            self._worker, self._runtime, self._mapper = None, None, None
             return TransitionCallbackReturn.FAILURE
         self.get_logger().info(f"inference worker ready: {info}")
         self._create_interfaces(config)
@@ -146,8 +153,7 @@ class PolicyNode(LifecycleNode):
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._active = False
-        self._stop_worker_threads()
-        self._hold_and_stop()
+        self._stop_worker_threads(hold=self._hold_and_stop)
         self.get_logger().info("deactivated: holding")
         return super().on_deactivate(state)
 
@@ -163,9 +169,8 @@ class PolicyNode(LifecycleNode):
     def close(self) -> None:
         """Stops inference, commands a hold if running, and releases the worker (idempotent)."""
         self._active = False
-        self._stop_worker_threads()
         if self._runtime is not None:
-            self._hold_and_stop()
+            self._stop_worker_threads(hold=self._hold_and_stop)
             self.get_logger().info("shutting down: hold commanded")
         self._release()
 
@@ -221,10 +226,13 @@ class PolicyNode(LifecycleNode):
             self._worker.close()
         self._worker, self._runtime, self._mapper, self._configured = None, None, None, False
 
-    def _stop_worker_threads(self) -> None:
+    def _stop_worker_threads(self, hold: Callable[[], None] | None = None) -> None:
+        """Stops control, sends ``hold`` right away (not after an inference in flight), then inference."""
         if self._driver is not None:
-            self._driver.stop()
+            self._driver.stop(hold)
             self._driver = None
+        elif hold is not None:
+            hold()
 
     def _hold_and_stop(self) -> None:
         """Commands a hold at the current safe position (so a running trajectory stops), then idles."""
@@ -289,8 +297,11 @@ class PolicyNode(LifecycleNode):
                     successful=False,
                     reason=f"'{parameter.name}' cannot change while configured: deactivate and clean up the node, "
                            f"set it, then configure again (live: {sorted(LIVE_PARAMETERS)})")
+            if parameter.name == "instruction" and not str(parameter.value).strip():
+                return SetParametersResult(successful=False, reason="an empty instruction is not a task; "
+                                                                    "keep the current one or send a new one")
         for parameter in parameters:
-            if parameter.name == "instruction" and str(parameter.value).strip():
+            if parameter.name == "instruction":
                 self._set_instruction(str(parameter.value).strip())
             elif parameter.name == "safety.dry_run" and self._runtime is not None:
                 self._runtime.set_dry_run(bool(parameter.value))
@@ -385,7 +396,12 @@ def main(args: list[str] | None = None) -> int:
     # Also when started with SIGINT ignored (a background job), and on SIGTERM (launch's second step).
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    node = PolicyNode()
+    try:
+        node = PolicyNode()
+    except ValueError as err:
+        print(f"ERROR: {err}", file=sys.stderr, flush=True)
+        rclpy.try_shutdown()
+        return 2
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     try:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class TrajectoryPoint:
     positions: tuple[float, ...]
-    velocities: tuple[float, ...]
+    velocities: tuple[float, ...]  # empty: positions only (the controller interpolates linearly)
     time_from_start_ns: int
 
 

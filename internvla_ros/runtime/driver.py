@@ -82,14 +82,27 @@ class RuntimeDriver:
     def start(self) -> None:
         sys.setswitchinterval(min(sys.getswitchinterval(), GIL_SWITCH_INTERVAL_S))
         self._stop.clear()
-        self._threads = [threading.Thread(target=self._control_loop, name="control", daemon=True),
-                         threading.Thread(target=self._inference_loop, name="inference", daemon=True)]
+        self._threads = [
+            threading.Thread(target=self._guarded(self._control_loop, "control"), name="control", daemon=True),
+            threading.Thread(target=self._guarded(self._inference_loop, "inference"), name="inference",
+                             daemon=True),
+        ]
         for thread in self._threads:
             thread.start()
 
-    def stop(self) -> None:
+    def stop(self, hold: Callable[[], None] | None = None) -> None:
+        """Stops the control thread, runs ``hold`` (the last command), then waits for the inference thread.
+
+        The hold does not wait for an inference in flight (seconds for a large model on a CPU); the late
+        chunk is then dropped by the runtime, which is no longer running.
+        """
         self._stop.set()
-        for thread in self._threads:
+        control, *others = self._threads or [None]
+        if control is not None:
+            control.join(JOIN_TIMEOUT_S)
+        if hold is not None:
+            hold()
+        for thread in others:
             thread.join(JOIN_TIMEOUT_S)
         self._threads = []
 
@@ -101,6 +114,26 @@ class RuntimeDriver:
         except (OSError, AttributeError) as err:
             self._on_problem("priority", f"control thread keeps normal priority: SCHED_FIFO "
                                          f"{self._control_priority} refused ({err}); grant CAP_SYS_NICE or set 0")
+
+    def _guarded(self, loop: Callable[[], None], name: str) -> Callable[[], None]:
+        """A loop that cannot die silently: an unexpected error latches an e-stop and is reported."""
+
+        def run() -> None:
+            try:
+                loop()
+            except Exception as err:  # any bug here must stop the robot, not just print a traceback
+                message = f"{name} thread failed: {type(err).__name__}: {err}"
+                self.runtime.estop(message)
+                if name == "control":  # nobody else will command the hold: send it from here, once
+                    try:
+                        output = self.runtime.hold_and_stop(self._clock.now_ns())
+                        if output is not None:
+                            self._publish(output)
+                    except Exception as hold_err:
+                        message += f"; the hold could not be sent either: {hold_err}"
+                self._on_problem(f"{name}-failed", f"{message}; e-stop latched")
+
+        return run
 
     def _control_loop(self) -> None:
         self._raise_priority()

@@ -1,15 +1,24 @@
-"""ROS-free checks of a camera image's fields and of the decoded array.
+"""ROS-free decoding of camera messages to RGB arrays, with checks of the fields and of the result.
 
 Shared by the node (rclpy messages) and the bag replay (rosbags messages): both carry the same
-``encoding``/``height``/``width``/``step``/``data`` fields, so the checks read only those.
+``encoding``/``height``/``width``/``step``/``data`` fields (``format``/``data`` when compressed), so
+the checks read only those, and rosbags-image decodes either kind without ROS.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
+
+import cv2
+import numpy as np
+from rosbags.image import ImageConversionError, ImageFormatError, message_to_cvimage
 
 BYTES_PER_PIXEL = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1}
 SUPPORTED_ENCODINGS = tuple(BYTES_PER_PIXEL)
+DECODE_ERRORS: tuple[type[Exception], ...] = (AssertionError, ValueError, cv2.error, ImageConversionError,
+                                              ImageFormatError)
+"""What decoding raises on bytes that are not the image the fields describe."""
 
 
 class ImageError(ValueError):
@@ -35,3 +44,31 @@ def check_rgb(rgb: Any) -> None:
     shape = getattr(rgb, "shape", None)
     if shape is None or len(shape) != 3 or shape[2] != 3 or rgb.size == 0:
         raise ImageError(f"decoded to shape {shape}, expected (H, W, 3)")
+
+
+def _rosbags_rgb(msg: Any) -> Any:
+    return message_to_cvimage(msg, "rgb8")
+
+
+def decode_rgb(msg: Any, convert: Callable[[Any], Any] = _rosbags_rgb,
+               errors: tuple[type[Exception], ...] = ()) -> np.ndarray:
+    """An Image or CompressedImage (rclpy or rosbags message) as an (H, W, 3) uint8 RGB array (a new array).
+
+    The fields are checked first, so a wrong size, a step that does not match the width, an empty image
+    or an unknown encoding becomes an ImageError that names the problem instead of a garbled array.
+    ``convert`` (rosbags-image by default) turns the message into an RGB array; it raising one of
+    ``DECODE_ERRORS`` or ``errors`` becomes an ImageError naming the encoding or compressed format.
+    """
+    compressed = hasattr(msg, "format")
+    if compressed:
+        if len(msg.data) == 0:
+            raise ImageError("empty compressed image")
+    else:
+        check_image_fields(msg.encoding, msg.height, msg.width, msg.step, len(msg.data))
+    try:
+        rgb = convert(msg)
+    except (*DECODE_ERRORS, *errors) as err:
+        kind = f"compressed ({msg.format})" if compressed else msg.encoding
+        raise ImageError(f"cannot decode the {kind} image: {err or 'not a valid image'}") from err
+    check_rgb(rgb)
+    return np.array(rgb, dtype=np.uint8, copy=True)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from internvla_ros.backends.base import InferenceBackend
-from internvla_ros.model.checkpoint import Checkpoint, load_checkpoint
+from internvla_ros.model.checkpoint import TORCH_DTYPES, Checkpoint, load_checkpoint
 from internvla_ros.model.config import InternVLAConfig, load_config
 from internvla_ros.model.inputs import ModelInputs
 from internvla_ros.model.modeling import BlockCache
@@ -31,7 +31,7 @@ from internvla_ros.model.preprocessing import ObservationPreprocessor, Preproces
 from internvla_ros.runtime.observation import CameraFrames, Observation
 from internvla_ros.runtime.policy import PolicyResult
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+DTYPES = ("float32", "bfloat16")  # of TORCH_DTYPES, the precisions the policy is run and tested in
 LATENT_CACHE_SIZE = 64  # frames; a few seconds of history for three cameras
 WARMUP_CALLS = 2
 
@@ -185,7 +185,7 @@ def load_policy(model: str, tokenizer: str | None = None, dtype: str = "float32"
     directory = Path(model)
     tokenizer_ = load_tokenizer(Path(tokenizer) if tokenizer else None)
     if backend == "torch":
-        checkpoint = load_checkpoint(directory, dtype=DTYPES[dtype])
+        checkpoint = load_checkpoint(directory, dtype=TORCH_DTYPES[dtype])
         preprocessor = ObservationPreprocessor(PreprocessorConfig.from_model_config(checkpoint.config), tokenizer_,
                                                stats=None)
         policy = InternVLAPolicy(checkpoint, preprocessor, seed=seed)

@@ -114,6 +114,29 @@ def hermite(p0: np.ndarray, v0: np.ndarray, p1: np.ndarray, v1: np.ndarray, dura
     return position, velocity
 
 
+CUBIC_SAMPLES = 21  # positions checked along each segment (the velocity is checked exactly)
+
+
+def cubic_within_limits(positions: np.ndarray, velocities: np.ndarray, step_s: float, low: np.ndarray,
+                        high: np.ndarray, max_velocity: np.ndarray) -> bool:
+    """Whether the cubic Hermite a joint_trajectory_controller draws through equally spaced points
+    (K, D) with these velocities stays inside the position and velocity limits between the points."""
+    p0, p1, m0, m1 = positions[:-1], positions[1:], velocities[:-1], velocities[1:]
+    slope = (p1 - p0) / step_s
+    # v(s) = a s^2 + b s + c on s in [0, 1]: its extremes are at the ends or at the vertex.
+    a, b = -6 * slope + 3 * m0 + 3 * m1, 6 * slope - 4 * m0 - 2 * m1
+    with np.errstate(divide="ignore", invalid="ignore"):
+        vertex = np.where(a != 0, np.clip(-b / (2 * a), 0.0, 1.0), 0.0)
+    peak = np.maximum(np.maximum(np.abs(m0), np.abs(m1)), np.abs(a * vertex**2 + b * vertex + m0))
+    if (peak > max_velocity * (1 + 1e-9) + 1e-12).any():
+        return False
+    for s in np.linspace(0.0, 1.0, CUBIC_SAMPLES):
+        inside, _ = hermite(p0, m0, p1, m1, step_s, s * step_s)
+        if (inside < low - 1e-9).any() or (inside > high + 1e-9).any():
+            return False
+    return True
+
+
 @dataclass(frozen=True)
 class TimedPath:
     """The trajectory last sent to the joint_trajectory controllers, sampled as they execute it.
@@ -124,14 +147,19 @@ class TimedPath:
 
     stamps_ns: np.ndarray  # (K,) absolute times of the points, strictly increasing
     positions: np.ndarray  # (K, D)
-    velocities: np.ndarray  # (K, D)
+    velocities: np.ndarray | None  # (K, D); None: positions only, which the controller joins linearly
 
     def sample(self, now_ns: int) -> tuple[np.ndarray, np.ndarray]:
         if now_ns <= self.stamps_ns[0]:
-            return self.positions[0], self.velocities[0]
+            start_velocity = self.velocities[0] if self.velocities is not None else np.zeros_like(self.positions[0])
+            return self.positions[0], start_velocity
         if now_ns >= self.stamps_ns[-1]:
             return self.positions[-1], np.zeros_like(self.positions[-1])
         k = int(np.searchsorted(self.stamps_ns, now_ns, side="right")) - 1
         duration_s = (self.stamps_ns[k + 1] - self.stamps_ns[k]) / 1e9
+        elapsed_s = (now_ns - self.stamps_ns[k]) / 1e9
+        if self.velocities is None:
+            slope = (self.positions[k + 1] - self.positions[k]) / duration_s
+            return self.positions[k] + slope * elapsed_s, slope
         return hermite(self.positions[k], self.velocities[k], self.positions[k + 1], self.velocities[k + 1],
-                       duration_s, (now_ns - self.stamps_ns[k]) / 1e9)
+                       duration_s, elapsed_s)

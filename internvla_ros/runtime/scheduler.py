@@ -35,7 +35,7 @@ from internvla_ros.runtime.config import RuntimeConfig, period_ns
 from internvla_ros.runtime.errors import MappingError, PolicyRuntimeError
 from internvla_ros.runtime.mapping import ActionMapper
 from internvla_ros.runtime.observation import CameraFrames, FrameHistory, Observation
-from internvla_ros.runtime.plan import ChunkPlan, HoldSchedule, Schedule, TimedPath, hand_over
+from internvla_ros.runtime.plan import ChunkPlan, HoldSchedule, Schedule, TimedPath, cubic_within_limits, hand_over
 from internvla_ros.runtime.safety import (
     CLAMPED,
     CLAMPED_TRAJECTORY,
@@ -50,7 +50,14 @@ from internvla_ros.runtime.safety import (
     MotionState,
     SafetyGate,
 )
-from internvla_ros.runtime.status import LatencyStats, RateMeter, RuntimeState, RuntimeStatus
+from internvla_ros.runtime.status import (
+    REJECT_JOINT_STATE,
+    REJECT_UNKNOWN_CAMERA,
+    LatencyStats,
+    RateMeter,
+    RuntimeState,
+    RuntimeStatus,
+)
 
 REJECTED_CHUNKS = "rejected_chunks"
 DROPPED_CHUNKS = "dropped_chunks"
@@ -65,8 +72,7 @@ TIMING_MISSED_TICKS = "missed_control_ticks"
 TIMING_OVERRUNS = "overruns"
 TIMING_TIMEOUTS = "inference_timeouts"
 TIMING_FAILURES = "inference_failures"
-REJECT_JOINT_STATE = "joint_state"
-REJECT_UNKNOWN_CAMERA = "unknown_camera"
+CUBIC_TO_LINEAR = "cubic_to_linear"  # a trajectory sent as positions only: its cubic would overshoot a limit
 
 RECENT_REQUESTS = 8  # observations whose chunks are still accepted (identified by their stamp)
 HANDED_OUT_FRAMES = 32  # per camera: a few seconds of requests, enough for any history offset
@@ -212,7 +218,8 @@ class PolicyRuntime:
                 self._last_error = str(err)
                 return False
             if self._joint_stamp_ns is not None and stamp_ns < self._joint_stamp_ns:
-                return False  # out of order: the newer state stays
+                self._last_error = "joint_states out of order: older than the newest one received (ignored)"
+                return False  # the newer state stays
             self._joint_values = values
             self._model_state = self._mapper.model_state(values)
             self._joint_stamp_ns = stamp_ns
@@ -302,7 +309,15 @@ class PolicyRuntime:
             self._gate.reset_estop()
 
     def set_dry_run(self, dry_run: bool) -> None:
+        """Switches actuation. Switching it on restarts from the measured joints, at rest: during a dry run
+        the computed command moved on while the robot stood still."""
         with self._lock:
+            if self._gate.dry_run and not dry_run and self._motion is not None and self._joint_values is not None:
+                self._motion = self._limiter.initial_state(self._joint_values, self._motion.stamp_ns)
+                self._schedule = HoldSchedule(self._motion.positions)
+                self._plan = None
+                self._path = None
+                self._resume_ns = self._motion.stamp_ns
             self._gate.dry_run = dry_run
 
     # Inference ------------------------------------------------------------------------------------
@@ -434,10 +449,10 @@ class PolicyRuntime:
                 state=self._state,
                 mode=self._config.execution.mode,
                 dry_run=self._gate.dry_run,
-                control_rate_hz=self._control_rate.rate_hz(),
-                inference_rate_hz=self._inference_rate.rate_hz(),
-                foresight_rate_hz=self._foresight_rate.rate_hz(),
-                preview_rate_hz=self._preview_rate.rate_hz(),
+                control_rate_hz=self._control_rate.rate_hz(now_ns),
+                inference_rate_hz=self._inference_rate.rate_hz(now_ns),
+                foresight_rate_hz=self._foresight_rate.rate_hz(now_ns),
+                preview_rate_hz=self._preview_rate.rate_hz(now_ns),
                 inference_latency_last_ns=self._inference_latency.last_ns,
                 inference_latency_mean_ns=self._inference_latency.mean_ns,
                 inference_latency_max_ns=self._inference_latency.max_ns,
@@ -632,6 +647,13 @@ class PolicyRuntime:
             velocities[1:-1] = (positions[2:] - positions[:-2]) / (2 * self._control_ns / 1e9)
         velocities = np.clip(velocities, -self._limiter.max_velocity, self._limiter.max_velocity)
         times = [0, *(t - now_ns for t in stamps)]
+        limiter, columns = self._limiter, self._trajectory_columns
+        if not cubic_within_limits(positions[:, columns], velocities[:, columns], self._control_ns / 1e9,
+                                   limiter.low[columns], limiter.high[columns], limiter.max_velocity[columns]):
+            # The controller's cubic through these velocities would leave a limit between two points:
+            # send positions only, which it joins with straight segments between limited points.
+            velocities = None
+            self._counters.add(CLAMPED_TRAJECTORY, CUBIC_TO_LINEAR)
         self._path = TimedPath(np.asarray([now_ns, *stamps], dtype=np.int64), positions, velocities)
         return self._per_trajectory_controller(now_ns, positions, velocities, times)
 
@@ -641,8 +663,9 @@ class PolicyRuntime:
         return self._per_trajectory_controller(now_ns, positions, np.zeros_like(positions), [self._control_ns])
 
     def _per_trajectory_controller(
-        self, now_ns: int, positions: np.ndarray, velocities: np.ndarray, times: Sequence[int]
+        self, now_ns: int, positions: np.ndarray, velocities: np.ndarray | None, times: Sequence[int]
     ) -> tuple[JointTrajectoryCommand, ...]:
+        """One command per joint_trajectory controller; ``velocities=None`` sends positions only."""
         commands = []
         for controller, columns in zip(self._config.controllers, self._joint_index, strict=True):
             if controller.type != "joint_trajectory":
@@ -650,7 +673,7 @@ class PolicyRuntime:
             points = tuple(
                 TrajectoryPoint(
                     positions=tuple(float(x) for x in positions[k, columns]),
-                    velocities=tuple(float(x) for x in velocities[k, columns]),
+                    velocities=() if velocities is None else tuple(float(x) for x in velocities[k, columns]),
                     time_from_start_ns=int(times[k]),
                 )
                 for k in range(len(times))

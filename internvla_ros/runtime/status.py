@@ -12,6 +12,10 @@ import numpy as np
 from internvla_ros.runtime.config import NS_PER_S
 
 RATE_WINDOW = 50  # events over which a rate is measured
+REJECT_JOINT_STATE = "joint_state"
+REJECT_UNKNOWN_CAMERA = "unknown_camera"
+INPUT_REJECTIONS = frozenset({REJECT_JOINT_STATE, REJECT_UNKNOWN_CAMERA})  # rejected inputs, not commands
+OVERDUE_PERIODS = 2  # a stream silent for longer than this many mean periods counts as slowing down
 
 
 class RuntimeState(str, Enum):
@@ -31,10 +35,15 @@ class RateMeter:
     def add(self, stamp_ns: int) -> None:
         self._stamps.append(stamp_ns)
 
-    def rate_hz(self) -> float:
+    def rate_hz(self, now_ns: int | None = None) -> float:
+        """Events per second over the window; with ``now_ns``, a stream that stopped decays towards 0
+        instead of showing its last rate forever."""
         if len(self._stamps) < 2 or self._stamps[-1] <= self._stamps[0]:
             return 0.0
-        return (len(self._stamps) - 1) * NS_PER_S / (self._stamps[-1] - self._stamps[0])
+        span_ns = self._stamps[-1] - self._stamps[0]
+        if now_ns is not None and now_ns - self._stamps[-1] > OVERDUE_PERIODS * span_ns / (len(self._stamps) - 1):
+            span_ns = now_ns - self._stamps[0]  # overdue: count the silence since the last event
+        return (len(self._stamps) - 1) * NS_PER_S / span_ns
 
 
 class LatencyStats:
@@ -111,6 +120,7 @@ class StatusReport:
     invalid_inputs: int
     commands_clamped: int
     commands_rejected: int
+    inference_failures: int
     last_error: str
 
 
@@ -135,8 +145,9 @@ def status_report(status: RuntimeStatus, instruction: str, latencies_ns: Iterabl
         inference_overruns=status.overruns,
         chunks_dropped=sum(status.dropped_chunks.values()) + sum(status.rejected_chunks.values()),
         stale_inputs=sum(status.stale.values()),
-        invalid_inputs=invalid_inputs + sum(status.rejected.values()),
+        invalid_inputs=invalid_inputs + sum(n for reason, n in status.rejected.items() if reason in INPUT_REJECTIONS),
         commands_clamped=sum(status.clamped.values()) + sum(status.clamped_trajectory.values()),
-        commands_rejected=status.inference_failures,
+        commands_rejected=sum(n for reason, n in status.rejected.items() if reason not in INPUT_REJECTIONS),
+        inference_failures=status.inference_failures,
         last_error=status.estop_reason or status.last_error,
     )

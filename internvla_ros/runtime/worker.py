@@ -161,24 +161,24 @@ class InferenceWorker:
         self.info = header.get("info", {})
         return self.info
 
-    def _receive(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        assert self._process is not None and self._process.stdout is not None
+    def _receive(self, process: subprocess.Popen[bytes] | None = None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        process = process or self._process
         try:
-            return read_frame(self._process.stdout)
-        except EOFError as err:
-            code = self._process.poll()
+            return read_frame(process.stdout)
+        except (EOFError, OSError, ValueError) as err:  # ValueError: the pipe was closed by close()
+            code = process.poll()
             return {"status": "error", "error": f"worker process ended (exit code {code}): {err}"}, {}
 
     def infer(self, observation: Observation) -> PolicyResult:
         with self._lock:
-            if self._process is None or self._process.poll() is not None:
+            process = self._process  # close() may clear it from another thread
+            if process is None or process.poll() is not None:
                 raise InferenceError("the inference worker is not running")
-            assert self._process.stdin is not None
             try:
-                write_frame(self._process.stdin, *encode_observation(observation))
-            except (BrokenPipeError, OSError) as err:
+                write_frame(process.stdin, *encode_observation(observation))
+            except (OSError, ValueError) as err:
                 raise InferenceError(f"the inference worker is gone: {err}") from err
-            header, arrays = self._receive()
+            header, arrays = self._receive(process)
         if header.get("status") != "ok":
             raise InferenceError(str(header.get("error", header)))
         return decode_result(header, arrays)

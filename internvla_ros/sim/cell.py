@@ -59,6 +59,7 @@ class SimulatedCell:
         self.rejected: Counter[str] = Counter()
         self.limit_violations = 0
         self.violation_log: list[str] = []  # drained and logged by the node
+        self._executed_out = np.zeros(len(self.names), dtype=bool)  # count each excursion once, not per step
 
     @property
     def trajectory_controllers(self) -> tuple[str, ...]:
@@ -77,6 +78,15 @@ class SimulatedCell:
             for k in np.flatnonzero(np.abs(velocities) > self._max_velocity[index] * 1.001):
                 self._violation(f"{self.names[index[k]]} velocity {velocities[k]:.6f} above "
                                 f"{self._max_velocity[index[k]]}")
+
+    def _check_executed(self, index: np.ndarray, positions: np.ndarray, velocities: np.ndarray) -> None:
+        """The controller's interpolated setpoint, not just the points it was sent, must stay in the limits."""
+        over = ((positions < self._min[index] - LIMIT_TOLERANCE) | (positions > self._max[index] + LIMIT_TOLERANCE)
+                | (np.abs(velocities) > self._max_velocity[index] * 1.001))
+        for k in np.flatnonzero(over & ~self._executed_out[index]):
+            self._violation(f"{self.names[index[k]]} executed setpoint {positions[k]:.6f} at {velocities[k]:.6f}/s "
+                            "leaves the joint limits between trajectory points")
+        self._executed_out[index] = over
 
     def _violation(self, message: str) -> None:
         self.limit_violations += 1
@@ -113,7 +123,9 @@ class SimulatedCell:
     def step(self, now_ns: int, dt_s: float) -> None:
         """Samples the controllers at now_ns and moves the measured joints by dt_s."""
         for executor, index in self._executors.values():
-            self._desired[index] = executor.sample(now_ns)[0]
+            positions, velocities = executor.sample(now_ns)
+            self._desired[index] = positions
+            self._check_executed(index, positions, velocities)
         target_velocity = np.where(self._speed_joint, self._desired,
                                    (self._desired - self._measured) / TRACKING_TIME_CONSTANT_S)
         target_velocity = np.clip(target_velocity, -self._max_velocity, self._max_velocity)

@@ -19,7 +19,7 @@ def make_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
     def missing() -> None:
         raise BackendUnavailable("onnxruntime: Python module 'onnxruntime' is not installed")
 
-    monkeypatch.setattr(onnxruntime_backend, "_ort", missing)
+    monkeypatch.setattr(onnxruntime_backend, "ort_module", missing)
 
 
 def test_no_fallback_unless_allowed(monkeypatch: pytest.MonkeyPatch, model_dir: Path, engine_dir: Path) -> None:

@@ -10,8 +10,8 @@ import pytest
 from internvla_ros.backends import graphs
 from internvla_ros.backends.errors import BackendError, ExportMismatchError
 from internvla_ros.backends.export import OPSET
-from internvla_ros.backends.manifest import FORMAT_VERSION, MANIFEST_FILE, Manifest
-from internvla_ros.backends.onnxruntime_backend import create, load_export, load_graph
+from internvla_ros.backends.manifest import FORMAT_VERSION, MANIFEST_FILE, Manifest, load_export
+from internvla_ros.backends.onnxruntime_backend import create, load_graph
 from internvla_ros.model.config import load_config
 
 from .conftest import copy_dir

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from rosbags.typesys import Stores, get_typestore
 
-from internvla_ros.replay.reader import to_rgb
 from internvla_ros.runtime.images import ImageError
+from internvla_ros.runtime.images import decode_rgb as to_rgb
 
 TYPES = get_typestore(Stores.ROS2_JAZZY).types
 HEADER = TYPES["std_msgs/msg/Header"](stamp=TYPES["builtin_interfaces/msg/Time"](sec=0, nanosec=0), frame_id="")

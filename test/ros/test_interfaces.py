@@ -47,7 +47,7 @@ def test_interfaces_have_the_documented_fields() -> None:
     assert next(iter(status_fields)) == "header"
     for name in ("state", "dry_run", "instruction", "inference_rate", "control_rate", "foresight_rate",
                  "inference_latency_p50", "inference_latency_p99", "stale_inputs", "commands_clamped",
-                 "inference_overruns", "last_error"):
+                 "inference_overruns", "inference_failures", "commands_rejected", "last_error"):
         assert name in status_fields, name
     states = [PolicyStatus.STATE_INACTIVE, PolicyStatus.STATE_RUNNING, PolicyStatus.STATE_PAUSED,
               PolicyStatus.STATE_HOLDING, PolicyStatus.STATE_ESTOPPED, PolicyStatus.STATE_ERROR]
