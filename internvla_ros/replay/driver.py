@@ -260,9 +260,8 @@ class ReplayDriver:
             return
         self._chunk_id += 1
         self.stats.chunks += 1
-        positions = self._mapper.chunk_to_joint_positions(pending.result.actions, observation.state)
         chunk = ChunkMessage(self._chunk_id, now_ns, observation.stamp_ns, self._step_ns, outcome.start_index,
-                             self._config.joint_names, positions)
+                             self._config.joint_names, outcome.positions)
         for sink in self._sinks:
             sink.on_chunk(chunk)
 

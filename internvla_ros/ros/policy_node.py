@@ -52,7 +52,7 @@ from internvla_ros.ros.messages import (
 from internvla_ros.runtime import ActionMapper, ControlOutput, PolicyRuntime, RuntimeConfig
 from internvla_ros.runtime.driver import ChunkEvent, RuntimeDriver
 from internvla_ros.runtime.errors import PolicyRuntimeError
-from internvla_ros.runtime.node_parameters import NODE_PARAMETERS, ROS_BUILTIN_PARAMETERS
+from internvla_ros.runtime.node_parameters import NODE_PARAMETERS, NOT_ROBOT_CONFIG
 from internvla_ros.runtime.status import status_report
 from internvla_ros.runtime.worker import InferenceWorker
 
@@ -77,7 +77,6 @@ class PolicyNode(LifecycleNode):
         self._configured = False
         self._active = False
         self._runtime: PolicyRuntime | None = None
-        self._mapper: ActionMapper | None = None
         self._worker: InferenceWorker | None = None
         self._driver: RuntimeDriver | None = None
         self._outputs: dict[str, Any] = {}
@@ -109,13 +108,12 @@ class PolicyNode(LifecycleNode):
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
-            config = RuntimeConfig.from_parameters(self._robot_parameters())
+            config = RuntimeConfig.from_parameters(self._robot_parameters(), ignore=NOT_ROBOT_CONFIG)
             model_dir = Path(self.get_parameter("model_path").value or default_model_dir())
             stats = NormalizationStats.load(model_dir / "stats.json", config.robot_type)
-            self._mapper = ActionMapper(config, stats)
-            self._runtime = PolicyRuntime(config, self._mapper)
+            self._runtime = PolicyRuntime(config, ActionMapper(config, stats))
         except (PolicyRuntimeError, ModelError, OSError) as err:
-            self._runtime, self._mapper = None, None
+            self._runtime = None
             self.get_logger().error(f"configure failed: {err}")
             return TransitionCallbackReturn.FAILURE
         self._runtime.set_instruction(self._instruction)
@@ -132,7 +130,7 @@ class PolicyNode(LifecycleNode):
             info = self._worker.start(timeout_s=float(self.get_parameter("startup_timeout_s").value))
         except PolicyRuntimeError as err:
             self.get_logger().error(f"configure failed: {err}")
-            self._worker, self._runtime, self._mapper = None, None, None
+            self._worker, self._runtime = None, None
             return TransitionCallbackReturn.FAILURE
         self.get_logger().info(f"inference worker ready: {info}")
         self._create_interfaces(config)
@@ -175,14 +173,10 @@ class PolicyNode(LifecycleNode):
         self._release()
 
     def _robot_parameters(self) -> dict[str, Any]:
-        """The parameter file's robot config, as dotted names (node-level parameters excluded)."""
-        values = {}
-        for name, parameter in self._parameters.items():
-            if name in NODE_PARAMETERS or name in ROS_BUILTIN_PARAMETERS or parameter.type_ == Parameter.Type.NOT_SET:
-                continue
-            value = parameter.value
-            values[name] = list(value) if isinstance(value, list | tuple) or hasattr(value, "tolist") else value
-        return values
+        """Every parameter as dotted names (arrays as lists); the robot config ignores the node's own."""
+        return {name: list(parameter.value) if isinstance(parameter.value, list | tuple)
+                or hasattr(parameter.value, "tolist") else parameter.value
+                for name, parameter in self._parameters.items() if parameter.type_ != Parameter.Type.NOT_SET}
 
     def _create_interfaces(self, config: RuntimeConfig) -> None:
         for controller in config.controllers:
@@ -224,7 +218,7 @@ class PolicyNode(LifecycleNode):
         self._inputs, self._operator_services, self._outputs = [], [], {}
         if self._worker is not None:
             self._worker.close()
-        self._worker, self._runtime, self._mapper, self._configured = None, None, None, False
+        self._worker, self._runtime, self._configured = None, None, False
 
     def _stop_worker_threads(self, hold: Callable[[], None] | None = None) -> None:
         """Stops control, sends ``hold`` right away (not after an inference in flight), then inference."""
@@ -348,15 +342,14 @@ class PolicyNode(LifecycleNode):
             self._commands_sent += 1
 
     def _on_chunk(self, event: ChunkEvent) -> None:
-        runtime, mapper = self._runtime, self._mapper
-        assert runtime is not None and mapper is not None
+        runtime = self._runtime
+        assert runtime is not None
         self._latencies.append(event.ready_ns - event.observation.request_ns)
         if event.outcome.accepted:
             self._chunk_id += 1
-            positions = mapper.chunk_to_joint_positions(event.result.actions, event.observation.state)
             self._outputs["~/action_chunk"].publish(action_chunk_msg(
                 self._chunk_id, event.ready_ns, event.observation.stamp_ns, runtime.config.rates.chunk_step_ns,
-                event.outcome.start_index, runtime.config.joint_names, positions))
+                event.outcome.start_index, runtime.config.joint_names, event.outcome.positions))
         for camera, pixels in event.result.preview.items():
             self._outputs[f"foresight/{camera}"].publish(
                 rgb_image_msg(pixels, event.ready_ns, f"{camera}_camera_optical_frame"))

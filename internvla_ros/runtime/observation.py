@@ -42,9 +42,6 @@ class FrameHistory:
         self._history_ns = history_ns
         self._frames: deque[tuple[int, Any]] = deque()
 
-    def __len__(self) -> int:
-        return len(self._frames)
-
     def add(self, stamp_ns: int, image: Any) -> None:
         if self._frames and stamp_ns < self._frames[-1][0]:
             return  # out of order: keep the history monotonic

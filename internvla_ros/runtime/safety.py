@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -183,8 +183,6 @@ class InputWatchdog:
             )
         )
 
-    def ages_ns(self, now_ns: int) -> Mapping[str, int]:
-        return {source: now_ns - stamp for source, stamp in sorted(self._latest_ns.items())}
 
 
 class SafetyGate:

@@ -93,6 +93,7 @@ class ChunkResult:
     reason: str
     start_index: int = -1
     latency_ns: int = 0  # observation stamp -> arrival
+    positions: np.ndarray | None = None  # the accepted chunk in joint space (chunk_size, joints)
 
 
 def _next_grid(due_ns: int, period_ns: int, now_ns: int) -> int:
@@ -181,10 +182,6 @@ class PolicyRuntime:
     @property
     def state(self) -> RuntimeState:
         return self._state
-
-    @property
-    def counters(self) -> EventCounters:
-        return self._counters
 
     @property
     def limiter(self) -> MotionLimiter:
@@ -322,11 +319,6 @@ class PolicyRuntime:
 
     # Inference ------------------------------------------------------------------------------------
 
-    def observation_due(self, now_ns: int) -> bool:
-        with self._lock:
-            self._check_inference(now_ns)
-            return self._observation_due(now_ns)
-
     def poll_observation(self, now_ns: int) -> Observation | None:
         """The observation to infer on, when one is due; the runtime then waits for its chunk."""
         with self._lock:
@@ -413,7 +405,8 @@ class PolicyRuntime:
             self._last_start_index = plan.start_index
             self._observation_age.add(latency_ns)
             self._inference_rate.add(ready_ns)
-            return ChunkResult(accepted=True, reason="", start_index=plan.start_index, latency_ns=latency_ns)
+            return ChunkResult(accepted=True, reason="", start_index=plan.start_index, latency_ns=latency_ns,
+                               positions=positions)
 
     # Control --------------------------------------------------------------------------------------
 
