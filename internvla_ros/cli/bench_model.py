@@ -32,7 +32,7 @@ from internvla_ros.backends.errors import BackendError
 from internvla_ros.backends.factory import BACKEND_NAMES, BackendOptions, create_backend
 from internvla_ros.backends.graphs import Layout
 from internvla_ros.cli.check_parity import INPUTS_FILE, _load, batch_to_inputs
-from internvla_ros.cli.groups import verb_group
+from internvla_ros.cli.groups import add_verb, verb_group
 from internvla_ros.model.config import InternVLAConfig, load_config
 from internvla_ros.model.errors import ModelError
 from internvla_ros.model.inputs import ModelInputs
@@ -191,11 +191,8 @@ def command(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = bench_verbs(subparsers).add_parser(
-        "model", help="per-stage latency of the model on one or more backends",
-        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n".join(__doc__.splitlines()[1:]),
-    )
+    parser = add_verb(bench_verbs(subparsers), "model", "per-stage latency of the model on one or more backends",
+                      __doc__)
     parser.add_argument("--model", metavar="DIR", help="checkpoint directory (default: models/default)")
     parser.add_argument("--backend", help=f"comma-separated, from {', '.join(BACKEND_NAMES)} (default: torch; "
                                           f"with --compare: {','.join(COMPARE_DEFAULT)})")

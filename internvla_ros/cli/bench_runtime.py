@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from internvla_ros.cli.bench_model import bench_verbs
+from internvla_ros.cli.groups import add_verb
 from internvla_ros.model.errors import ModelError
 from internvla_ros.runtime.driver import DEFAULT_CONTROL_PRIORITY
 from internvla_ros.runtime.errors import PolicyRuntimeError
@@ -44,9 +45,8 @@ def command(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = bench_verbs(subparsers).add_parser(
-        "runtime", help=__doc__.splitlines()[0].split(": ", 1)[1], description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = add_verb(bench_verbs(subparsers), "runtime", "control-loop jitter while the default model infers nonstop",
+                      __doc__)
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of measurement (default 60)")
     parser.add_argument("--json", type=Path, default=None, help="also write the result as JSON")
     parser.add_argument("--model", type=Path, default=None, help="checkpoint directory (default: models/default)")

@@ -24,6 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from internvla_ros.backends.errors import BackendError
+from internvla_ros.cli.groups import add_verb
 from internvla_ros.model.checkpoint import TORCH_DTYPES, load_checkpoint
 from internvla_ros.model.errors import ModelError
 from internvla_ros.model.inputs import ModelInputs
@@ -219,11 +220,8 @@ def command(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "check-parity", help="compare a checkpoint's outputs with recorded reference outputs",
-        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n".join(__doc__.splitlines()[1:]),
-    )
+    parser = add_verb(subparsers, "check-parity", "compare a checkpoint's outputs with recorded reference outputs",
+                      __doc__)
     parser.add_argument("directory", metavar="DIR", help="checkpoint dir with inputs/outputs.safetensors")
     parser.add_argument("--backend", choices=["torch", "onnxruntime", "tensorrt"], default="torch",
                         help="inference backend (default: torch); the others run an export of DIR")

@@ -16,6 +16,7 @@ import json
 import sys
 from pathlib import Path
 
+from internvla_ros.cli.groups import add_verb
 from internvla_ros.runtime.errors import PolicyRuntimeError
 
 CELLS = ("dual_arm", "conveyor_sorting")
@@ -35,8 +36,7 @@ def command(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("demo", help=__doc__.splitlines()[0].split(": ", 1)[1],
-                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = add_verb(subparsers, "demo", "the simulated cell and the policy node in a closed loop", __doc__)
     parser.add_argument("--cell", choices=CELLS, default="dual_arm")
     parser.add_argument("--duration", type=float, default=30.0, help="seconds of closed loop after start-up")
     parser.add_argument("--out", type=Path, default=Path("out/demo"), help="output directory")

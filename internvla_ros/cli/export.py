@@ -21,6 +21,7 @@ import torch
 
 from internvla_ros.backends.errors import BackendError
 from internvla_ros.backends.export import DTYPES, OPSET, export_model
+from internvla_ros.cli.groups import add_verb
 
 
 def export(model_dir: Path, out_dir: Path, dtype: str, opset: int) -> int:
@@ -46,11 +47,8 @@ def command(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "export", help="export a checkpoint to ONNX graphs for the onnxruntime / tensorrt backends",
-        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n".join(__doc__.splitlines()[1:]),
-    )
+    parser = add_verb(subparsers, "export",
+                      "export a checkpoint to ONNX graphs for the onnxruntime / tensorrt backends", __doc__)
     parser.add_argument("directory", metavar="MODEL_DIR", help="checkpoint directory (config.json + model.safetensors)")
     parser.add_argument("--out", required=True, metavar="ENGINE_DIR", help="directory for the graphs and manifest")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32",

@@ -12,6 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from internvla_ros.cli.groups import add_verb
 from internvla_ros.cli.model_info import model_verbs
 from internvla_ros.model.default_model import DEFAULT_SEED, make_default_model
 from internvla_ros.paths import default_model_dir
@@ -28,7 +29,8 @@ def command(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = model_verbs(subparsers).add_parser("make-default", help=__doc__.splitlines()[0].split(": ", 1)[1])
+    parser = add_verb(model_verbs(subparsers), "make-default", "write the package's default (tiny, untrained) model",
+                      __doc__)
     parser.add_argument("--out", type=Path, default=default_model_dir(), help="output directory")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="weight initialisation seed")
     parser.set_defaults(func=command)

@@ -17,7 +17,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from internvla_ros.cli.groups import verb_group
+from internvla_ros.cli.groups import add_verb, verb_group
 from internvla_ros.model.checkpoint import WEIGHTS_FILE, build_empty, check_shapes, expected_shapes, read_header
 from internvla_ros.model.config import CONFIG_FILE, load_config, read_json
 from internvla_ros.model.cost import chunk_flops, parameter_groups
@@ -88,10 +88,7 @@ def command(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = model_verbs(subparsers).add_parser(
-        "info", help="parameter counts, dtype, token budget and FLOPs of a checkpoint",
-        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n".join(__doc__.splitlines()[1:]),
-    )
+    parser = add_verb(model_verbs(subparsers), "info",
+                      "parameter counts, dtype, token budget and FLOPs of a checkpoint", __doc__)
     parser.add_argument("directory", metavar="DIR", help="checkpoint directory (config.json + model.safetensors)")
     parser.set_defaults(func=command)

@@ -22,6 +22,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from internvla_ros.cli.groups import add_verb
 from internvla_ros.paths import config_path
 from internvla_ros.replay.driver import DEFAULT_INFERENCE_LATENCY_NS, DEFAULT_STATUS_PERIOD_NS
 from internvla_ros.replay.errors import ReplayError
@@ -98,10 +99,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "replay", help="run a recorded bag through the policy offline and check it against a golden bag",
-        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n".join(__doc__.splitlines()[1:]))
+    parser = add_verb(subparsers, "replay",
+                      "run a recorded bag through the policy offline and check it against a golden bag", __doc__)
     parser.add_argument("bag", metavar="BAG", help="rosbag2 directory (mcap or sqlite3) or a single storage file")
     parser.add_argument("--config", required=True, help="robot config YAML (a name in config/ or a path)")
     parser.add_argument("--model", required=True, help="checkpoint directory (with stats.json)")
