@@ -7,16 +7,19 @@ raw bytes. Nothing is pickled: a frame can only ever decode to plain numeric arr
 
     worker = InferenceWorker("internvla_ros.runtime.internvla_policy:load_policy", {"model": "models/default"})
     worker.start()                      # returns once the child has loaded and warmed up the policy
-    result = worker.infer(observation)  # blocking; call it from an inference thread
+    result = worker.infer(observation, timeout_s=5.0)  # blocking; InferenceTimeout when no reply in time
+    worker.restart()                    # after a timeout: kill the child, start and warm up a new one
     worker.close()
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import os
+import queue
 import struct
 import subprocess
 import sys
@@ -36,10 +39,18 @@ MAX_HEADER_BYTES = 1 << 20
 ARRAYS_KEY = "__arrays__"
 ALLOWED_DTYPE_KINDS = "biuf"  # bool, signed/unsigned integers, floats: nothing that can hold objects
 READY = "ready"
+ENDED = "ended"  # the reader's last reply: the child's output closed
+DEFAULT_STARTUP_TIMEOUT_S = 600.0
+KILL_GRACE_S = 2.0  # SIGTERM, then SIGKILL after this
+EXIT_CODE_WAIT_S = 1.0  # after EOF, how long the reader waits for the child's exit code
 
 
 class InferenceError(PolicyRuntimeError):
     """The inference worker failed to start, crashed, or reported an error for one request."""
+
+
+class InferenceTimeout(InferenceError):
+    """The worker did not answer a request in time (it may hang): restart it before the next request."""
 
 
 def write_frame(stream: BinaryIO, header: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
@@ -134,68 +145,134 @@ def resolve_factory(spec: str) -> Callable[..., Policy]:
 
 
 class InferenceWorker:
-    """The parent's handle on one worker process. `infer` is thread-safe (one request at a time)."""
+    """The parent's handle on one worker process. `infer` is thread-safe (one request at a time).
+
+    Two daemon threads per child move the frames: a writer (so a request to a child that stopped
+    reading cannot block the caller past its deadline) and a reader that queues every reply, which
+    `infer` takes with a deadline. A request left unanswered makes the worker refuse further requests
+    until `restart()`: its late reply would otherwise be taken as the answer to the next one.
+    """
 
     def __init__(self, factory: str, kwargs: Mapping[str, Any] | None = None, threads: int = 1,
                  nice: int = 5) -> None:
         self._command = [sys.executable, "-m", "internvla_ros.runtime.worker", "--factory", factory,
                          "--kwargs", json.dumps(dict(kwargs or {})), "--threads", str(threads), "--nice", str(nice)]
-        self._process: subprocess.Popen[bytes] | None = None
+        self._child: _Child | None = None
         self._lock = threading.Lock()
+        self._startup_timeout_s = DEFAULT_STARTUP_TIMEOUT_S
         self.info: dict[str, Any] = {}
 
-    def start(self, timeout_s: float = 600.0) -> dict[str, Any]:
+    @property
+    def pid(self) -> int | None:
+        """The child's process id while one is running (for logs and tests)."""
+        child = self._child
+        return None if child is None else child.process.pid
+
+    def start(self, timeout_s: float = DEFAULT_STARTUP_TIMEOUT_S) -> dict[str, Any]:
         """Starts the child and waits until it has built and warmed up the policy; returns its info."""
-        self._process = subprocess.Popen(self._command, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        result: list[Any] = []
-        reader = threading.Thread(target=lambda: result.append(self._receive()), daemon=True)
-        reader.start()
-        reader.join(timeout_s)
-        if not result:
-            self.close()
-            raise InferenceError(f"the inference worker did not become ready within {timeout_s:.0f} s")
-        header, _ = result[0]
+        self._startup_timeout_s = timeout_s
+        child = _Child(subprocess.Popen(self._command, stdin=subprocess.PIPE, stdout=subprocess.PIPE))
+        self._child = child
+        try:
+            header, _ = child.replies.get(timeout=timeout_s)
+        except queue.Empty:
+            self.kill()
+            raise InferenceError(f"the inference worker did not become ready within {timeout_s:.0f} s") from None
         if header.get("status") != READY:
-            self.close()
+            self.kill()
             raise InferenceError(f"the inference worker failed to start: {header.get('error', header)}")
         self.info = header.get("info", {})
         return self.info
 
-    def _receive(self, process: subprocess.Popen[bytes] | None = None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        process = process or self._process
-        try:
-            return read_frame(process.stdout)
-        except (EOFError, OSError, ValueError) as err:  # ValueError: the pipe was closed by close()
-            code = process.poll()
-            return {"status": "error", "error": f"worker process ended (exit code {code}): {err}"}, {}
+    def restart(self) -> dict[str, Any]:
+        """Kills the child (hung or not) and starts a new one with the same arguments and start-up timeout."""
+        self.kill()
+        return self.start(self._startup_timeout_s)
 
-    def infer(self, observation: Observation) -> PolicyResult:
+    def infer(self, observation: Observation, timeout_s: float | None = None) -> PolicyResult:
+        """The policy's result for one observation; InferenceTimeout when no reply came within timeout_s."""
         with self._lock:
-            process = self._process  # close() may clear it from another thread
-            if process is None or process.poll() is not None:
+            child = self._child  # close() may clear it from another thread
+            if child is None or child.ended or child.process.poll() is not None:
                 raise InferenceError("the inference worker is not running")
+            if child.unanswered:
+                raise InferenceError("the inference worker left an earlier request unanswered: restart it")
+            child.requests.put(encode_observation(observation))
             try:
-                write_frame(process.stdin, *encode_observation(observation))
-            except (OSError, ValueError) as err:
-                raise InferenceError(f"the inference worker is gone: {err}") from err
-            header, arrays = self._receive(process)
+                header, arrays = child.replies.get(timeout=timeout_s)
+            except queue.Empty:
+                child.unanswered = True
+                raise InferenceTimeout(f"no reply within {timeout_s:g} s") from None
+        if header.get("status") == ENDED:
+            child.ended = True
         if header.get("status") != "ok":
             raise InferenceError(str(header.get("error", header)))
         return decode_result(header, arrays)
 
+    def kill(self, grace_s: float = KILL_GRACE_S) -> None:
+        """Stops the child now, whatever it is doing: SIGTERM, then SIGKILL after grace_s."""
+        child, self._child = self._child, None
+        if child is not None:
+            child.requests.put(None)
+            _stop_process(child.process, terminate=True, grace_s=grace_s)
+
     def close(self, timeout_s: float = 10.0) -> None:
-        process, self._process = self._process, None
-        if process is None:
-            return
-        if process.stdin is not None:
-            process.stdin.close()  # EOF: the child leaves its loop
+        """Lets the child finish (EOF on its input ends its loop); kills it after timeout_s."""
+        child, self._child = self._child, None
+        if child is not None:
+            child.requests.put(None)  # the writer closes the child's stdin once the queue is drained
+            _stop_process(child.process, terminate=False, grace_s=timeout_s)
+
+
+class _Child:
+    """One worker process and the two threads that move its frames."""
+
+    def __init__(self, process: subprocess.Popen[bytes]) -> None:
+        self.process = process
+        self.requests: queue.Queue[tuple[dict[str, Any], dict[str, np.ndarray]] | None] = queue.Queue()
+        self.replies: queue.Queue[tuple[dict[str, Any], dict[str, np.ndarray]]] = queue.Queue()
+        self.unanswered = False  # a request timed out: its late reply would be misread as the next one's
+        self.ended = False  # the reader saw the child's output end
+        threading.Thread(target=self._write, name=f"inference-worker-{process.pid}-writer", daemon=True).start()
+        threading.Thread(target=self._read, name=f"inference-worker-{process.pid}-reader", daemon=True).start()
+
+    def _write(self) -> None:
+        stdin = self.process.stdin
+        assert stdin is not None
         try:
-            process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        if process.stdout is not None:
-            process.stdout.close()
+            while (frame := self.requests.get()) is not None:
+                write_frame(stdin, *frame)
+        except (OSError, ValueError):
+            pass  # the child is gone: the reader reports it
+        finally:
+            with contextlib.suppress(OSError):
+                stdin.close()
+
+    def _read(self) -> None:
+        stdout = self.process.stdout
+        assert stdout is not None
+        try:
+            while True:
+                self.replies.put(read_frame(stdout))
+        except (EOFError, OSError, ValueError) as err:
+            try:
+                code = self.process.wait(EXIT_CODE_WAIT_S)
+            except subprocess.TimeoutExpired:
+                code = None
+            self.replies.put(({"status": ENDED, "error": f"worker process ended (exit code {code}): {err}"}, {}))
+        finally:
+            stdout.close()
+
+
+def _stop_process(process: subprocess.Popen[bytes], terminate: bool, grace_s: float) -> None:
+    if terminate:
+        with contextlib.suppress(ProcessLookupError):
+            process.terminate()
+    try:
+        process.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def serve(factory: str, kwargs: Mapping[str, Any], threads: int, stdin: BinaryIO, stdout: BinaryIO) -> int:
