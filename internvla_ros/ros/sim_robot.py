@@ -3,13 +3,22 @@
 It subscribes to every configured controller's command topic (`<controller>/joint_trajectory` with
 joint_trajectory_controller semantics, `<controller>/commands` for forward controllers), integrates
 the joints, publishes `joint_states`, renders the configured cameras, and reports on /diagnostics what
-it accepted, what it rejected (and why, in the log) and how many commanded values were outside the
-joint limits. The robot config is the policy node's YAML, given as the `config` parameter.
+it accepted, what it rejected (and why, in the log), how late stamped trajectories arrived, and the
+judge's count of excursions out of the position/velocity and acceleration limits of the motion the
+controllers executed (each logged once, naming controller, joint, value, limit and time). A command
+counts from the middleware's receive time, not from when this node's callback ran. The robot config is
+the policy node's YAML, given as the `config` parameter.
 
     ros2 run internvla_ros sim_robot --ros-args -p config:=/path/to/dual_arm.yaml
+
+Parameters besides `config`: `joint_state_rate_hz` (200), `camera_rate_hz` (30), `judge_rate_hz` (200,
+the simulated controller update rate the motion is judged on), `judge_delay_s` (0.25, how far behind now
+it is judged), `late_threshold_s` (0.1, a stamped trajectory arriving later is counted as late).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 import rclpy
@@ -26,6 +35,7 @@ from internvla_ros.ros.messages import rgb_image_msg
 from internvla_ros.runtime.config import DEFAULT_NODE_NAME, RuntimeConfig
 from internvla_ros.runtime.errors import RuntimeConfigError
 from internvla_ros.sim.cell import SimulatedCell
+from internvla_ros.sim.judge import JudgeSettings
 from internvla_ros.sim.render import CellRenderer
 from internvla_ros.sim.trajectory import Trajectory, TrajectoryPoint
 
@@ -41,21 +51,27 @@ class SimRobot(Node):
         config_node = self.declare_parameter("config_node_name", DEFAULT_NODE_NAME).value
         state_rate = self.declare_parameter("joint_state_rate_hz", 200.0).value
         camera_rate = self.declare_parameter("camera_rate_hz", 30.0).value
+        judge = JudgeSettings(grid_hz=float(self.declare_parameter("judge_rate_hz", 200.0).value),
+                              delay_s=float(self.declare_parameter("judge_delay_s", 0.25).value),
+                              late_threshold_s=float(self.declare_parameter("late_threshold_s", 0.1).value))
         if not config_path:
             msg = "parameter 'config' is required: the robot YAML, e.g. -p config:=config/dual_arm.yaml"
             raise RuntimeConfigError(msg)
         self.config = RuntimeConfig.from_yaml(config_path, node_name=config_node)
-        self.cell = SimulatedCell(self.config)
+        self.cell = SimulatedCell(self.config, judge)
         self.renderer = CellRenderer(self.config)
+        self._use_sim_time = bool(self.get_parameter("use_sim_time").value)
         self._dt_s = 1.0 / state_rate
         self._last_step_ns = self._now_ns()
 
         for name in self.cell.trajectory_controllers:
-            self.create_subscription(JointTrajectory, f"{name}/joint_trajectory",
-                                     lambda msg, name=name: self._on_trajectory(name, msg), COMMAND_QOS_DEPTH)
+            self.create_subscription(
+                JointTrajectory, f"{name}/joint_trajectory",
+                lambda msg, info, name=name: self._on_trajectory(name, msg, self._arrival_ns(info)), COMMAND_QOS_DEPTH)
         for name in self.cell.forward_controllers:
-            self.create_subscription(Float64MultiArray, f"{name}/commands",
-                                     lambda msg, name=name: self._on_forward(name, msg), COMMAND_QOS_DEPTH)
+            self.create_subscription(
+                Float64MultiArray, f"{name}/commands",
+                lambda msg, info, name=name: self._on_forward(name, msg, self._arrival_ns(info)), COMMAND_QOS_DEPTH)
         self._joint_pub = self.create_publisher(JointState, "joint_states", 10)
         self._camera_pubs = {camera.name: self.create_publisher(Image, camera.topic, qos_profile_sensor_data)
                              for camera in self.config.cameras}
@@ -71,33 +87,38 @@ class SimRobot(Node):
     def _now_ns(self) -> int:
         return self.get_clock().now().nanoseconds
 
-    def _on_trajectory(self, controller: str, msg: JointTrajectory) -> None:
+    def _arrival_ns(self, info: dict[str, Any]) -> int:
+        """The middleware's receive time (system clock, which is ROS time without sim time); the callback's
+        time where the middleware gives none or the node runs on simulated time."""
+        received = int(info.get("received_timestamp") or 0)
+        return received if received > 0 and not self._use_sim_time else self._now_ns()
+
+    def _on_trajectory(self, controller: str, msg: JointTrajectory, arrival_ns: int) -> None:
         trajectory = Trajectory(
             joint_names=tuple(msg.joint_names),
             stamp_ns=time_to_ns(msg.header.stamp),
             points=tuple(TrajectoryPoint(np.asarray(p.positions), np.asarray(p.velocities) if p.velocities else None,
                                          duration_to_ns(p.time_from_start)) for p in msg.points))
-        reason = self.cell.submit_trajectory(controller, trajectory, self._now_ns())
+        reason = self.cell.submit_trajectory(controller, trajectory, arrival_ns)
         if reason is not None:
             self.get_logger().warn(f"{controller}: trajectory rejected: {reason}")
-        self._log_violations(controller)
 
-    def _on_forward(self, controller: str, msg: Float64MultiArray) -> None:
-        reason = self.cell.submit_forward_command(controller, np.asarray(msg.data))
+    def _on_forward(self, controller: str, msg: Float64MultiArray, arrival_ns: int) -> None:
+        reason = self.cell.submit_forward_command(controller, np.asarray(msg.data), arrival_ns)
         if reason is not None:
             self.get_logger().warn(f"{controller}: command dropped: {reason}")
-        self._log_violations(controller)
+        self._log_violations()
 
-    def _log_violations(self, controller: str) -> None:
-        for message in self.cell.violation_log:
-            self.get_logger().error(f"{controller}: command outside the joint limits: {message}")
-        self.cell.violation_log.clear()
+    def _log_violations(self) -> None:
+        for message in self.cell.drain_violations():
+            self.get_logger().error(f"executed motion outside the joint limits: {message}")
 
     def _on_step(self) -> None:
         now_ns = self._now_ns()
         dt_s = min(max((now_ns - self._last_step_ns) * 1e-9, 0.0), 10 * self._dt_s)
         self._last_step_ns = now_ns
         self.cell.step(now_ns, dt_s)
+        self._log_violations()
         state = self.cell.joint_state()
         msg = JointState()
         msg.header.stamp = self.get_clock().now().to_msg()
@@ -117,14 +138,12 @@ class SimRobot(Node):
 
     def _on_diagnostics(self) -> None:
         status = DiagnosticStatus(name="sim_robot: controllers", hardware_id="sim_robot")
-        status.level = DiagnosticStatus.WARN if self.cell.limit_violations else DiagnosticStatus.OK
-        status.message = (f"{self.cell.limit_violations} commanded values outside the joint limits"
-                          if self.cell.limit_violations else "all commands within limits")
-        values = {"limit_violations": self.cell.limit_violations}
-        for controller in (*self.cell.trajectory_controllers, *self.cell.forward_controllers):
-            values[f"{controller}.accepted"] = self.cell.accepted[controller]
-            values[f"{controller}.rejected"] = self.cell.rejected[controller]
-        status.values = [KeyValue(key=key, value=str(value)) for key, value in values.items()]
+        limit, acceleration = self.cell.limit_violations, self.cell.acceleration_violations
+        status.level = DiagnosticStatus.WARN if limit or acceleration else DiagnosticStatus.OK
+        status.message = (f"executed motion left the joint limits: {limit} position/velocity and {acceleration} "
+                          "acceleration excursions" if limit or acceleration else "executed motion within limits")
+        values = self.cell.diagnostics()
+        status.values = [KeyValue(key=key, value="" if value is None else str(value)) for key, value in values.items()]
         array = DiagnosticArray(status=[status])
         array.header.stamp = self.get_clock().now().to_msg()
         self._diagnostics_pub.publish(array)

@@ -1,10 +1,11 @@
 """The joints of a simulated cell, driven through the same controller interfaces as the real robot.
 
-Joint-trajectory controllers follow sim/trajectory.py; forward-command controllers take a new target
-at once (Jazzy's forward_command_controller drops a command holding a non-finite value). Measured
-joints track the desired ones with a first-order lag capped at the joint's velocity limit, so a plot
-of commanded vs measured shows a realistic, small tracking delay. A joint whose state field is
-`velocity` (a conveyor belt) is commanded in speed: its position is the integrated belt travel.
+Joint-trajectory controllers follow sim/trajectory.py, and sim/judge.py judges what every controller
+executes; forward-command controllers take a new target at once (Jazzy's forward_command_controller
+drops a command holding a non-finite value). Measured joints track the desired ones with a first-order
+lag capped at the joint's velocity limit, so a plot of commanded vs measured shows a realistic, small
+tracking delay. A joint whose state field is `velocity` (a conveyor belt) is commanded in speed: its
+position is the integrated belt travel.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from internvla_ros.runtime.config import RuntimeConfig
+from internvla_ros.sim.arrivals import ArrivalStats
+from internvla_ros.sim.judge import ForwardCommandJudge, JudgeSettings, TrajectoryJudge, ViolationLog
 from internvla_ros.sim.trajectory import JointTrajectoryExecutor, Trajectory, TrajectoryRejected
 
 TRACKING_TIME_CONSTANT_S = 0.02
-LIMIT_TOLERANCE = 1e-6  # commands may sit on a limit; float noise above it is not a violation
 
 
 @dataclass(frozen=True)
@@ -29,11 +31,13 @@ class JointState:
 
 
 class SimulatedCell:
-    """Desired and measured joint states of one cell, and what its controllers accepted or refused."""
+    """Desired and measured joint states of one cell, what its controllers accepted or refused, and the
+    judge's verdict on the executed motion (sim/judge.py)."""
 
-    def __init__(self, config: RuntimeConfig) -> None:
+    def __init__(self, config: RuntimeConfig, judge: JudgeSettings | None = None) -> None:
         self.config = config
         self.names = config.joint_names
+        self.judge_settings = judge or JudgeSettings()
         limits = [joint.limits for joint in config.joints]
         self._min = np.array([lim.min_position for lim in limits])
         self._max = np.array([lim.max_position for lim in limits])
@@ -47,19 +51,26 @@ class SimulatedCell:
         self._desired = start.copy()
         self._measured = np.where(self._speed_joint, 0.0, start)  # belt travel starts at 0
         self._velocity = np.zeros_like(start)
+        self.violations = ViolationLog()
+        self.arrivals = ArrivalStats(round(self.judge_settings.late_threshold_s * 1e9))
         self._executors: dict[str, tuple[JointTrajectoryExecutor, np.ndarray]] = {}
-        self._forward: dict[str, np.ndarray] = {}
+        self._trajectory_judges: dict[str, TrajectoryJudge] = {}
+        self._forward: dict[str, tuple[ForwardCommandJudge, np.ndarray]] = {}
+        control_period_s = 1.0 / config.rates.control_rate_hz
         for controller in config.controllers:
             index = np.array([config.joint_index[name] for name in controller.joints])
+            joint_limits = [limits[i] for i in index]
             if controller.type == "joint_trajectory":
-                self._executors[controller.name] = (JointTrajectoryExecutor(controller.joints, start[index]), index)
+                executor = JointTrajectoryExecutor(controller.joints, start[index])
+                self._executors[controller.name] = (executor, index)
+                self._trajectory_judges[controller.name] = TrajectoryJudge(
+                    controller.name, executor, joint_limits, self.judge_settings, self.violations)
             else:
-                self._forward[controller.name] = index
+                self._forward[controller.name] = (ForwardCommandJudge(
+                    controller.name, controller.joints, joint_limits, start[index], control_period_s,
+                    self.violations), index)
         self.accepted: Counter[str] = Counter()
         self.rejected: Counter[str] = Counter()
-        self.limit_violations = 0
-        self.violation_log: list[str] = []  # drained and logged by the node
-        self._executed_out = np.zeros(len(self.names), dtype=bool)  # count each excursion once, not per step
 
     @property
     def trajectory_controllers(self) -> tuple[str, ...]:
@@ -69,45 +80,36 @@ class SimulatedCell:
     def forward_controllers(self) -> tuple[str, ...]:
         return tuple(self._forward)
 
-    def _count_violations(self, index: np.ndarray, positions: np.ndarray, velocities: np.ndarray | None) -> None:
-        over = (positions < self._min[index] - LIMIT_TOLERANCE) | (positions > self._max[index] + LIMIT_TOLERANCE)
-        for k in np.flatnonzero(over):
-            self._violation(f"{self.names[index[k]]} position {positions[k]:.6f} outside "
-                            f"[{self._min[index[k]]}, {self._max[index[k]]}]")
-        if velocities is not None:
-            for k in np.flatnonzero(np.abs(velocities) > self._max_velocity[index] * 1.001):
-                self._violation(f"{self.names[index[k]]} velocity {velocities[k]:.6f} above "
-                                f"{self._max_velocity[index[k]]}")
+    @property
+    def limit_violations(self) -> int:
+        return self.violations.limit_violations
 
-    def _check_executed(self, index: np.ndarray, positions: np.ndarray, velocities: np.ndarray) -> None:
-        """The controller's interpolated setpoint, not just the points it was sent, must stay in the limits."""
-        over = ((positions < self._min[index] - LIMIT_TOLERANCE) | (positions > self._max[index] + LIMIT_TOLERANCE)
-                | (np.abs(velocities) > self._max_velocity[index] * 1.001))
-        for k in np.flatnonzero(over & ~self._executed_out[index]):
-            self._violation(f"{self.names[index[k]]} executed setpoint {positions[k]:.6f} at {velocities[k]:.6f}/s "
-                            "leaves the joint limits between trajectory points")
-        self._executed_out[index] = over
+    @property
+    def acceleration_violations(self) -> int:
+        return self.violations.acceleration_violations
 
-    def _violation(self, message: str) -> None:
-        self.limit_violations += 1
-        self.violation_log.append(message)
+    def drain_violations(self) -> list[str]:
+        """Messages of the excursions found since the last call, each naming its controller and joint."""
+        return self.violations.drain()
 
-    def submit_trajectory(self, controller: str, trajectory: Trajectory, now_ns: int) -> str | None:
-        """None when accepted, else the controller's reason for refusing it."""
-        executor, index = self._executors[controller]
+    def submit_trajectory(self, controller: str, trajectory: Trajectory, arrival_ns: int) -> str | None:
+        """None when accepted, else the controller's reason for refusing it. arrival_ns is when the
+        message reached the controller (the middleware's receive time): it becomes active then."""
+        executor, _ = self._executors[controller]
+        if trajectory.end_ns is not None:
+            self.arrivals.record(trajectory.stamp_ns, trajectory.end_ns, arrival_ns)
         try:
-            executor.submit(trajectory, now_ns)
+            active = executor.submit(trajectory, arrival_ns)
         except TrajectoryRejected as err:
             self.rejected[controller] += 1
             return str(err)
-        for point in executor.accepted_points():
-            self._count_violations(index, point.positions, point.velocities)
+        self._trajectory_judges[controller].note_submission(active.activation_ns)
         self.accepted[controller] += 1
         return None
 
-    def submit_forward_command(self, controller: str, values: np.ndarray) -> str | None:
+    def submit_forward_command(self, controller: str, values: np.ndarray, arrival_ns: int = 0) -> str | None:
         """None when accepted, else why the forward controller dropped it."""
-        index = self._forward[controller]
+        judge, index = self._forward[controller]
         values = np.asarray(values, dtype=np.float64)
         if values.shape != index.shape:
             self.rejected[controller] += 1
@@ -115,17 +117,30 @@ class SimulatedCell:
         if not np.all(np.isfinite(values)):
             self.rejected[controller] += 1
             return "a non-finite value: the command is dropped"
-        self._count_violations(index, values, None)
+        judge.judge(values, arrival_ns)
         self._desired[index] = values
         self.accepted[controller] += 1
         return None
 
+    def diagnostics(self) -> dict[str, int | float | None]:
+        """The judge's counters and the controllers' accepted/rejected counts, as /diagnostics values."""
+        values: dict[str, int | float | None] = {
+            "limit_violations": self.limit_violations,
+            "acceleration_violations": self.acceleration_violations,
+            "judge_late_submissions": sum(j.late_submissions for j in self._trajectory_judges.values()),
+            **self.arrivals.values(),
+        }
+        for controller in (*self.trajectory_controllers, *self.forward_controllers):
+            values[f"{controller}.accepted"] = self.accepted[controller]
+            values[f"{controller}.rejected"] = self.rejected[controller]
+        return values
+
     def step(self, now_ns: int, dt_s: float) -> None:
         """Samples the controllers at now_ns and moves the measured joints by dt_s."""
         for executor, index in self._executors.values():
-            positions, velocities = executor.sample(now_ns)
-            self._desired[index] = positions
-            self._check_executed(index, positions, velocities)
+            self._desired[index] = executor.sample(now_ns)[0]
+        for judge in self._trajectory_judges.values():
+            judge.advance(now_ns)
         target_velocity = np.where(self._speed_joint, self._desired,
                                    (self._desired - self._measured) / TRACKING_TIME_CONSTANT_S)
         target_velocity = np.clip(target_velocity, -self._max_velocity, self._max_velocity)

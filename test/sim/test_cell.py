@@ -34,21 +34,27 @@ def test_arm_follows_a_trajectory_and_gripper_a_forward_command() -> None:
     arm = next(c for c in config.controllers if c.name == "left_arm_controller")
     start = cell.joint_state().positions[[config.joint_index[j] for j in arm.joints]]
     target = start + 0.2
-    trajectory = Trajectory(arm.joints, 0, (TrajectoryPoint(target, None, 500 * MS),))
+    # A cubic from rest to rest: peak 0.6 rad/s and 4.8 rad/s^2, inside the arm's 1.5 and 8.
+    trajectory = Trajectory(arm.joints, 0, (TrajectoryPoint(target, np.zeros(7), 500 * MS),))
     assert cell.submit_trajectory("left_arm_controller", trajectory, 0) is None
-    assert cell.submit_forward_command("left_gripper_controller", np.array([0.0])) is None
+    gripper = 0.08 - 0.0004 * np.arange(1, 11) ** 2 / 2  # accelerating closing: steps <= 3.8 mm (limit 4)
+    for k, value in enumerate(gripper):
+        assert cell.submit_forward_command("left_gripper_controller", np.array([value]), k * 20 * MS) is None
     run(cell, 0, 1.0)
     measured = cell.joint_state().positions
     np.testing.assert_allclose(measured[[config.joint_index[j] for j in arm.joints]], target, atol=1e-3)
-    assert cell.position_of("left_gripper_joint") == pytest.approx(0.0, abs=1e-3)
-    assert cell.limit_violations == 0
+    assert cell.position_of("left_gripper_joint") == pytest.approx(gripper[-1], abs=1e-3)
+    assert (cell.limit_violations, cell.acceleration_violations) == (0, 0), cell.drain_violations()
     assert cell.accepted["left_arm_controller"] == 1
 
 
 def test_out_of_limit_and_non_finite_commands_are_counted_or_dropped() -> None:
     cell = SimulatedCell(load("dual_arm"))
     assert cell.submit_forward_command("left_gripper_controller", np.array([0.5])) is None  # limit is 0.08
-    assert cell.limit_violations == 1
+    messages = cell.drain_violations()
+    assert any(m.startswith("left_gripper_controller: left_gripper_joint position 0.5 outside [0.0, 0.08]")
+               for m in messages), messages
+    assert cell.limit_violations == 3  # outside the range, a step above max_velocity * period, above max_jump
     assert "non-finite" in cell.submit_forward_command("left_gripper_controller", np.array([np.nan]))
     assert "1 joints" in cell.submit_forward_command("left_gripper_controller", np.array([0.0, 0.0]))
     assert cell.rejected["left_gripper_controller"] == 2
@@ -57,6 +63,7 @@ def test_out_of_limit_and_non_finite_commands_are_counted_or_dropped() -> None:
 def test_conveyor_joint_is_commanded_in_speed_and_integrates_travel() -> None:
     cell = SimulatedCell(load("conveyor_sorting"))
     assert cell.submit_forward_command("conveyor_controller", np.array([0.2])) is None
+    assert cell.limit_violations > 0  # 0 -> 0.2 m/s at once: above the belt's rate and jump limits
     run(cell, 0, 2.0)
     assert cell.speed_of("conveyor_speed") == pytest.approx(0.2, rel=1e-3)
     assert cell.position_of("conveyor_speed") == pytest.approx(0.2 * 2.0, rel=0.05)

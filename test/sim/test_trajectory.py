@@ -66,8 +66,34 @@ def test_points_with_velocities_follow_a_cubic_with_those_velocities() -> None:
     assert ex.sample(NOW + 200 * MS)[0][0] == pytest.approx(1.0 + 0.5 * 0.5 + 2.0 * 0.2 / 8, abs=1e-9)
 
 
-def test_future_stamp_holds_until_it_starts() -> None:
+def test_future_stamp_moves_from_the_arrival_towards_the_first_point() -> None:
+    """JTC interpolates from the state it had when the trajectory arrived to the first point's time."""
     ex = executor()
     ex.submit(Trajectory(JOINTS, NOW + 500 * MS, (point([1.0, 1.0], 100),)), NOW)
-    np.testing.assert_array_equal(ex.sample(NOW + 400 * MS)[0], [0.0, 0.0])
-    np.testing.assert_allclose(ex.sample(NOW + 550 * MS)[0], [0.5, 0.5])
+    np.testing.assert_allclose(ex.sample(NOW + 300 * MS)[0], [0.5, 0.5])  # half way from NOW to NOW + 600 ms
+    np.testing.assert_allclose(ex.sample(NOW + 700 * MS)[0], [1.0, 1.0])
+
+
+def test_a_trajectory_stamped_in_the_past_starts_where_its_own_points_are() -> None:
+    """Arriving 150 ms after its stamp, the trajectory runs from its points at that time: the state it
+    replaced is not used any more (so a late, stale trajectory makes the desired position jump)."""
+    ex = executor()
+    ex.submit(Trajectory(JOINTS, NOW - 150 * MS, (point([0.0, 0.0], 0), point([2.0, 4.0], 200))), NOW)
+    np.testing.assert_allclose(ex.sample(NOW)[0], [1.5, 3.0])
+
+
+def test_arrival_after_the_end_is_rejected_and_one_just_before_is_accepted() -> None:
+    ex = executor()
+    late = Trajectory(JOINTS, NOW - 300 * MS, (point([1.0, 1.0], 100), point([1.0, 1.0], 250)))
+    with pytest.raises(TrajectoryRejected, match=r"arrived 50\.0 ms after"):
+        ex.submit(late, NOW)
+    ex.submit(Trajectory(JOINTS, NOW - 300 * MS, (point([1.0, 1.0], 100), point([1.0, 1.0], 300))), NOW)
+
+
+def test_history_gives_what_ran_at_an_earlier_instant() -> None:
+    """The judge samples behind now: each instant gets the trajectory that was active then."""
+    ex = executor()
+    ex.submit(Trajectory(JOINTS, 0, (point([1.0, 1.0], 1000),)), NOW)
+    ex.submit(Trajectory(JOINTS, 0, (point([0.0, 0.0], 1000),)), NOW + 500 * MS)
+    np.testing.assert_allclose(ex.sample(NOW + 250 * MS)[0], [0.25, 0.25])  # the first, before the switch
+    np.testing.assert_allclose(ex.sample(NOW + 1000 * MS)[0], [0.25, 0.25])  # the second: 0.5 -> 0 over 1 s

@@ -1,0 +1,173 @@
+"""The cell's judge: does the motion the controllers execute stay within the joint limits?
+
+A robot feels the controller's output on its update loop, not the points it was sent. So every
+joint_trajectory_controller is sampled on a uniform grid (like a ros2_control update loop) lagging a
+fixed delay behind now, from the trajectories in their arrival order and at their arrival times; the
+delay lets every message that arrived before a grid instant be known before that instant is judged, so
+the sim's own scheduling jitter neither creates nor hides a jump. On that grid the position, the
+velocity (first finite difference) and the acceleration (second finite difference) are checked: a
+position jump where one trajectory replaces another shows up as an acceleration and velocity spike,
+as a real robot would feel it. Forward-command controllers apply each value at once, so their commands
+are judged one after the other at the configured control period. Each excursion out of a limit is
+counted and reported once, naming the controller, the joint, the value, the limit and the time.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from internvla_ros.runtime.config import JointLimits
+from internvla_ros.sim.trajectory import JointTrajectoryExecutor
+
+POSITION_TOLERANCE = 1e-6  # commands may sit on a limit; float noise above it is not a violation
+VELOCITY_TOLERANCE = 1e-3  # relative
+ACCELERATION_TOLERANCE = 1e-2  # relative: finite differences of a cubic are not its exact derivative
+MESSAGE_BACKLOG = 1000  # messages kept until the node logs them
+
+
+@dataclass(frozen=True)
+class JudgeSettings:
+    grid_hz: float = 200.0  # the simulated controller update rate
+    delay_s: float = 0.25  # how far behind now the executed motion is judged
+    late_threshold_s: float = 0.1  # a trajectory arriving later than this after its stamp is "late"
+
+    def __post_init__(self) -> None:
+        if not (self.grid_hz > 0 and self.delay_s >= 0 and self.late_threshold_s >= 0):
+            raise ValueError(f"judge settings must be positive: grid_hz={self.grid_hz}, delay_s={self.delay_s}, "
+                             f"late_threshold_s={self.late_threshold_s}")
+
+
+class ViolationLog:
+    """Counts excursions out of the limits (once per excursion, not per sample) and keeps their messages."""
+
+    def __init__(self) -> None:
+        self.limit_violations = 0  # position and velocity (and a forward command's jump)
+        self.acceleration_violations = 0
+        self.messages: deque[str] = deque(maxlen=MESSAGE_BACKLOG)
+        self._outside: set[tuple[str, str, str]] = set()
+
+    def check(self, controller: str, joint: str, kind: str, value: float, limit: str, bad: bool, t_ns: int) -> None:
+        key = (controller, joint, kind)
+        if not bad:
+            self._outside.discard(key)
+            return
+        if key in self._outside:
+            return
+        self._outside.add(key)
+        if kind == "acceleration":
+            self.acceleration_violations += 1
+        else:
+            self.limit_violations += 1
+        self.messages.append(f"{controller}: {joint} {kind} {value:.6g} {limit} at t={t_ns * 1e-9:.3f} s")
+
+    def drain(self) -> list[str]:
+        messages = list(self.messages)
+        self.messages.clear()
+        return messages
+
+
+class _Limits:
+    def __init__(self, joints: Sequence[str], limits: Sequence[JointLimits]) -> None:
+        self.joints = tuple(joints)
+        self.low = np.array([lim.min_position for lim in limits])
+        self.high = np.array([lim.max_position for lim in limits])
+        self.velocity = np.array([lim.max_velocity for lim in limits])
+        self.acceleration = np.array([lim.max_acceleration for lim in limits])
+        self.jump = np.array([lim.max_jump for lim in limits])
+
+    def check_position(self, log: ViolationLog, controller: str, values: np.ndarray, t_ns: int) -> None:
+        bad = (values < self.low - POSITION_TOLERANCE) | (values > self.high + POSITION_TOLERANCE)
+        for k, joint in enumerate(self.joints):
+            log.check(controller, joint, "position", values[k], f"outside [{self.low[k]}, {self.high[k]}]",
+                      bool(bad[k]), t_ns)
+
+
+class TrajectoryJudge:
+    """Samples one joint_trajectory_controller on the uniform grid and checks each new sample."""
+
+    def __init__(self, controller: str, executor: JointTrajectoryExecutor, limits: Sequence[JointLimits],
+                 settings: JudgeSettings, log: ViolationLog) -> None:
+        self.controller = controller
+        self._executor = executor
+        self._limits = _Limits(executor.joints, limits)
+        self._period_ns = round(1e9 / settings.grid_hz)
+        self._delay_ns = round(settings.delay_s * 1e9)
+        self._log = log
+        self._next_ns: int | None = None
+        self._previous: deque[np.ndarray] = deque(maxlen=2)
+        self.late_submissions = 0  # trajectories active before the grid instant already judged
+
+    @property
+    def judged_until_ns(self) -> int | None:
+        return None if self._next_ns is None else self._next_ns - self._period_ns
+
+    def note_submission(self, activation_ns: int) -> None:
+        judged = self.judged_until_ns
+        if judged is not None and activation_ns < judged:
+            self.late_submissions += 1
+
+    def advance(self, now_ns: int) -> None:
+        """Judges every grid instant up to now_ns - delay."""
+        until = now_ns - self._delay_ns
+        if self._next_ns is None:
+            self._next_ns = -(-until // self._period_ns) * self._period_ns  # first grid instant >= until
+        period_s = self._period_ns * 1e-9
+        lim = self._limits
+        while self._next_ns <= until:
+            t = self._next_ns
+            positions = self._executor.sample(t)[0]
+            lim.check_position(self._log, self.controller, positions, t)
+            if self._previous:
+                velocity = (positions - self._previous[-1]) / period_s
+                bad = np.abs(velocity) > lim.velocity * (1 + VELOCITY_TOLERANCE)
+                for k, joint in enumerate(lim.joints):
+                    self._log.check(self.controller, joint, "velocity", velocity[k], f"above {lim.velocity[k]}",
+                                    bool(bad[k]), t)
+            if len(self._previous) == 2:
+                acceleration = (positions - 2.0 * self._previous[-1] + self._previous[-2]) / period_s**2
+                bad = np.abs(acceleration) > lim.acceleration * (1 + ACCELERATION_TOLERANCE)
+                for k, joint in enumerate(lim.joints):
+                    self._log.check(self.controller, joint, "acceleration", acceleration[k],
+                                    f"above {lim.acceleration[k]}", bool(bad[k]), t)
+            self._previous.append(positions)
+            self._next_ns += self._period_ns
+
+
+class ForwardCommandJudge:
+    """One forward_command_controller: each command against the previous ones, at the control period.
+
+    For a velocity-commanded joint (a conveyor belt) the value is the belt speed: its max_velocity is
+    the speed's rate limit and its max_acceleration the jerk, so the same rules apply."""
+
+    def __init__(self, controller: str, joints: Sequence[str], limits: Sequence[JointLimits],
+                 initial: np.ndarray, control_period_s: float, log: ViolationLog) -> None:
+        self.controller = controller
+        self._limits = _Limits(joints, limits)
+        self._period_s = control_period_s
+        self._log = log
+        start = np.asarray(initial, dtype=np.float64).copy()
+        self._previous: deque[np.ndarray] = deque([start, start], maxlen=2)  # at rest before the first
+
+    def judge(self, values: np.ndarray, t_ns: int) -> None:
+        lim, log, controller = self._limits, self._log, self.controller
+        lim.check_position(log, controller, values, t_ns)
+        step = values - self._previous[-1]
+        max_step = lim.velocity * self._period_s
+        bad = np.abs(step) > max_step * (1 + VELOCITY_TOLERANCE)
+        for k, joint in enumerate(lim.joints):
+            log.check(controller, joint, "step", step[k], f"above max_velocity * period = {max_step[k]:.6g}",
+                      bool(bad[k]), t_ns)
+            log.check(controller, joint, "jump", step[k], f"above max_jump {lim.jump[k]}",
+                      bool(abs(step[k]) > lim.jump[k] * (1 + VELOCITY_TOLERANCE)), t_ns)
+        second = values - 2.0 * self._previous[-1] + self._previous[-2]
+        max_second = lim.acceleration * self._period_s**2
+        bad = np.abs(second) > max_second * (1 + ACCELERATION_TOLERANCE)
+        for k, joint in enumerate(lim.joints):
+            log.check(controller, joint, "acceleration", second[k] / self._period_s**2,
+                      f"above {lim.acceleration[k]} (second difference {second[k]:.3g} per period^2)",
+                      bool(bad[k]), t_ns)
+        self._previous.append(np.asarray(values, dtype=np.float64).copy())

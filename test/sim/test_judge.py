@@ -1,0 +1,178 @@
+"""The cell's judge: executed motion on the update grid, forward commands, arrival delays, independence."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from internvla_ros.runtime.config import JointLimits, RuntimeConfig
+from internvla_ros.sim.cell import SimulatedCell
+from internvla_ros.sim.judge import ForwardCommandJudge, JudgeSettings, TrajectoryJudge, ViolationLog
+from internvla_ros.sim.trajectory import JointTrajectoryExecutor, Trajectory, TrajectoryPoint
+
+SIM_DIR = Path(__file__).resolve().parents[2] / "internvla_ros" / "sim"
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
+MS = 1_000_000
+T0 = 1_000_000 * MS  # an arbitrary absolute time, on the 5 ms grid
+SETTINGS = JudgeSettings(grid_hz=200.0, delay_s=0.25)
+
+
+def limits(velocity: float = 1.0, acceleration: float = 8.0) -> JointLimits:
+    return JointLimits(min_position=-1.0, max_position=1.0, max_velocity=velocity, max_acceleration=acceleration,
+                       max_jump=0.05)
+
+
+def point(position: float, t_ms: float, velocity: float | None = 0.0) -> TrajectoryPoint:
+    return TrajectoryPoint(np.array([position]), None if velocity is None else np.array([velocity]),
+                           round(t_ms * MS))
+
+
+def judged(trajectories: list[tuple[int, Trajectory]], joint_limits: JointLimits, seconds: float = 2.0) -> ViolationLog:
+    """Submits (arrival, trajectory) pairs to a one-joint controller and judges `seconds` of its motion,
+    advancing the judge in irregular steps as the sim's timer would."""
+    log = ViolationLog()
+    executor = JointTrajectoryExecutor(("j",), np.zeros(1))
+    judge = TrajectoryJudge("arm_controller", executor, [joint_limits], SETTINGS, log)
+    pending = sorted(trajectories, key=lambda item: item[0])
+    now, rng = T0, np.random.default_rng(0)
+    while now < T0 + round((seconds + SETTINGS.delay_s) * 1e9):
+        while pending and pending[0][0] <= now:
+            arrival, trajectory = pending.pop(0)
+            executor.submit(trajectory, arrival)
+        judge.advance(now)
+        now += int(rng.integers(1 * MS, 12 * MS))  # a jittery timer must not matter
+    return log
+
+
+def test_a_cubic_that_overshoots_the_velocity_between_points_is_caught() -> None:
+    # Rest to rest over 1 s: both points at 0 velocity, mean speed 0.6, but the cubic peaks at 0.9 rad/s.
+    trajectory = Trajectory(("j",), 0, (point(0.6, 1000),))
+    log = judged([(T0, trajectory)], limits(velocity=0.8, acceleration=100.0))
+    assert (log.limit_violations, log.acceleration_violations) == (1, 0)
+    message = log.drain()[0]  # reported where the excursion starts
+    assert message.startswith("arm_controller: j velocity 0.80") and " above 0.8 at t=" in message, message
+    assert judged([(T0, trajectory)], limits(velocity=0.91, acceleration=100.0)).limit_violations == 0
+
+
+def test_a_jump_where_a_trajectory_replaces_another_is_an_acceleration_violation() -> None:
+    hold = Trajectory(("j",), 0, (point(0.0, 100),))
+    switch = T0 + 500 * MS
+    # Stamped 20 ms before it arrives, with its first point at its stamp: the controller starts from the
+    # trajectory's own points, 0.01 away from where the joint is.
+    jumping = Trajectory(("j",), switch - 20 * MS, (point(0.01, 0), point(0.01, 500)))
+    log = judged([(T0, hold), (switch, jumping)], limits())
+    assert log.acceleration_violations == 1
+    assert log.limit_violations == 1  # 0.01 in 5 ms is also 2 rad/s
+    assert any(m.startswith("arm_controller: j acceleration") and "at t=1000.50" in m for m in log.drain())
+    continuous = Trajectory(("j",), switch - 20 * MS, (point(0.0, 0), point(0.0, 500)))
+    log = judged([(T0, hold), (switch, continuous)], limits())
+    assert (log.limit_violations, log.acceleration_violations) == (0, 0)
+
+
+def test_a_smooth_motion_at_exactly_the_limits_passes() -> None:
+    """Accelerate at the limit to the velocity limit, then decelerate at the limit to rest, through
+    points every 25 ms carrying their exact velocities: cubic segments reproduce each parabola."""
+    v_max, a_max, ramp_ms = 1.0, 8.0, 125
+    points = []
+    for t_ms in range(25, 2 * ramp_ms + 1, 25):
+        t = t_ms / 1e3
+        if t_ms <= ramp_ms:
+            position, velocity = 0.5 * a_max * t**2, a_max * t
+        else:
+            d = t - ramp_ms / 1e3
+            position = 0.5 * a_max * (ramp_ms / 1e3) ** 2 + v_max * d - 0.5 * a_max * d**2
+            velocity = v_max - a_max * d
+        points.append(point(position, t_ms, velocity))
+    log = judged([(T0, Trajectory(("j",), 0, tuple(points)))], limits(velocity=v_max, acceleration=a_max))
+    assert (log.limit_violations, log.acceleration_violations) == (0, 0), log.drain()
+    # The same motion 5 % faster everywhere breaks both limits.
+    fast = Trajectory(("j",), 0, tuple(point(p.positions[0], p.time_from_start_ns / MS / 1.05,
+                                             p.velocities[0] * 1.05) for p in points))
+    log = judged([(T0, fast)], limits(velocity=v_max, acceleration=a_max))
+    assert log.limit_violations >= 1 and log.acceleration_violations >= 1
+
+
+def test_forward_commands_are_judged_by_step_and_second_difference_once_per_excursion() -> None:
+    log = ViolationLog()
+    belt = JointLimits(min_position=0.0, max_position=0.5, max_velocity=0.5, max_acceleration=5.0, max_jump=0.02)
+    judge = ForwardCommandJudge("conveyor_controller", ("conveyor_speed",), [belt], np.zeros(1), 0.01, log)
+    speed, t = 0.0, T0
+    for step in (0.0004, 0.0008, 0.0012, 0.0016, 0.0020, 0.0024, 0.0028, 0.0032, 0.0036, 0.0040):
+        speed, t = speed + step, t + 10 * MS  # ramps: second difference 0.0004 <= 5 * 0.01^2
+        judge.judge(np.array([speed]), t)
+    assert (log.limit_violations, log.acceleration_violations) == (0, 0), log.drain()
+    for _ in range(3):  # three steps of 0.006 > 0.5 * 0.01: one excursion
+        speed, t = speed + 0.006, t + 10 * MS
+        judge.judge(np.array([speed]), t)
+    assert log.limit_violations == 1
+    assert log.acceleration_violations == 1  # 0.004 -> 0.006 is a second difference of 0.002 > 0.0005
+    messages = log.drain()
+    assert any(m.startswith("conveyor_controller: conveyor_speed step 0.006 above max_velocity * period = 0.005")
+               for m in messages), messages
+    speed, t = speed - 0.006, t + 10 * MS  # back below the step limit, but a second difference of 0.012
+    judge.judge(np.array([speed]), t)
+    assert (log.limit_violations, log.acceleration_violations) == (1, 2)
+
+
+def test_violation_messages_name_the_controller_and_joint_they_happened_on() -> None:
+    config = RuntimeConfig.from_yaml(CONFIG_DIR / "dual_arm.yaml")
+    cell = SimulatedCell(config, SETTINGS)
+    right = next(c for c in config.controllers if c.name == "right_arm_controller")
+    start = cell.desired()[[config.joint_index[j] for j in right.joints]]
+    target = start.copy()
+    target[2] += 0.3  # positions only: a velocity step at the start and at the end
+    now = T0
+    cell.submit_trajectory("right_arm_controller", Trajectory(right.joints, 0, (TrajectoryPoint(target, None,
+                                                                                                 500 * MS),)), now)
+    cell.submit_forward_command("left_gripper_controller", np.array([0.0]), now)  # 0.08 -> 0 at once
+    for _ in range(300):
+        now += 5 * MS
+        cell.step(now, 0.005)
+    messages = cell.drain_violations()
+    arm = [m for m in messages if m.startswith("right_arm_controller: ")]
+    gripper = [m for m in messages if m.startswith("left_gripper_controller: ")]
+    assert arm and gripper and len(arm) + len(gripper) == len(messages), messages
+    assert all(m.startswith("right_arm_controller: right_joint3 acceleration") for m in arm), arm
+    assert len(arm) == 2  # the start and the end of the straight segment
+    assert all(m.startswith("left_gripper_controller: left_gripper_joint ") for m in gripper)
+    assert cell.diagnostics()["acceleration_violations"] == cell.acceleration_violations == 3
+
+
+def test_arrival_delays_late_and_after_end_trajectories_are_counted() -> None:
+    config = RuntimeConfig.from_yaml(CONFIG_DIR / "conveyor_sorting.yaml")
+    cell = SimulatedCell(config, JudgeSettings(late_threshold_s=0.1))
+    arm = next(c for c in config.controllers if c.name == "arm_controller")
+    here = cell.desired()[[config.joint_index[j] for j in arm.joints]]
+
+    def stamped(stamp: int) -> Trajectory:
+        return Trajectory(arm.joints, stamp, (TrajectoryPoint(here, np.zeros(7), 0),
+                                              TrajectoryPoint(here, np.zeros(7), 200 * MS)))
+
+    for delay_ms in (2, 4, 150):
+        assert cell.submit_trajectory("arm_controller", stamped(T0 - delay_ms * MS), T0) is None
+    assert "ends in the past" in cell.submit_trajectory("arm_controller", stamped(T0 - 300 * MS), T0)
+    assert cell.submit_trajectory("arm_controller", Trajectory(arm.joints, 0, stamped(0).points), T0) is None
+    values = cell.diagnostics()
+    assert values["late_trajectories"] == 2  # 150 and 300 ms
+    assert values["trajectories_after_end"] == 1
+    assert values["trajectory_arrival_delay_ms_p50"] == pytest.approx(77.0)  # of 2, 4, 150, 300
+    assert values["trajectory_arrival_delay_ms_max"] == pytest.approx(300.0)
+    assert values["arm_controller.accepted"] == 4 and values["arm_controller.rejected"] == 1
+
+
+def test_the_sim_does_not_import_the_runtime_it_judges() -> None:
+    forbidden = ("internvla_ros.runtime.plan", "internvla_ros.runtime.safety")
+    modules = sorted(SIM_DIR.glob("*.py"))
+    assert len(modules) >= 5
+    for module in modules:
+        for node in ast.walk(ast.parse(module.read_text())):
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+            bad = [name for name in names if name.startswith(forbidden)]
+            assert not bad, f"{module.name} imports {bad}"
