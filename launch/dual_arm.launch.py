@@ -1,10 +1,22 @@
 """The policy node on a dual-arm robot: two 7-DoF arms + grippers, head and wrist cameras.
 
 ros2 launch internvla_ros dual_arm.launch.py model:=/path/to/checkpoint head_camera:=/head/image_raw
+ros2 launch internvla_ros dual_arm.launch.py --show-args   # every argument, with its default
 """
 
-from internvla_ros.ros.launch_common import policy_launch_description
+from launch import LaunchDescription
+from launch.actions import OpaqueFunction
+
+from internvla_ros.launch_plan import LAUNCH_FILES
+from internvla_ros.ros.launch_actions import declare_arguments, node_actions
+
+LAUNCH = LAUNCH_FILES["dual_arm.launch.py"]
+
+
+def _nodes(context):
+    # At launch time, in Python: config:= is looked up and every argument checked (internvla_ros.launch_plan).
+    return node_actions(LAUNCH, context.launch_configurations)
 
 
 def generate_launch_description():
-    return policy_launch_description("dual_arm")
+    return LaunchDescription([*declare_arguments(LAUNCH), OpaqueFunction(function=_nodes)])

@@ -5,19 +5,18 @@ then, in another terminal: ros2 bag play --clock BAG
 """
 
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.actions import OpaqueFunction
 
-from internvla_ros.ros.launch_common import policy_launch_description
+from internvla_ros.launch_plan import LAUNCH_FILES
+from internvla_ros.ros.launch_actions import declare_arguments, node_actions
+
+LAUNCH = LAUNCH_FILES["replay.launch.py"]
 
 
-def _for_cell(context):
-    return policy_launch_description(context.launch_configurations["cell"]).entities
+def _nodes(context):
+    # At launch time, in Python: config:= is looked up and every argument checked (internvla_ros.launch_plan).
+    return node_actions(LAUNCH, context.launch_configurations)
 
 
 def generate_launch_description():
-    # Declared before the policy arguments, so bag time is the default here (the first declaration wins).
-    return LaunchDescription([
-        DeclareLaunchArgument("cell", default_value="dual_arm", description="dual_arm or conveyor_sorting"),
-        DeclareLaunchArgument("use_sim_time", default_value="true", description="bag time from /clock"),
-        OpaqueFunction(function=_for_cell),
-    ])
+    return LaunchDescription([*declare_arguments(LAUNCH), OpaqueFunction(function=_nodes)])

@@ -1,20 +1,22 @@
 """The simulated cell (sim_robot) and the policy node together: the closed loop without hardware.
 
-ros2 launch internvla_ros sim.launch.py cell:=conveyor_sorting
+ros2 launch internvla_ros sim.launch.py cell:=conveyor_sorting instruction:="sort the parcels"
+The policy node actuates by default here (dry_run:=false): the sim is the robot.
 """
 
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.actions import OpaqueFunction
 
-from internvla_ros.ros.launch_common import policy_launch_description
+from internvla_ros.launch_plan import LAUNCH_FILES
+from internvla_ros.ros.launch_actions import declare_arguments, node_actions
+
+LAUNCH = LAUNCH_FILES["sim.launch.py"]
 
 
-def _for_cell(context):
-    return policy_launch_description(context.launch_configurations["cell"], with_sim=True).entities
+def _nodes(context):
+    # At launch time, in Python: config:= is looked up and every argument checked (internvla_ros.launch_plan).
+    return node_actions(LAUNCH, context.launch_configurations)
 
 
 def generate_launch_description():
-    return LaunchDescription([
-        DeclareLaunchArgument("cell", default_value="dual_arm", description="dual_arm or conveyor_sorting"),
-        OpaqueFunction(function=_for_cell),
-    ])
+    return LaunchDescription([*declare_arguments(LAUNCH), OpaqueFunction(function=_nodes)])
