@@ -4,7 +4,11 @@ The control thread sleeps until the runtime's next tick and emits its command; t
 requests observations when due and waits for the policy (in the node: an inference worker process,
 so the model's compute and GIL never sit on the control thread). The clock is injected, so the ROS
 node drives this with its node clock (sim time included) and the runtime benchmark with the monotonic
-clock; both run the same code.
+clock; both run the same code. No wait is ever longer than one control period of steady time, so a
+clock that jumps back or stands still cannot stall either thread.
+
+A worker that leaves a request unanswered for ``inference_timeout_s`` is killed and started again
+while the runtime holds; a thread that fails latches an e-stop and is named in ``failed_threads``.
 """
 
 from __future__ import annotations
@@ -12,9 +16,10 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from internvla_ros.runtime.commands import ControlOutput
 from internvla_ros.runtime.config import NS_PER_S
@@ -23,6 +28,7 @@ from internvla_ros.runtime.observation import Observation
 from internvla_ros.runtime.policy import PolicyResult
 from internvla_ros.runtime.scheduler import ChunkResult, PolicyRuntime
 from internvla_ros.runtime.status import RuntimeState
+from internvla_ros.runtime.worker import InferenceError, InferenceTimeout
 
 IDLE_POLL_S = 0.005  # how often the inference thread checks for a due observation
 JOIN_TIMEOUT_S = 30.0
@@ -32,13 +38,41 @@ GIL_SWITCH_INTERVAL_S = 0.0005
 # SCHED_FIFO priority of the control thread, as ros2_control's controller manager uses for its loop:
 # on 2 shared cores it keeps the 50 Hz period jitter p99 well under 1 ms while the model infers.
 DEFAULT_CONTROL_PRIORITY = 50
+HOLD_WORKER_RESTART = "inference_worker_restart"  # the runtime's hold while a hung worker is replaced
+
+T = TypeVar("T")
 
 
 class Clock(Protocol):
+    """The time the runtime runs on (ROS time in the node, sim time included)."""
+
     def now_ns(self) -> int: ...
 
-    def sleep_until(self, deadline_ns: int) -> None:
-        """Returns at (or just after) deadline_ns; may return early only on shutdown."""
+    def sleep_until(self, deadline_ns: int, timeout_s: float) -> None:
+        """Returns once this clock reaches deadline_ns, or after timeout_s of steady time, whichever is
+        first: a clock that jumped back or stands still (a paused simulation) must not stall the caller."""
+        ...
+
+
+class SteadyClock:
+    """The monotonic clock as a Clock (the runtime benchmark, tests)."""
+
+    def now_ns(self) -> int:
+        return time.monotonic_ns()
+
+    def sleep_until(self, deadline_ns: int, timeout_s: float) -> None:
+        time.sleep(min(max(deadline_ns - self.now_ns(), 0) / NS_PER_S, timeout_s))
+
+
+class Inference(Protocol):
+    """What the inference thread needs of a policy process (InferenceWorker is one)."""
+
+    def infer(self, observation: Observation, timeout_s: float | None = None) -> PolicyResult:
+        """Raises InferenceTimeout when no result came within timeout_s, InferenceError when it failed."""
+        ...
+
+    def restart(self) -> object:
+        """Kills the process and starts it again (load and warm-up); raises InferenceError if it cannot."""
         ...
 
 
@@ -58,18 +92,25 @@ class RuntimeDriver:
     def __init__(
         self,
         runtime: PolicyRuntime,
-        infer: Callable[[Observation], PolicyResult],
+        worker: Inference,
         clock: Clock,
         publish: Callable[[ControlOutput], None],
         on_chunk: Callable[[ChunkEvent], None] = lambda event: None,
         on_problem: Callable[[str, str], None] = lambda key, message: None,
         on_tick: Callable[[int], None] | None = None,
         control_priority: int = 0,
+        inference_timeout_s: float | None = None,
     ) -> None:
         """``control_priority`` > 0 runs the control thread with SCHED_FIFO at that priority (needs
-        CAP_SYS_NICE or root; refused permission is reported through on_problem, and the loop goes on)."""
+        CAP_SYS_NICE or root; refused permission is reported through on_problem, and the loop goes on).
+        ``inference_timeout_s``: how long one inference may take before the worker counts as hung and is
+        restarted (None: wait for ever)."""
+        if inference_timeout_s is not None and not inference_timeout_s > 0:
+            msg = f"inference_timeout_s must be > 0 (or None to wait for ever), got {inference_timeout_s}"
+            raise ValueError(msg)
         self.runtime = runtime
-        self._infer = infer
+        self._worker = worker
+        self._inference_timeout_s = inference_timeout_s
         self._clock = clock
         self._publish = publish
         self._on_chunk = on_chunk
@@ -78,6 +119,15 @@ class RuntimeDriver:
         self._control_priority = control_priority
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._failed: list[str] = []
+        self._time_lock = threading.Lock()
+        self.inference_timeouts = 0  # requests the worker left unanswered for inference_timeout_s
+        self.worker_restarts = 0  # workers started again after a timeout
+
+    @property
+    def failed_threads(self) -> tuple[str, ...]:
+        """The threads ("control", "inference") that died: their e-stop must not be reset, nothing runs them."""
+        return tuple(self._failed)
 
     def start(self) -> None:
         sys.setswitchinterval(min(sys.getswitchinterval(), GIL_SWITCH_INTERVAL_S))
@@ -106,6 +156,17 @@ class RuntimeDriver:
             thread.join(JOIN_TIMEOUT_S)
         self._threads = []
 
+    def clock_jumped(self) -> None:
+        """The clock jumped back (call it after the jump): the runtime moves to the new time line. No thread
+        can read the old time and hand it to the runtime after this."""
+        with self._time_lock:
+            self.runtime.clock_jumped(self._clock.now_ns())
+
+    def _at_now(self, call: Callable[[int], T]) -> T:
+        """``call(now)``, reading the clock and calling as one step with respect to clock_jumped()."""
+        with self._time_lock:
+            return call(self._clock.now_ns())
+
     def _raise_priority(self) -> None:
         if self._control_priority <= 0:
             return
@@ -123,6 +184,7 @@ class RuntimeDriver:
                 loop()
             except Exception as err:  # any bug here must stop the robot, not just print a traceback
                 message = f"{name} thread failed: {type(err).__name__}: {err}"
+                self._failed.append(name)
                 self.runtime.estop(message)
                 if name == "control":  # nobody else will command the hold: send it from here, once
                     try:
@@ -139,38 +201,58 @@ class RuntimeDriver:
         self._raise_priority()
         runtime, clock = self.runtime, self._clock
         period_ns = runtime.config.rates.control_period_ns
+        period_s = period_ns / NS_PER_S
         while not self._stop.is_set():
-            now_ns = clock.now_ns()
             if runtime.state is RuntimeState.IDLE:
                 try:
-                    runtime.start(now_ns)
+                    self._at_now(runtime.start)
                 except PolicyRuntimeError as err:
                     self._on_problem("start", f"waiting to start: {err}")
-                    self._stop.wait(period_ns / NS_PER_S)
+                    self._stop.wait(period_s)
                     continue
-            clock.sleep_until(max(runtime.next_tick_ns, now_ns - period_ns))
-            tick_ns = clock.now_ns()
-            output = runtime.tick(tick_ns)
+            clock.sleep_until(runtime.next_tick_ns, period_s)
+            output = self._at_now(runtime.tick)
             if output is not None:
                 if self._on_tick is not None:
-                    self._on_tick(tick_ns)
+                    self._on_tick(output.stamp_ns)
                 self._publish(output)
 
     def _inference_loop(self) -> None:
-        runtime, clock = self.runtime, self._clock
+        runtime = self.runtime
         while not self._stop.is_set():
-            observation = runtime.poll_observation(clock.now_ns())
+            observation = self._at_now(runtime.poll_observation)
             if observation is None:
                 self._stop.wait(IDLE_POLL_S)
                 continue
             try:
-                result = self._infer(observation)
+                result = self._worker.infer(observation, self._inference_timeout_s)
+            except InferenceTimeout as err:
+                runtime.report_inference_failure(observation.stamp_ns, str(err))
+                self._restart_worker(str(err))
+                continue
             except PolicyRuntimeError as err:
                 runtime.report_inference_failure(observation.stamp_ns, str(err))
                 self._on_problem("inference", f"inference failed, holding: {err}")
                 continue
-            ready_ns = clock.now_ns()
-            outcome = runtime.submit_chunk(result.actions, observation.stamp_ns, ready_ns)
+            with self._time_lock:
+                ready_ns = self._clock.now_ns()
+                outcome = runtime.submit_chunk(result.actions, observation.stamp_ns, ready_ns)
             if not outcome.accepted:
                 self._on_problem("chunk", f"chunk not executed: {outcome.reason}")
             self._on_chunk(ChunkEvent(observation, result, outcome, ready_ns))
+
+    def _restart_worker(self, cause: str) -> None:
+        """Replaces a worker that did not answer (it loads and warms up again) while the robot holds; a
+        worker that cannot be started again fails the inference thread (e-stop)."""
+        self.inference_timeouts += 1
+        reason = f"inference worker restarting: {cause}"
+        self.runtime.hold_for(HOLD_WORKER_RESTART, reason)
+        self._on_problem("worker-restart", f"{reason}; holding until it is ready again")
+        try:
+            self._worker.restart()
+        except PolicyRuntimeError as err:
+            msg = f"the inference worker could not be restarted after '{cause}': {err}"
+            raise InferenceError(msg) from err
+        self.worker_restarts += 1
+        self.runtime.release_hold(HOLD_WORKER_RESTART)
+        self._on_problem("worker-restarted", f"inference worker restarted after '{cause}': resuming")

@@ -14,7 +14,9 @@ from internvla_ros.runtime.config import NS_PER_S
 RATE_WINDOW = 50  # events over which a rate is measured
 REJECT_JOINT_STATE = "joint_state"
 REJECT_UNKNOWN_CAMERA = "unknown_camera"
-INPUT_REJECTIONS = frozenset({REJECT_JOINT_STATE, REJECT_UNKNOWN_CAMERA})  # rejected inputs, not commands
+REJECT_FUTURE_STAMP = "future_stamp"  # an input stamped further ahead of the clock than allowed
+# Rejected inputs, not commands.
+INPUT_REJECTIONS = frozenset({REJECT_JOINT_STATE, REJECT_UNKNOWN_CAMERA, REJECT_FUTURE_STAMP})
 OVERDUE_PERIODS = 2  # a stream silent for longer than this many mean periods counts as slowing down
 
 
@@ -23,7 +25,8 @@ class RuntimeState(str, Enum):
     RUNNING = "running"
     PAUSED = "paused"  # operator pause: holding the last safe position
     ESTOPPED = "estopped"  # latched until reset_estop(): holding
-    HOLDING = "holding"  # stale input: holding until every input is fresh again
+    HOLDING = "holding"  # stale input or a fault: stopped under control, holding until it clears
+    STOPPING = "stopping"  # a controlled stop before idle (deactivate, shutdown): idle once at rest
 
 
 class RateMeter:
@@ -96,6 +99,7 @@ class RuntimeStatus:
     stale_inputs: tuple[str, ...]  # inputs stale right now
     estop_reason: str
     last_error: str
+    holds: tuple[str, ...] = ()  # why the runtime holds besides pause/e-stop/stale inputs (faults, stops)
 
 
 @dataclass(frozen=True)
@@ -121,12 +125,19 @@ class StatusReport:
     commands_clamped: int
     commands_rejected: int
     inference_failures: int
+    control_ticks: int
+    future_stamps_rejected: int
+    inference_timeouts: int
+    worker_restarts: int
     last_error: str
 
 
 def status_report(status: RuntimeStatus, instruction: str, latencies_ns: Iterable[int], commands_sent: int,
-                   invalid_inputs: int) -> StatusReport:
-    """The PolicyStatus fields for a runtime status, the instruction and the recent inference latencies."""
+                  invalid_inputs: int, inference_timeouts: int = 0, worker_restarts: int = 0) -> StatusReport:
+    """The PolicyStatus fields for a runtime status, the instruction and the recent inference latencies.
+
+    ``inference_timeouts`` and ``worker_restarts`` come from whoever runs the inference worker (the
+    RuntimeDriver); a replay, which calls its policy in-process, has none."""
     latencies = np.asarray(list(latencies_ns), dtype=np.float64) / NS_PER_S
     p50, p99 = np.percentile(latencies, [50, 99]) if latencies.size else (0.0, 0.0)
     return StatusReport(
@@ -149,5 +160,9 @@ def status_report(status: RuntimeStatus, instruction: str, latencies_ns: Iterabl
         commands_clamped=sum(status.clamped.values()) + sum(status.clamped_trajectory.values()),
         commands_rejected=sum(n for reason, n in status.rejected.items() if reason not in INPUT_REJECTIONS),
         inference_failures=status.inference_failures,
+        control_ticks=status.control_ticks,
+        future_stamps_rejected=status.rejected.get(REJECT_FUTURE_STAMP, 0),
+        inference_timeouts=inference_timeouts,
+        worker_restarts=worker_restarts,
         last_error=status.estop_reason or status.last_error,
     )

@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
+import signal
 import struct
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from internvla_ros.runtime.internvla_policy import warmup_observation
-from internvla_ros.runtime.worker import InferenceError, InferenceWorker, read_frame, write_frame
+from internvla_ros.runtime.test_policies import HANG_ON_CALL
+from internvla_ros.runtime.worker import InferenceError, InferenceTimeout, InferenceWorker, read_frame, write_frame
+
+ANSWER_TIMEOUT_S = 30.0  # for requests that must be answered: generous on a loaded machine
+HANG_TIMEOUT_S = 1.0
 
 
 def round_trip(header: dict, arrays: dict) -> tuple[dict, dict]:
@@ -43,7 +51,7 @@ def test_a_frame_cannot_smuggle_objects_or_lie_about_its_size() -> None:
 
 @pytest.mark.slow
 def test_worker_process_answers_and_reports_policy_errors() -> None:
-    worker = InferenceWorker("test.ros.policies:sine_policy")
+    worker = InferenceWorker("test_sine")
     info = worker.start(timeout_s=60)
     try:
         assert info["policy"] == "sine" and info["startup_s"] >= 0
@@ -62,8 +70,57 @@ def test_worker_process_answers_and_reports_policy_errors() -> None:
 
 
 def test_worker_start_failure_names_the_cause() -> None:
-    worker = InferenceWorker("test.ros.policies:failing_policy")
+    worker = InferenceWorker("test_failing")
     with pytest.raises(InferenceError, match="failed to start: RuntimeError: this policy cannot be built"):
         worker.start(timeout_s=60)
-    with pytest.raises(InferenceError, match=re.escape("must look like 'package.module:function'")):
-        InferenceWorker("no_colon").start(timeout_s=60)
+    # Only registered names: a module path that could import anything is refused by the child itself.
+    refused = "'os:system' is not registered in the 'internvla_ros.policies'"
+    with pytest.raises(InferenceError, match=re.escape(refused)):
+        InferenceWorker("os:system").start(timeout_s=60)
+
+
+def process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.slow
+def test_a_hung_worker_times_out_and_is_replaced(tmp_path: Path) -> None:
+    worker = InferenceWorker("test_sine_hang_once", {"model": str(tmp_path)})
+    worker.start(timeout_s=60)
+    observation = warmup_observation(3)
+    try:
+        for _ in range(HANG_ON_CALL - 1):
+            worker.infer(observation, timeout_s=ANSWER_TIMEOUT_S)
+        hung = worker.pid
+        started = time.monotonic()
+        with pytest.raises(InferenceTimeout, match=f"no reply within {HANG_TIMEOUT_S:g} s"):
+            worker.infer(observation, timeout_s=HANG_TIMEOUT_S)
+        assert time.monotonic() - started < ANSWER_TIMEOUT_S, "the deadline was not kept"
+        # Its late reply would be taken for the next request's: refused until restarted.
+        with pytest.raises(InferenceError, match="unanswered"):
+            worker.infer(observation, timeout_s=ANSWER_TIMEOUT_S)
+        assert process_exists(hung), "the hung child is only killed by restart()"
+        info = worker.restart()
+        assert info["policy"] == "sine" and worker.pid != hung
+        assert not process_exists(hung), "the hung child must be killed, not left behind"
+        for _ in range(HANG_ON_CALL + 1):  # the new child answers every request, the fifth too
+            assert worker.infer(observation, timeout_s=ANSWER_TIMEOUT_S).actions.shape == (50, 32)
+    finally:
+        worker.close()
+
+
+@pytest.mark.slow
+def test_a_crashed_worker_fails_the_request_at_once() -> None:
+    worker = InferenceWorker("test_sine")
+    worker.start(timeout_s=60)
+    try:
+        os.kill(worker.pid, signal.SIGKILL)
+        with pytest.raises(InferenceError, match=r"not running|exit code -9") as raised:
+            worker.infer(warmup_observation(3), timeout_s=ANSWER_TIMEOUT_S)
+        assert not isinstance(raised.value, InferenceTimeout)
+    finally:
+        worker.close()
