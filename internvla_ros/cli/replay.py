@@ -2,12 +2,17 @@
 
 Usage examples::
 
+    internvla replay out/demo/recording --config config/conveyor_sorting.yaml --model models/default
     internvla replay bags/sorting_01 --config config/conveyor_sorting.yaml --model models/default \\
         --out replays/sorting_01 --report replays/sorting_01_report
     internvla replay bags/sorting_01 --config conveyor_sorting.yaml --model models/default \\
         --golden replays/sorting_01 --tolerance tolerance.yaml     # regression check: exit 1 if it drifted
     internvla replay bags/cell_2 --config dual_arm.yaml --model models/default --namespace /cell_2 \\
         --remap joint_states:=/cell_2/robot/joint_states
+
+The namespace is the one the bag holds every input topic under (said on stderr; several: choose with
+--namespace); the instruction is the bag's instruction topic, each change at its bag time, unless
+--instruction replaces it.
 
 Exit codes: 0 ran (and within tolerance), 1 ran and out of tolerance, 2 unusable input or configuration.
 """
@@ -34,7 +39,7 @@ EXIT_OK, EXIT_OUT_OF_TOLERANCE, EXIT_UNUSABLE = 0, 1, 2
 
 
 def command(bag: Path, config: Path, model: Path, out: Path | None = None, golden: Path | None = None,
-            report: Path | None = None, tolerance: Path | None = None, namespace: str = "/",
+            report: Path | None = None, tolerance: Path | None = None, namespace: str | None = None,
             remaps: tuple[str, ...] = (), inference_latency_ms: float = DEFAULT_INFERENCE_LATENCY_NS / MS,
             status_rate_hz: float = NS_PER_S / DEFAULT_STATUS_PERIOD_NS, instruction: str = "", seed: int = 0,
             dtype: str = "float32", tokenizer: Path | None = None, force: bool = False, progress: bool = True) -> int:
@@ -60,9 +65,9 @@ def command(bag: Path, config: Path, model: Path, out: Path | None = None, golde
         if progress and console.is_terminal:
             with Progress(TextColumn("replay"), BarColumn(), TextColumn("{task.fields[bag_s]}"), TimeElapsedColumn(),
                           console=console, transient=True) as bar:
-                outcome = run_replay(request, progress=_progress(bar))
+                outcome = run_replay(request, progress=_progress(bar), announce=_announce)
         else:
-            outcome = run_replay(request)
+            outcome = run_replay(request, announce=_announce)
         if report is not None:
             write_report(outcome, report)
     except ReplayError as err:
@@ -72,6 +77,10 @@ def command(bag: Path, config: Path, model: Path, out: Path | None = None, golde
     if outcome.comparison is not None and not outcome.comparison.ok:
         return EXIT_OUT_OF_TOLERANCE
     return EXIT_OK
+
+
+def _announce(text: str) -> None:
+    print(f"replay: {text}", file=sys.stderr, flush=True)
 
 
 def _progress(bar: Progress) -> Callable[[BagInfo], Callable[[int], None]]:
@@ -109,13 +118,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="compare with this bag's command topics (a previous replay, or the input bag itself)")
     parser.add_argument("--tolerance", metavar="FILE", help="tolerance YAML for --golden (defaults are strict)")
     parser.add_argument("--report", metavar="DIR", help="write report.md and PNG plots here")
-    parser.add_argument("--namespace", default="/", help="the node's namespace (default /)")
+    parser.add_argument("--namespace", help="the node's namespace (default: the one namespace holding every input "
+                        "topic the config expects, e.g. /demo)")
     parser.add_argument("--remap", action="append", default=[], metavar="FROM:=TO", help="topic remap, repeatable")
     parser.add_argument("--inference-latency-ms", type=float, default=DEFAULT_INFERENCE_LATENCY_NS / MS,
                         help="modelled observation-to-chunk latency in bag time (default %(default)s)")
     parser.add_argument("--status-rate-hz", type=float, default=NS_PER_S / DEFAULT_STATUS_PERIOD_NS,
                         help="PolicyStatus rate (default %(default)s, as the node)")
-    parser.add_argument("--instruction", default="", help="initial instruction (the bag's instruction topic wins)")
+    parser.add_argument("--instruction", default="",
+                        help="the instruction for the whole replay (default: the bag's instruction topic)")
     parser.add_argument("--seed", type=int, default=0, help="the policy's noise seed (default 0)")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     parser.add_argument("--tokenizer", help="tokenizer directory (default: the packaged Qwen vocabulary)")

@@ -49,7 +49,7 @@ class ReplaySink(Protocol):
 class DriverOptions:
     inference_latency_ns: int = DEFAULT_INFERENCE_LATENCY_NS
     status_period_ns: int = DEFAULT_STATUS_PERIOD_NS
-    instruction: str = ""
+    instruction: str = ""  # fixed for the whole replay; empty: the bag's instruction topic, each at its bag time
     keep_measured: bool = True  # keep measured joint states (at most every MEASURED_PERIOD_NS) for plots
 
 
@@ -85,6 +85,7 @@ class ReplayStats:
     measured_ns: list[int] = field(default_factory=list)
     measured: list[np.ndarray] = field(default_factory=list)  # joint values in config order
     final_status: RuntimeStatus | None = None
+    instructions: list[tuple[int, str]] = field(default_factory=list)  # (bag time, text) as applied from the bag
 
 
 @dataclass
@@ -125,7 +126,8 @@ class ReplayDriver:
 
     @property
     def input_topics(self) -> list[str]:
-        return [self._topics.joint_states, self._topics.instruction, *self._camera_of]
+        instruction = [] if self._options.instruction.strip() else [self._topics.instruction]
+        return [self._topics.joint_states, *instruction, *self._camera_of]
 
     def run(self, messages: Iterable[tuple[str, int, Any]], end_ns: int) -> ReplayStats:
         """Replays ``messages`` (topic, log time, message) and everything that falls due up to ``end_ns``."""
@@ -154,9 +156,10 @@ class ReplayDriver:
             self._feed_joint_state(now_ns, message)
         elif topic == self._topics.instruction:
             text = str(message.data).strip()
-            if text:
+            if text and text != self._instruction:
                 self._instruction = text
                 self._runtime.set_instruction(text)
+                self.stats.instructions.append((now_ns, text))
         elif topic in self._camera_of:
             self._feed_image(self._camera_of[topic], now_ns, message)
 

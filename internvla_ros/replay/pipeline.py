@@ -22,7 +22,7 @@ from internvla_ros.replay.driver import DriverOptions, ReplayDriver, ReplaySink,
 from internvla_ros.replay.errors import ReplayError
 from internvla_ros.replay.messages import COMPRESSED_IMAGE, IMAGE, JOINT_STATE, STRING, MessageFactory, make_typestore
 from internvla_ros.replay.reader import BagInfo, BagReader
-from internvla_ros.replay.topics import TopicMap
+from internvla_ros.replay.topics import TopicMap, input_namespaces
 from internvla_ros.replay.writer import BagWriter
 from internvla_ros.runtime import ActionMapper, PolicyRuntime, RuntimeConfig
 from internvla_ros.runtime.config import NS_PER_S
@@ -42,11 +42,11 @@ class ReplayRequest:
     golden: Path | None = None
     report: Path | None = None
     tolerance: Path | None = None
-    namespace: str = "/"
+    namespace: str | None = None  # None: the one namespace holding every input topic
     remaps: Sequence[str] = ()
     inference_latency_ns: int = 100_000_000
     status_period_ns: int = 500_000_000
-    instruction: str = ""
+    instruction: str = ""  # empty: the bag's instruction topic
     seed: int = 0
     dtype: str = "float32"
     tokenizer: Path | None = None
@@ -86,27 +86,20 @@ def load_config(path: Path) -> RuntimeConfig:
 def select_inputs(bag: BagInfo, topics: TopicMap, notes: list[str] | None = None) -> dict[str, str]:
     """The topic each camera is read from (raw preferred), after checking every input is there and typed."""
     present = bag.topics
-    note = "" if bag.metadata_found or bag.path.is_file() else (
-        f" (no metadata.yaml: read the {len(bag.files)} storage files directly)")
-    expected = ", ".join(topics.inputs())
-    missing = []
-    if topics.joint_states not in present:
-        missing.append(topics.joint_states)
+    missing = topics.missing_inputs(present)
+    if missing:
+        note = "" if bag.metadata_found or bag.path.is_file() else (
+            f" (no metadata.yaml: read the {len(bag.files)} storage files directly)")
+        msg = (f"{bag.path}: the bag lacks {', '.join(missing)}{note}. The config expects "
+               f"{', '.join(topics.inputs())}; the bag has {bag.describe_topics()}. Use --namespace/--remap if the "
+               "robot recorded other names.")
+        raise ReplayError(msg)
     cameras = {}
     for camera, topic in topics.cameras.items():
         compressed = topics.compressed(camera)
-        if topic in present:
-            cameras[camera] = topic
-            if compressed in present and notes is not None:
-                notes.append(f"camera {camera}: both {topic} and {compressed} were recorded; the raw one is replayed")
-        elif compressed in present:
-            cameras[camera] = compressed
-        else:
-            missing.append(topic)
-    if missing:
-        msg = (f"{bag.path}: the bag lacks {', '.join(missing)}{note}. The config expects {expected}; "
-               f"the bag has {bag.describe_topics()}. Use --namespace/--remap if the robot recorded other names.")
-        raise ReplayError(msg)
+        cameras[camera] = topic if topic in present else compressed
+        if topic in present and compressed in present and notes is not None:
+            notes.append(f"camera {camera}: both {topic} and {compressed} were recorded; the raw one is replayed")
     types = {topics.joint_states: JOINT_STATE, topics.instruction: STRING}
     types |= {t: COMPRESSED_IMAGE if t.endswith("/compressed") else IMAGE for t in cameras.values()}
     for topic, msgtype in types.items():
@@ -114,6 +107,36 @@ def select_inputs(bag: BagInfo, topics: TopicMap, notes: list[str] | None = None
             msg = f"{bag.path}: {topic} carries {present[topic].msgtype}; the policy node reads {msgtype}"
             raise ReplayError(msg)
     return cameras
+
+
+def choose_namespace(bag: BagInfo, config: RuntimeConfig, remaps: Sequence[str],
+                     announce: Callable[[str], None] | None = None) -> str:
+    """The one namespace holding every input topic; several are refused. None found: `/` (then reported missing)."""
+    found = input_namespaces(config, bag.topics, remaps)
+    if len(found) > 1:
+        msg = (f"{bag.path}: {len(found)} namespaces hold every input topic the config expects: {', '.join(found)}; "
+               f"choose one with --namespace, e.g. --namespace {found[0]}")
+        raise ReplayError(msg)
+    namespace = found[0] if found else "/"
+    if namespace != "/" and announce is not None:
+        topics = TopicMap.from_config(config, namespace, remaps)
+        announce(f"namespace {namespace}: the only one holding {', '.join(topics.inputs())} (--namespace chooses)")
+    return namespace
+
+
+def check_instruction(bag: BagInfo, topics: TopicMap, instruction: str, notes: list[str]) -> None:
+    """The instruction comes from --instruction, else from the bag's instruction topic; neither is an error."""
+    recorded = bag.topics.get(topics.instruction)
+    count = recorded.count if recorded is not None else 0
+    if instruction.strip():
+        if count:
+            notes.append(f"--instruction overrides the bag's {topics.instruction} ({count} messages, not replayed)")
+        return
+    if not count:
+        state = "has no" if recorded is None else "has an empty"
+        msg = (f"{bag.path}: no instruction: the bag {state} {topics.instruction} topic; "
+               "pass --instruction 'the task, e.g. sort the parcels'")
+        raise ReplayError(msg)
 
 
 def check_length(bag: BagInfo, config: RuntimeConfig) -> None:
@@ -138,8 +161,12 @@ def load_model(request: ReplayRequest, config: RuntimeConfig) -> object:
 
 
 def run_replay(request: ReplayRequest, progress: Callable[[BagInfo], Callable[[int], None]] | None = None,
-               policy_loader: Callable[[ReplayRequest, RuntimeConfig], object] | None = None) -> ReplayOutcome:
-    """Runs one replay; raises ReplayError for unusable input (nothing is left under ``request.out``)."""
+               policy_loader: Callable[[ReplayRequest, RuntimeConfig], object] | None = None,
+               announce: Callable[[str], None] | None = None) -> ReplayOutcome:
+    """Runs one replay; raises ReplayError for unusable input (nothing is left under ``request.out``).
+
+    ``announce`` hears choices made for the user before the model loads (the namespace found in the bag).
+    """
     config = load_config(request.config)
     tolerance = Tolerance.from_yaml(request.tolerance) if request.tolerance else Tolerance()
     try:
@@ -147,7 +174,6 @@ def run_replay(request: ReplayRequest, progress: Callable[[BagInfo], Callable[[i
     except (ModelError, OSError) as err:
         msg = f"--model {request.model}: {err}"
         raise ReplayError(msg) from err
-    topics = TopicMap.from_config(config, request.namespace, request.remaps)
     store = make_typestore()
     notes: list[str] = []
     with BagReader(request.bag, store) as reader:
@@ -156,12 +182,13 @@ def run_replay(request: ReplayRequest, progress: Callable[[BagInfo], Callable[[i
         if not bag.metadata_found and not bag.path.is_file():
             notes.append(f"{bag.path} has no metadata.yaml: its {len(bag.files)} storage files were read directly "
                          "(mcap files carry their schemas; types without a definition come from the Jazzy type store)")
+        namespace = request.namespace
+        if namespace is None:
+            namespace = choose_namespace(bag, config, request.remaps, announce)
+        topics = TopicMap.from_config(config, namespace, request.remaps)
         cameras = select_inputs(bag, topics, notes)
         check_length(bag, config)
-        if not request.instruction.strip() and topics.instruction not in bag.topics:
-            msg = (f"{bag.path}: no instruction: the bag has no {topics.instruction} topic; "
-                   "pass --instruction 'the task, e.g. sort the parcels'")
-            raise ReplayError(msg)
+        check_instruction(bag, topics, request.instruction, notes)
         started = time.monotonic()
         policy = (policy_loader or load_model)(request, config)
         model_load_s = time.monotonic() - started

@@ -46,6 +46,7 @@ def summary_lines(outcome: ReplayOutcome) -> list[str]:
         f"{stats.control_ticks} control ticks, {stats.commands_sent} commands, {stats.chunks} chunks, "
         f"{stats.status_reports} status reports",
     ]
+    lines.append(_instruction_line(outcome))
     if stats.wall_latency_ns:
         wall = np.asarray(stats.wall_latency_ns) / MS
         lines.append(f"inference wall time: median {np.median(wall):.1f} ms, max {wall.max():.1f} ms "
@@ -71,6 +72,13 @@ def summary_lines(outcome: ReplayOutcome) -> list[str]:
         lines.append(f"output: {outcome.out}")
     lines.extend(comparison_lines(outcome))
     return lines
+
+
+def _instruction_line(outcome: ReplayOutcome) -> str:
+    if outcome.request.instruction.strip():
+        return f"instruction: {outcome.request.instruction.strip()!r} (--instruction)"
+    applied = ", ".join(f"{text!r} at {_s(ns, outcome.bag.start_ns)}" for ns, text in outcome.stats.instructions)
+    return f"instruction from {outcome.topics.instruction}: {applied or 'none applied'}"
 
 
 def comparison_lines(outcome: ReplayOutcome) -> list[str]:

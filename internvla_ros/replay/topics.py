@@ -8,7 +8,7 @@ node would have used there.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from internvla_ros.replay.errors import ReplayError
@@ -98,3 +98,25 @@ class TopicMap:
         """The input topics, for messages that list what the config expects."""
         cameras = [f"{t} (or {t}{COMPRESSED_SUFFIX})" for t in self.cameras.values()]
         return [self.joint_states, *cameras]
+
+    def missing_inputs(self, present: Collection[str]) -> list[str]:
+        """The inputs absent from ``present`` (a camera is there as raw Image or on its /compressed topic)."""
+        missing = [] if self.joint_states in present else [self.joint_states]
+        return missing + [topic for camera, topic in self.cameras.items()
+                          if topic not in present and self.compressed(camera) not in present]
+
+
+def input_namespaces(config: RuntimeConfig, present: Collection[str], remaps: Sequence[str] = ()) -> list[str]:
+    """Every namespace in which ``present`` holds all the node's inputs (joint_states and each camera).
+
+    Candidates are the prefixes of the bag's topics before a name the node reads, so a recording of
+    the node in ``/cell_2`` yields ``/cell_2``; each is checked with the remaps applied.
+    """
+    relative = [JOINT_STATES]
+    for camera in config.cameras:
+        relative += [camera.topic, camera.topic + COMPRESSED_SUFFIX]
+    suffixes = ["/" + name.strip("/") for name in relative if not name.startswith("/")]
+    candidates = {"/"} | {topic[: -len(suffix)] or "/" for topic in present for suffix in suffixes
+                          if topic.endswith(suffix)}
+    return sorted(namespace for namespace in candidates
+                  if not TopicMap.from_config(config, namespace, remaps).missing_inputs(present))

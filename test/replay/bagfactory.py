@@ -2,9 +2,10 @@
 
 The cell (``internvla_ros.sim``) is driven by scripted commands on its controllers' topics (a slow sine on
 each trajectory controller, square waves on the forward controllers); the recording holds /joint_states,
-every configured camera (raw Image; optionally one camera as CompressedImage on ``<topic>/compressed``)
-and the command topics. Everything is stamped in bag time from a fixed epoch, so a bag is the same
-bytes every time. Images are rendered at the cell's size and scaled down to keep test bags small.
+every configured camera (raw Image; optionally one camera as CompressedImage on ``<topic>/compressed``),
+the command topics and, when given, the instruction (std_msgs/String) with its changes. Everything is
+stamped in bag time from a fixed epoch, so a bag is the same bytes every time. Images are rendered at the
+cell's size and scaled down to keep test bags small.
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ class BagSpec:
     commands: bool = True
     corrupt_camera: str | None = None  # this camera's Image messages claim a wrong row step
     compression: str | None = None  # rosbag2 zstd compression: "file" or "message"
+    instructions: tuple[tuple[float, str], ...] = ()  # (bag time s, text) on <namespace>/instruction
+    mirror_namespaces: tuple[str, ...] = ()  # joint_states and cameras recorded again under each of these
 
 
 def _sine_targets(base: np.ndarray, t_s: float) -> np.ndarray:
@@ -64,6 +67,7 @@ def write_sim_bag(path: Path, config_path: Path = CONVEYOR_CONFIG, spec: BagSpec
     spec = spec or BagSpec()
     config = RuntimeConfig.from_yaml(config_path)
     topics = TopicMap.from_config(config, spec.namespace)
+    mirrors = [TopicMap.from_config(config, namespace) for namespace in spec.mirror_namespaces]
     store = get_typestore(Stores.ROS2_JAZZY)
     types = store.types
     cell = SimulatedCell(config)
@@ -85,14 +89,27 @@ def write_sim_bag(path: Path, config_path: Path = CONVEYOR_CONFIG, spec: BagSpec
 
         def write(topic: str, ns: int, message: object) -> None:
             connection, msgtype = conn[topic]
-            writer.write(connection, ns, store.serialize_cdr(message, msgtype))
+            data = store.serialize_cdr(message, msgtype)
+            writer.write(connection, ns, data)
+            for copy in mirrored.get(topic, ()):  # the same inputs under another namespace
+                writer.write(conn[copy][0], ns, data)
 
-        add(topics.joint_states, "sensor_msgs/msg/JointState")
-        for camera, topic in topics.cameras.items():
-            if camera == spec.compressed_camera:
-                add(topics.compressed(camera), "sensor_msgs/msg/CompressedImage")
-            else:
-                add(topic, "sensor_msgs/msg/Image")
+        mirrored: dict[str, list[str]] = {}
+        for mirror in mirrors:
+            pairs = [(topics.joint_states, mirror.joint_states)]
+            pairs += [(topics.cameras[c], mirror.cameras[c]) for c in topics.cameras]
+            pairs += [(topics.compressed(c), mirror.compressed(c)) for c in topics.cameras]
+            for primary, copy in pairs:
+                mirrored.setdefault(primary, []).append(copy)
+        for topic_map in (topics, *mirrors):
+            add(topic_map.joint_states, "sensor_msgs/msg/JointState")
+            for camera, topic in topic_map.cameras.items():
+                if camera == spec.compressed_camera:
+                    add(topic_map.compressed(camera), "sensor_msgs/msg/CompressedImage")
+                else:
+                    add(topic, "sensor_msgs/msg/Image")
+        if spec.instructions:
+            add(topics.instruction, "std_msgs/msg/String")
         if spec.commands:
             for topic in topics.trajectories.values():
                 add(topic, "trajectory_msgs/msg/JointTrajectory")
@@ -104,10 +121,14 @@ def write_sim_bag(path: Path, config_path: Path = CONVEYOR_CONFIG, spec: BagSpec
         camera_ns = round(NS_PER_S / spec.camera_rate_hz)
         next_camera = 0
         steps = round(spec.duration_s * NS_PER_S / STEP_NS)
+        pending_instructions = sorted(spec.instructions)
         for k in range(steps + 1):
             rel = k * STEP_NS
             now = EPOCH_NS + rel
             t_s = rel / NS_PER_S
+            while pending_instructions and pending_instructions[0][0] <= t_s:  # at its own time, in order
+                at_s, text = pending_instructions.pop(0)
+                write(topics.instruction, EPOCH_NS + round(at_s * NS_PER_S), types["std_msgs/msg/String"](data=text))
             _command(config, cell, topics, base, k, now, t_s, write if spec.commands else None, types, header)
             cell.step(now, STEP_NS / NS_PER_S)
             gap = spec.joint_gap_s

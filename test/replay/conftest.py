@@ -53,11 +53,14 @@ Replay = Callable[..., int]
 def replay(model_dir: Path) -> Replay:
     """Runs ``internvla replay`` through its parser; returns the exit code."""
 
-    def run(bag: Path, *extra: str, model: Path | None = None, config: str = "conveyor_sorting.yaml") -> int:
+    def run(bag: Path, *extra: str, model: Path | None = None, config: str = "conveyor_sorting.yaml",
+            instruction: str | None = INSTRUCTION) -> int:
+        """``instruction=None`` passes no --instruction (the bag's instruction topic is used)."""
         parser = argparse.ArgumentParser()
         replay_cli.register(parser.add_subparsers())
+        given = ["--instruction", instruction] if instruction is not None else []
         args = parser.parse_args(["replay", str(bag), "--config", config, "--model", str(model or model_dir),
-                                  "--instruction", INSTRUCTION, "--no-progress", *extra])
+                                  *given, "--no-progress", *extra])
         return int(args.func(args))
 
     return run

@@ -13,7 +13,7 @@ from internvla_ros.paths import config_path
 from test.replay.bagfactory import BagSpec, write_sim_bag
 from test.replay.conftest import Replay
 
-EXIT_UNUSABLE_WITHOUT_NAMESPACE = 2
+EXIT_UNUSABLE_IN_ANOTHER_NAMESPACE = 2
 
 
 def _files(bag: Path) -> dict[str, bytes]:
@@ -133,7 +133,7 @@ def test_a_bag_without_metadata_is_read_from_its_storage_files(
 
 def test_namespace_resolves_inputs_and_outputs(replay: Replay, tmp_path: Path) -> None:
     bag = write_sim_bag(tmp_path / "cell_2", spec=BagSpec(duration_s=2.0, namespace="/cell_2"))
-    assert replay(bag) == EXIT_UNUSABLE_WITHOUT_NAMESPACE
+    assert replay(bag, "--namespace", "/") == EXIT_UNUSABLE_IN_ANOTHER_NAMESPACE  # as given, not searched
     out = tmp_path / "out"
     assert replay(bag, "--namespace", "/cell_2", "--remap", "~/status:=/monitor/status", "--out", str(out)) == 0
     with AnyReader([out]) as reader:

@@ -4,7 +4,7 @@ import pytest
 
 from internvla_ros.paths import config_path
 from internvla_ros.replay.errors import ReplayError
-from internvla_ros.replay.topics import TopicMap, resolve
+from internvla_ros.replay.topics import TopicMap, input_namespaces, resolve
 from internvla_ros.runtime import RuntimeConfig
 
 
@@ -32,3 +32,17 @@ def test_bad_remap_is_named() -> None:
     config = RuntimeConfig.from_yaml(config_path("conveyor_sorting.yaml"))
     with pytest.raises(ReplayError, match="FROM:=TO"):
         TopicMap.from_config(config, "/", ["joint_states=/x"])
+
+
+def test_namespaces_holding_every_input() -> None:
+    config = RuntimeConfig.from_yaml(config_path("conveyor_sorting.yaml"))
+    cell = ["/plant/cell_2/joint_states", "/plant/cell_2/cameras/head/image_raw",
+            "/plant/cell_2/cameras/wrist/image_raw/compressed", "/plant/cell_2/instruction"]
+    assert input_namespaces(config, cell) == ["/plant/cell_2"]
+    assert input_namespaces(config, cell[:2]) == []  # no wrist camera
+    root = ["/joint_states", "/cameras/head/image_raw", "/cameras/wrist/image_raw"]
+    assert input_namespaces(config, cell + root) == ["/", "/plant/cell_2"]
+    # joint_states recorded elsewhere, remapped as the node was: the cameras' namespace still qualifies
+    moved = ["/robot/joint_states", *cell[1:]]
+    assert input_namespaces(config, moved) == []
+    assert input_namespaces(config, moved, ["joint_states:=/robot/joint_states"]) == ["/plant/cell_2"]
