@@ -10,9 +10,23 @@ package: users with a system ROS install get rclpy and the messages from it (pac
 the `ros-wheels` extra pulls the same Jazzy packages from PyPI for machines without one.
 """
 
+import configparser
+from pathlib import Path
+
 from setuptools import find_packages, setup
 
 PACKAGE = "internvla_ros"
+HERE = Path(__file__).resolve().parent
+
+
+def shared_entry_points() -> dict[str, list[str]]:
+    """resource/entry_points.txt (the policy registry), which the ament_cmake install carries too."""
+    parser = configparser.ConfigParser(delimiters=("=",))
+    parser.optionxform = str  # entry-point names are case-sensitive
+    with open(HERE / "resource" / "entry_points.txt", encoding="utf-8") as file:
+        parser.read_file(file)
+    return {group: [f"{name} = {value}" for name, value in parser[group].items()] for group in parser.sections()}
+
 
 ROS_WHEELS = [
     "ros-jazzy-rclpy[fastrtps]>=7.1,<8",
@@ -78,5 +92,6 @@ setup(
         "console_scripts": [
             "internvla = internvla_ros.cli.main:main",
         ],
+        **shared_entry_points(),
     },
 )

@@ -32,7 +32,8 @@ fingerprint() {
   (
     cd "${ROOT}"
     echo "torch=${TORCH_VERSION} extras=${INTERNVLA_EXTRAS:-cpu} python=$(python3 --version 2>&1)"
-    cat setup.py CMakeLists.txt package.xml cmake/* msg/*.msg scripts/setup.sh scripts/fix_ros_wheel_cmake.py \
+    cat setup.py resource/entry_points.txt CMakeLists.txt package.xml cmake/* msg/*.msg scripts/setup.sh \
+      scripts/fix_ros_wheel_cmake.py \
       internvla_ros/model/default_model.py
   ) | sha256sum | cut -d' ' -f1
 }

@@ -28,7 +28,7 @@ from internvla_ros.ros.conversions import RclpyClock
 from internvla_ros.ros.messages import forward_msg, trajectory_msg
 from internvla_ros.runtime import ActionMapper, ControlOutput, PolicyRuntime, RuntimeConfig
 from internvla_ros.runtime.driver import DEFAULT_CONTROL_PRIORITY, RuntimeDriver
-from internvla_ros.runtime.node_parameters import NEURAL_POLICY_FACTORY
+from internvla_ros.runtime.policy_registry import NEURAL_POLICY
 from internvla_ros.runtime.worker import InferenceWorker
 
 CONTROL_RATE_HZ = 50.0
@@ -68,7 +68,7 @@ def run_benchmark(duration_s: float, model: Path | None = None, cell: str = "dua
     runtime = PolicyRuntime(config, ActionMapper(config, NormalizationStats.load(model / "stats.json",
                                                                                  config.robot_type)))
     runtime.set_instruction(BENCH_INSTRUCTION)
-    worker = InferenceWorker(NEURAL_POLICY_FACTORY, {"model": str(model),
+    worker = InferenceWorker(NEURAL_POLICY, {"model": str(model),
                                                      "cameras": {c.name: c.slot for c in config.cameras}},
                              threads=threads)
     progress(f"starting the inference worker ({model}, {threads} thread(s))")
@@ -76,7 +76,7 @@ def run_benchmark(duration_s: float, model: Path | None = None, cell: str = "dua
     context = rclpy.context.Context()
     ticks: list[int] = []
     problems: list[str] = []
-    clock = RclpyClock(Clock(clock_type=ClockType.STEADY_TIME), context)
+    clock = RclpyClock(Clock(clock_type=ClockType.STEADY_TIME))
     try:
         rclpy.init(context=context)
         node = Node("bench_runtime", context=context)
@@ -92,7 +92,7 @@ def run_benchmark(duration_s: float, model: Path | None = None, cell: str = "dua
             for command in output.forward:
                 publishers[command.controller].publish(forward_msg(command))
 
-        driver = RuntimeDriver(runtime, worker.infer, clock, publish, on_tick=ticks.append,
+        driver = RuntimeDriver(runtime, worker, clock, publish, on_tick=ticks.append,
                                on_problem=lambda key, text: problems.append(text) if key == "priority" else None,
                                control_priority=control_priority)
         stop = threading.Event()

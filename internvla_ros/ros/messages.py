@@ -13,6 +13,7 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 from internvla_ros.msg import ActionChunk, PolicyStatus
 from internvla_ros.ros.conversions import ns_to_duration, ns_to_time
 from internvla_ros.runtime.commands import ForwardCommand, JointTrajectoryCommand
+from internvla_ros.runtime.health import ComponentHealth
 from internvla_ros.runtime.status import RuntimeState, StatusReport
 
 STATUS_STATES = {
@@ -20,6 +21,7 @@ STATUS_STATES = {
     RuntimeState.RUNNING: PolicyStatus.STATE_RUNNING,
     RuntimeState.PAUSED: PolicyStatus.STATE_PAUSED,
     RuntimeState.HOLDING: PolicyStatus.STATE_HOLDING,
+    RuntimeState.STOPPING: PolicyStatus.STATE_HOLDING,
     RuntimeState.ESTOPPED: PolicyStatus.STATE_ESTOPPED,
 }
 
@@ -69,20 +71,13 @@ def status_msg(report: StatusReport, lifecycle_active: bool) -> PolicyStatus:
     return msg
 
 
-def diagnostics_msg(node_name: str, status: PolicyStatus) -> DiagnosticArray:
-    level = DiagnosticStatus.OK
-    if status.state in (PolicyStatus.STATE_HOLDING, PolicyStatus.STATE_PAUSED) or status.last_error:
-        level = DiagnosticStatus.WARN
-    if status.state in (PolicyStatus.STATE_ESTOPPED, PolicyStatus.STATE_ERROR):
-        level = DiagnosticStatus.ERROR
-    entry = DiagnosticStatus(level=level, name=f"{node_name}: policy", hardware_id=node_name,
-                             message=status.last_error or "ok")
-    fields = ("state", "dry_run", "inference_rate", "control_rate", "foresight_rate", "inference_latency_p50",
-              "inference_latency_p99", "chunks_computed", "commands_sent", "inference_overruns", "chunks_dropped",
-              "stale_inputs", "invalid_inputs", "commands_clamped", "commands_rejected", "inference_failures")
-    entry.values = [KeyValue(key=name, value=str(getattr(status, name))) for name in fields]
-    array = DiagnosticArray(status=[entry])
-    array.header = status.header
+def diagnostics_msg(stamp_ns: int, node_name: str, components: Sequence[ComponentHealth]) -> DiagnosticArray:
+    """One DiagnosticStatus per component, named "<node>: <component>", with its level and reason."""
+    array = DiagnosticArray(status=[
+        DiagnosticStatus(level=bytes([int(c.level)]), name=f"{node_name}: {c.name}", hardware_id=node_name,
+                         message=c.message, values=[KeyValue(key=k, value=v) for k, v in c.values])
+        for c in components])
+    array.header.stamp = ns_to_time(stamp_ns)
     return array
 
 

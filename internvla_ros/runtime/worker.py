@@ -1,11 +1,12 @@
 """Inference in a child process, so the control loop never waits on the GIL or competes for BLAS threads.
 
 The parent (the node, the runtime benchmark) starts `python -m internvla_ros.runtime.worker` with the
-policy's factory ("module:function") and its JSON keyword arguments. Both sides exchange frames over the
-child's stdin/stdout: a length-prefixed JSON header naming each array's dtype and shape, then the arrays'
-raw bytes. Nothing is pickled: a frame can only ever decode to plain numeric arrays and JSON values.
+policy's registered name (the `internvla_ros.policies` entry points) and its JSON keyword arguments.
+Both sides exchange frames over the child's stdin/stdout: a length-prefixed JSON header naming each
+array's dtype and shape, then the arrays' raw bytes. Nothing is pickled: a frame can only ever decode
+to plain numeric arrays and JSON values.
 
-    worker = InferenceWorker("internvla_ros.runtime.internvla_policy:load_policy", {"model": "models/default"})
+    worker = InferenceWorker("internvla", {"model": "models/default"})
     worker.start()                      # returns once the child has loaded and warmed up the policy
     result = worker.infer(observation, timeout_s=5.0)  # blocking; InferenceTimeout when no reply in time
     worker.restart()                    # after a timeout: kill the child, start and warm up a new one
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
 import json
 import os
 import queue
@@ -33,6 +33,7 @@ import numpy as np
 from internvla_ros.runtime.errors import PolicyRuntimeError
 from internvla_ros.runtime.observation import CameraFrames, Observation
 from internvla_ros.runtime.policy import Policy, PolicyResult
+from internvla_ros.runtime.policy_registry import load_policy_factory
 
 LENGTH = struct.Struct("<Q")
 MAX_HEADER_BYTES = 1 << 20
@@ -137,11 +138,9 @@ def decode_result(header: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -
     return PolicyResult(actions=arrays["actions"], timing_ns=header["timing_ns"], preview=preview)
 
 
-def resolve_factory(spec: str) -> Callable[..., Policy]:
-    module_name, _, attribute = spec.partition(":")
-    if not module_name or not attribute:
-        raise InferenceError(f"policy factory '{spec}' must look like 'package.module:function'")
-    return getattr(importlib.import_module(module_name), attribute)
+def resolve_factory(name: str) -> Callable[..., Policy]:
+    """A policy registered in the entry-point group, never an arbitrary module path (policy_registry)."""
+    return load_policy_factory(name)
 
 
 class InferenceWorker:

@@ -1,0 +1,75 @@
+"""A test process's handle on a lifecycle node over the middleware: its lifecycle services, its children."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import rclpy
+from lifecycle_msgs.msg import Transition
+from lifecycle_msgs.srv import ChangeState, GetState
+from rcl_interfaces.msg import Parameter as ParameterMsg
+from rcl_interfaces.srv import SetParameters
+from rclpy.parameter import Parameter
+
+from .conftest import spin_until
+
+SERVICE_TIMEOUT_S = 30.0
+
+
+class LifecycleClient:
+    def __init__(self, probe: rclpy.node.Node, executor: rclpy.executors.Executor, node: str) -> None:
+        self.executor = executor
+        self._change = probe.create_client(ChangeState, f"{node}/change_state")
+        self._get = probe.create_client(GetState, f"{node}/get_state")
+        self._set = probe.create_client(SetParameters, f"{node}/set_parameters")
+
+    def call(self, client: Any, request: Any, timeout_s: float = SERVICE_TIMEOUT_S) -> Any:
+        assert spin_until(self.executor, client.service_is_ready, SERVICE_TIMEOUT_S), f"{client.srv_name} not up"
+        future = client.call_async(request)
+        assert spin_until(self.executor, future.done, timeout_s), f"{client.srv_name}: no answer in {timeout_s} s"
+        return future.result()
+
+    def state(self, timeout_s: float = SERVICE_TIMEOUT_S) -> str:
+        return self.call(self._get, GetState.Request(), timeout_s).current_state.label
+
+    def change(self, label: str, timeout_s: float = 120.0) -> bool:
+        return self.call(self._change, ChangeState.Request(transition=Transition(label=label)), timeout_s).success
+
+    def change_async(self, label: str) -> Any:
+        assert spin_until(self.executor, self._change.service_is_ready, SERVICE_TIMEOUT_S)
+        return self._change.call_async(ChangeState.Request(transition=Transition(label=label)))
+
+    def set(self, name: str, value: Any) -> tuple[bool, str]:
+        parameter: ParameterMsg = Parameter(name, value=value).to_parameter_msg()
+        result = self.call(self._set, SetParameters.Request(parameters=[parameter])).results[0]
+        return result.successful, result.reason
+
+
+def worker_children(pid: int) -> list[int]:
+    """Inference worker processes whose parent is ``pid``."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        if parent == pid and b"internvla_ros.runtime.worker" in cmdline:
+            children.append(int(entry.name))
+    return children
+
+
+def wait_for(condition: Any, timeout_s: float) -> bool:
+    """Polls a condition that needs no spinning (a process table, a log file)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return bool(condition())
+
