@@ -25,7 +25,7 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
-from rclpy.qos import qos_profile_sensor_data
+from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float64MultiArray
 from trajectory_msgs.msg import JointTrajectory
@@ -40,6 +40,10 @@ from internvla_ros.sim.render import CellRenderer
 from internvla_ros.sim.trajectory import Trajectory, TrajectoryPoint
 
 COMMAND_QOS_DEPTH = 10
+# Reliable, as most ROS 2 camera drivers publish: best-effort subscribers (the policy node's sensor-data
+# QoS) still match, and a reliable one (the demo's recorder) gets every frame instead of losing the
+# large ones whose fragments a loaded machine drops.
+CAMERA_QOS = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
 
 
 class SimRobot(Node):
@@ -73,7 +77,7 @@ class SimRobot(Node):
                 Float64MultiArray, f"{name}/commands",
                 lambda msg, info, name=name: self._on_forward(name, msg, self._arrival_ns(info)), COMMAND_QOS_DEPTH)
         self._joint_pub = self.create_publisher(JointState, "joint_states", 10)
-        self._camera_pubs = {camera.name: self.create_publisher(Image, camera.topic, qos_profile_sensor_data)
+        self._camera_pubs = {camera.name: self.create_publisher(Image, camera.topic, CAMERA_QOS)
                              for camera in self.config.cameras}
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.create_timer(self._dt_s, self._on_step)
