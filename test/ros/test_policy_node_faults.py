@@ -8,17 +8,15 @@ healthy again.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import pytest
 import rclpy
 from rcl_interfaces.msg import SetParametersResult
 from rcl_interfaces.srv import SetParameters
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.parameter import Parameter
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float64MultiArray, String
 from std_srvs.srv import Trigger
@@ -28,53 +26,15 @@ from internvla_ros.msg import PolicyStatus
 from internvla_ros.runtime.config import RuntimeConfig
 
 from .conftest import CONFIG_DIR, spin_until
+from .fake_robot import FakeRobot
 from .policies import write_unit_stats
 
 NAMESPACE = "/faults"
 CONFIG_FILE = CONFIG_DIR / "dual_arm.yaml"
 STARTUP_TIMEOUT_S = 60.0
 FAULT_TIMEOUT_S = 4.0
-IMAGE_SHAPE = (48, 64, 3)
 # The head camera is remapped, as the launch files' head_camera:= argument does.
 HEAD_REMAP = "/external/head_camera"
-
-
-class FakeRobot:
-    """Publishes joint_states at 100 Hz and every camera at 15 Hz; each stream can be broken on purpose."""
-
-    def __init__(self, node: rclpy.node.Node, config: RuntimeConfig) -> None:
-        self.node = node
-        self.names = list(config.joint_names)
-        self.positions = [0.5 * (j.limits.min_position + j.limits.max_position) for j in config.joints]
-        self.joint_fault: Callable[[JointState], JointState | None] | None = None
-        self.image_fault: dict[str, Callable[[Image], Image | None]] = {}
-        self._joints = node.create_publisher(JointState, f"{NAMESPACE}/joint_states", qos_profile_sensor_data)
-        self._cameras = {
-            c.name: node.create_publisher(Image, HEAD_REMAP if c.name == "head" else f"{NAMESPACE}/{c.topic}",
-                                          qos_profile_sensor_data)
-            for c in config.cameras}
-        node.create_timer(0.01, self._publish_joints)
-        node.create_timer(1 / 15, self._publish_images)
-
-    def _publish_joints(self) -> None:
-        msg = JointState(name=self.names, position=self.positions)
-        msg.header.stamp = self.node.get_clock().now().to_msg()
-        if self.joint_fault is not None:
-            msg = self.joint_fault(msg)
-        if msg is not None:
-            self._joints.publish(msg)
-
-    def _publish_images(self) -> None:
-        pixels = np.full(IMAGE_SHAPE, 90, np.uint8)
-        for name, publisher in self._cameras.items():
-            msg = Image(height=IMAGE_SHAPE[0], width=IMAGE_SHAPE[1], encoding="rgb8", step=IMAGE_SHAPE[1] * 3)
-            msg.header.stamp = self.node.get_clock().now().to_msg()
-            msg.data = pixels.tobytes()
-            fault = self.image_fault.get(name)
-            if fault is not None:
-                msg = fault(msg)
-            if msg is not None:
-                publisher.publish(msg)
 
 
 def bad_size(msg: Image) -> Image:
@@ -137,14 +97,14 @@ def test_faults_hold_safely_and_recover(ros_context, start_node, tmp_path: Path)
     config = RuntimeConfig.from_yaml(CONFIG_FILE)
     model = write_unit_stats(tmp_path / "model", config.robot_type, config.dim)
     policy = start_node("internvla_ros.ros.policy_node", "--params-file", str(CONFIG_FILE),
-                        "-p", f"model_path:={model}", "-p", "policy_factory:=test.ros.policies:sine_policy",
+                        "-p", f"model_path:={model}", "-p", "policy_factory:=test_sine",
                         "-p", "autostart:=true", "-p", "safety.dry_run:=false", "-p", "instruction:=wave",
                         "-p", "status_rate_hz:=10.0", "-r", f"__ns:={NAMESPACE}",
                         "-r", f"cameras/head/image_raw:={HEAD_REMAP}")
     node = rclpy.create_node("fault_robot", context=ros_context)
     executor = SingleThreadedExecutor(context=ros_context)
     executor.add_node(node)
-    robot = FakeRobot(node, config)
+    robot = FakeRobot(node, config, NAMESPACE, {"head": HEAD_REMAP})
     statuses: list[PolicyStatus] = []
     gripper: list[Float64MultiArray] = []
     node.create_subscription(PolicyStatus, f"{NAMESPACE}/policy_node/status", statuses.append, 50)
