@@ -42,6 +42,9 @@ def test_colcon_build_in_a_workspace(tmp_path: Path) -> None:
     for data in ("package.xml", "launch", "config"):
         assert (install / "share" / "internvla_ros" / data).exists(), data
     site = next((install / "lib").glob("python3*/site-packages"))
+    # The policy registry: importlib.metadata reads the entry points from the installed dist-info.
+    dist_info = next(site.glob("internvla_ros-*.dist-info"))
+    assert "test_sine = internvla_ros.runtime.test_policies:sine_policy" in (dist_info / "entry_points.txt").read_text()
     probe = ("import internvla_ros, internvla_ros.msg as m; "
              "print(internvla_ros.__file__); print(m.ActionChunk.__name__)")
     # Run from the workspace so the editable checkout does not shadow the installed copy.

@@ -226,3 +226,44 @@ def test_a_second_transition_while_one_runs_is_refused(ros_context, start_node, 
     assert spin_until(executor, configuring.done, 60.0) and configuring.result().success
     assert lifecycle.change("activate") and policy.process.poll() is None
     assert policy.stop() == 0
+
+
+@pytest.mark.slow
+def test_qos_overrides_from_a_parameter_file_take_effect(ros_context, start_node, tmp_path: Path) -> None:
+    """qos_overrides.<topic>.<kind>.<policy>, the standard ROS 2 way, and not taken for robot config."""
+    ns = "/qos"
+    params = tmp_path / "qos.yaml"
+    params.write_text(yaml.safe_dump({"/**": {"ros__parameters": {"qos_overrides": {
+        f"{ns}/joint_states": {"subscription": {"reliability": "reliable"}},
+        f"{ns}/left_arm_controller/joint_trajectory": {"publisher": {"depth": 42}}}}}}))
+    policy = start_policy(start_node, tmp_path, ns, "--params-file", str(params))
+    node, executor = probe(ros_context, "qos_probe")
+    lifecycle = LifecycleClient(node, executor, f"{ns}/policy_node")
+    assert lifecycle.change("configure"), policy.output()[-3000:]  # not refused as unknown robot config
+
+    def endpoint(infos: list) -> object:
+        return next(info.qos_profile for info in infos if info.node_name == "policy_node")
+
+    joint_states = endpoint(node.get_subscriptions_info_by_topic(f"{ns}/joint_states"))
+    assert joint_states.reliability == ReliabilityPolicy.RELIABLE  # sensor-data QoS is best effort otherwise
+    camera = endpoint(node.get_subscriptions_info_by_topic(f"{ns}/cameras/head/image_raw"))
+    assert camera.reliability == ReliabilityPolicy.BEST_EFFORT
+    assert policy.stop() == 0
+
+
+@pytest.mark.slow
+def test_node_parameters_carry_descriptors(ros_context, start_node, tmp_path: Path) -> None:
+    from rcl_interfaces.srv import DescribeParameters
+
+    policy = start_policy(start_node, tmp_path, "/described")
+    node, executor = probe(ros_context, "describe_probe")
+    lifecycle = LifecycleClient(node, executor, "/described/policy_node")
+    client = node.create_client(DescribeParameters, "/described/policy_node/describe_parameters")
+    names = ["policy_factory", "inference_threads", "startup_timeout_s", "model_path"]
+    described = {d.name: d for d in lifecycle.call(client, DescribeParameters.Request(names=names)).descriptors}
+    assert described["policy_factory"].read_only and "entry-point group" in described["policy_factory"].description
+    threads = described["inference_threads"].integer_range[0]
+    assert (threads.from_value, threads.to_value) == (1, 256)
+    assert described["startup_timeout_s"].floating_point_range[0].from_value == 1.0
+    assert not described["model_path"].read_only and described["model_path"].description
+    assert policy.stop() == 0

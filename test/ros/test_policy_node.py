@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rclpy
-from diagnostic_msgs.msg import DiagnosticArray
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float64MultiArray
+from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
 from internvla_ros.msg import ActionChunk, PolicyStatus
@@ -24,6 +25,7 @@ from .policies import write_unit_stats
 NAMESPACE = "/cell"
 STARTUP_TIMEOUT_S = 60.0
 LOOP_SECONDS = 20.0
+OK, ERROR = DiagnosticStatus.OK, DiagnosticStatus.ERROR
 
 
 @pytest.mark.slow
@@ -33,15 +35,19 @@ def test_closed_loop_with_sim_robot(ros_context, start_node, tmp_path: Path) -> 
     model = write_unit_stats(tmp_path / "model", config.robot_type, config.dim)
     sim = start_node("internvla_ros.ros.sim_robot", "-p", f"config:={config_file}", "-r", f"__ns:={NAMESPACE}")
     policy = start_node("internvla_ros.ros.policy_node", "--params-file", str(config_file),
-                        "-p", f"model_path:={model}", "-p", "policy_factory:=test.ros.policies:sine_policy",
+                        "-p", f"model_path:={model}", "-p", "policy_factory:=test_sine",
                         "-p", "autostart:=true", "-p", "safety.dry_run:=false", "-p", "instruction:=wave",
                         "-r", f"__ns:={NAMESPACE}")
     node = rclpy.create_node("loop_probe", context=ros_context)
     executor = SingleThreadedExecutor(context=ros_context)
     executor.add_node(node)
-    received: dict[str, list] = {"gripper": [], "arm": [], "chunks": [], "status": [], "states": [], "sim": []}
+    received: dict[str, list] = {"gripper": [], "arm": [], "chunks": [], "status": [], "states": [], "sim": [],
+                                 "diagnostics": []}
     node.create_subscription(DiagnosticArray, "/diagnostics", lambda m: received["sim"].extend(
         {kv.key: kv.value for kv in s.values} for s in m.status if s.hardware_id == "sim_robot"), 10)
+    policy_name = f"{NAMESPACE}/policy_node"
+    node.create_subscription(DiagnosticArray, "/diagnostics", lambda m: received["diagnostics"].append(
+        {s.name.removeprefix(f"{policy_name}: "): s for s in m.status if s.hardware_id == policy_name}), 10)
     node.create_subscription(Float64MultiArray, f"{NAMESPACE}/left_gripper_controller/commands",
                              lambda m: received["gripper"].append((time.monotonic(), m)), 100)
     node.create_subscription(JointTrajectory, f"{NAMESPACE}/left_arm_controller/joint_trajectory",
@@ -90,6 +96,20 @@ def test_closed_loop_with_sim_robot(ros_context, start_node, tmp_path: Path) -> 
     # A loaded 2-core machine may deliver a camera frame late now and then; the node must then have held
     # and recovered (it is running again), not stalled.
     assert status.stale_inputs <= 3, status
+
+    # /diagnostics: one status per component and controller; all OK while running normally (a loaded
+    # machine may warn about a late input now and then), ERROR with the reason once the e-stop latches.
+    components = {"lifecycle", "inputs", "inference", "control", *(f"controller {c.name}" for c in config.controllers)}
+    healthy = [d for d in received["diagnostics"] if set(d) == components and all(s.level == OK for s in d.values())]
+    assert healthy, [{n: (s.level, s.message) for n, s in d.items()} for d in received["diagnostics"][-3:]]
+    estop = node.create_client(Trigger, f"{policy_name}/estop")
+    assert estop.wait_for_service(timeout_sec=10.0)
+    future = estop.call_async(Trigger.Request())
+    assert spin_until(executor, future.done, 10.0) and future.result().success
+    received["diagnostics"].clear()
+    assert spin_until(executor, lambda: any(d["control"].level == ERROR for d in received["diagnostics"]), 5.0)
+    control = next(d["control"] for d in received["diagnostics"] if d["control"].level == ERROR)
+    assert "e-stop latched: e-stop requested on ~/estop" in control.message
     assert policy.stop() == 0
     assert "shutting down: hold commanded" in policy.output()
 
