@@ -15,7 +15,7 @@ counted and reported once, naming the controller, the joint, the value, the limi
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,24 +45,24 @@ class ViolationLog:
     """Counts excursions out of the limits (once per excursion, not per sample) and keeps their messages."""
 
     def __init__(self) -> None:
-        self.limit_violations = 0  # position and velocity (and a forward command's jump)
+        self.limit_violations = 0  # position and velocity (and a forward command's step or jump)
         self.acceleration_violations = 0
         self.messages: deque[str] = deque(maxlen=MESSAGE_BACKLOG)
-        self._outside: set[tuple[str, str, str]] = set()
+        self._outside: dict[tuple[str, str], np.ndarray] = {}  # (controller, kind) -> joints out of the limit
 
-    def check(self, controller: str, joint: str, kind: str, value: float, limit: str, bad: bool, t_ns: int) -> None:
-        key = (controller, joint, kind)
-        if not bad:
-            self._outside.discard(key)
-            return
-        if key in self._outside:
-            return
-        self._outside.add(key)
-        if kind == "acceleration":
-            self.acceleration_violations += 1
-        else:
-            self.limit_violations += 1
-        self.messages.append(f"{controller}: {joint} {kind} {value:.6g} {limit} at t={t_ns * 1e-9:.3f} s")
+    def check(self, controller: str, joints: Sequence[str], kind: str, values: np.ndarray, bad: np.ndarray,
+              limit: Callable[[int], str], t_ns: int) -> None:
+        """Records the joints whose `bad` flag just went up; limit(k) describes joint k's limit."""
+        outside = self._outside.setdefault((controller, kind), np.zeros(len(joints), dtype=bool))
+        new = bad & ~outside
+        outside[:] = bad
+        for k in np.flatnonzero(new):
+            if kind == "acceleration":
+                self.acceleration_violations += 1
+            else:
+                self.limit_violations += 1
+            self.messages.append(
+                f"{controller}: {joints[k]} {kind} {values[k]:.6g} {limit(k)} at t={t_ns * 1e-9:.3f} s")
 
     def drain(self) -> list[str]:
         messages = list(self.messages)
@@ -81,9 +81,8 @@ class _Limits:
 
     def check_position(self, log: ViolationLog, controller: str, values: np.ndarray, t_ns: int) -> None:
         bad = (values < self.low - POSITION_TOLERANCE) | (values > self.high + POSITION_TOLERANCE)
-        for k, joint in enumerate(self.joints):
-            log.check(controller, joint, "position", values[k], f"outside [{self.low[k]}, {self.high[k]}]",
-                      bool(bad[k]), t_ns)
+        log.check(controller, self.joints, "position", values, bad,
+                  lambda k: f"outside [{self.low[k]}, {self.high[k]}]", t_ns)
 
 
 class TrajectoryJudge:
@@ -123,16 +122,14 @@ class TrajectoryJudge:
             lim.check_position(self._log, self.controller, positions, t)
             if self._previous:
                 velocity = (positions - self._previous[-1]) / period_s
-                bad = np.abs(velocity) > lim.velocity * (1 + VELOCITY_TOLERANCE)
-                for k, joint in enumerate(lim.joints):
-                    self._log.check(self.controller, joint, "velocity", velocity[k], f"above {lim.velocity[k]}",
-                                    bool(bad[k]), t)
+                self._log.check(self.controller, lim.joints, "velocity", velocity,
+                                np.abs(velocity) > lim.velocity * (1 + VELOCITY_TOLERANCE),
+                                lambda k: f"above {lim.velocity[k]}", t)
             if len(self._previous) == 2:
                 acceleration = (positions - 2.0 * self._previous[-1] + self._previous[-2]) / period_s**2
-                bad = np.abs(acceleration) > lim.acceleration * (1 + ACCELERATION_TOLERANCE)
-                for k, joint in enumerate(lim.joints):
-                    self._log.check(self.controller, joint, "acceleration", acceleration[k],
-                                    f"above {lim.acceleration[k]}", bool(bad[k]), t)
+                self._log.check(self.controller, lim.joints, "acceleration", acceleration,
+                                np.abs(acceleration) > lim.acceleration * (1 + ACCELERATION_TOLERANCE),
+                                lambda k: f"above {lim.acceleration[k]}", t)
             self._previous.append(positions)
             self._next_ns += self._period_ns
 
@@ -157,17 +154,13 @@ class ForwardCommandJudge:
         lim.check_position(log, controller, values, t_ns)
         step = values - self._previous[-1]
         max_step = lim.velocity * self._period_s
-        bad = np.abs(step) > max_step * (1 + VELOCITY_TOLERANCE)
-        for k, joint in enumerate(lim.joints):
-            log.check(controller, joint, "step", step[k], f"above max_velocity * period = {max_step[k]:.6g}",
-                      bool(bad[k]), t_ns)
-            log.check(controller, joint, "jump", step[k], f"above max_jump {lim.jump[k]}",
-                      bool(abs(step[k]) > lim.jump[k] * (1 + VELOCITY_TOLERANCE)), t_ns)
+        log.check(controller, lim.joints, "step", step, np.abs(step) > max_step * (1 + VELOCITY_TOLERANCE),
+                  lambda k: f"above max_velocity * period = {max_step[k]:.6g}", t_ns)
+        log.check(controller, lim.joints, "jump", step, np.abs(step) > lim.jump * (1 + VELOCITY_TOLERANCE),
+                  lambda k: f"above max_jump {lim.jump[k]}", t_ns)
         second = values - 2.0 * self._previous[-1] + self._previous[-2]
         max_second = lim.acceleration * self._period_s**2
-        bad = np.abs(second) > max_second * (1 + ACCELERATION_TOLERANCE)
-        for k, joint in enumerate(lim.joints):
-            log.check(controller, joint, "acceleration", second[k] / self._period_s**2,
-                      f"above {lim.acceleration[k]} (second difference {second[k]:.3g} per period^2)",
-                      bool(bad[k]), t_ns)
+        log.check(controller, lim.joints, "acceleration", second / self._period_s**2,
+                  np.abs(second) > max_second * (1 + ACCELERATION_TOLERANCE),
+                  lambda k: f"above {lim.acceleration[k]} (second difference {second[k]:.3g} per period^2)", t_ns)
         self._previous.append(np.asarray(values, dtype=np.float64).copy())

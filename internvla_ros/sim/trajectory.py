@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -74,15 +74,23 @@ class ActiveTrajectory:
     activation_ns: int
     start_positions: np.ndarray
     start_velocities: np.ndarray
+    _times: list[int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_times", self.point_times_ns)
+
+    @property
+    def point_times_ns(self) -> list[int]:
+        """Absolute time of each point."""
+        start = self.trajectory.stamp_ns if self.trajectory.stamp_ns > 0 else self.activation_ns
+        return [start + p.time_from_start_ns for p in self.trajectory.points]
 
     def sample(self, t_ns: int) -> tuple[np.ndarray, np.ndarray]:
-        points = self.trajectory.points
-        start = self.trajectory.stamp_ns if self.trajectory.stamp_ns > 0 else self.activation_ns
+        points, times = self.trajectory.points, self._times
         first = points[0]
-        if t_ns < start + first.time_from_start_ns:
-            return interpolate(self.activation_ns, self.start_positions, self.start_velocities,
-                               start + first.time_from_start_ns, first.positions, first.velocities, t_ns)
-        times = [start + p.time_from_start_ns for p in points]
+        if t_ns < times[0]:
+            return interpolate(self.activation_ns, self.start_positions, self.start_velocities, times[0],
+                               first.positions, first.velocities, t_ns)
         i = bisect.bisect_right(times, t_ns) - 1
         if i >= len(points) - 1:
             return points[-1].positions.copy(), np.zeros_like(points[-1].positions)
