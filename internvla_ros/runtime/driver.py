@@ -7,8 +7,8 @@ node drives this with its node clock (sim time included) and the runtime benchma
 clock; both run the same code. No wait is ever longer than one control period of steady time, so a
 clock that jumps back or stands still cannot stall either thread.
 
-A worker that leaves a request unanswered for ``inference_timeout_s`` is killed and started again
-while the runtime holds; a thread that fails latches an e-stop and is named in ``failed_threads``.
+A worker that leaves a request unanswered for ``inference_timeout_s``, or dies, is killed and started
+again while the runtime holds; a thread that fails latches an e-stop and is named in ``failed_threads``.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from internvla_ros.runtime.observation import Observation
 from internvla_ros.runtime.policy import PolicyResult
 from internvla_ros.runtime.scheduler import ChunkResult, PolicyRuntime
 from internvla_ros.runtime.status import RuntimeState
-from internvla_ros.runtime.worker import InferenceError, InferenceTimeout
+from internvla_ros.runtime.worker import InferenceError, InferenceTimeout, WorkerGone
 
 IDLE_POLL_S = 0.005  # how often the inference thread checks for a due observation
 JOIN_TIMEOUT_S = 30.0
@@ -39,6 +39,7 @@ GIL_SWITCH_INTERVAL_S = 0.0005
 # on 2 shared cores it keeps the 50 Hz period jitter p99 well under 1 ms while the model infers.
 DEFAULT_CONTROL_PRIORITY = 50
 HOLD_WORKER_RESTART = "inference_worker_restart"  # the runtime's hold while a hung worker is replaced
+MAX_RESTARTS_IN_A_ROW = 3  # a worker that dies this often without answering once is not restarted again
 
 T = TypeVar("T")
 
@@ -68,11 +69,13 @@ class Inference(Protocol):
     """What the inference thread needs of a policy process (InferenceWorker is one)."""
 
     def infer(self, observation: Observation, timeout_s: float | None = None) -> PolicyResult:
-        """Raises InferenceTimeout when no result came within timeout_s, InferenceError when it failed."""
+        """Raises InferenceTimeout when no result came within timeout_s, WorkerGone when the process is not
+        there to answer, InferenceError when the policy failed on this observation."""
         ...
 
-    def restart(self) -> object:
-        """Kills the process and starts it again (load and warm-up); raises InferenceError if it cannot."""
+    def restart(self, cancel: threading.Event | None = None) -> object:
+        """Kills the process and starts it again (load and warm-up); raises InferenceError if it cannot, or
+        once ``cancel`` is set."""
         ...
 
 
@@ -122,7 +125,8 @@ class RuntimeDriver:
         self._failed: list[str] = []
         self._time_lock = threading.Lock()
         self.inference_timeouts = 0  # requests the worker left unanswered for inference_timeout_s
-        self.worker_restarts = 0  # workers started again after a timeout
+        self.worker_restarts = 0  # workers started again after a timeout or a crash
+        self._restarts_in_a_row = 0  # restarts since the last answered request
 
     @property
     def failed_threads(self) -> tuple[str, ...]:
@@ -226,14 +230,16 @@ class RuntimeDriver:
                 continue
             try:
                 result = self._worker.infer(observation, self._inference_timeout_s)
-            except InferenceTimeout as err:
+            except (InferenceTimeout, WorkerGone) as err:
                 runtime.report_inference_failure(observation.stamp_ns, str(err))
+                self.inference_timeouts += isinstance(err, InferenceTimeout)
                 self._restart_worker(str(err))
                 continue
             except PolicyRuntimeError as err:
                 runtime.report_inference_failure(observation.stamp_ns, str(err))
                 self._on_problem("inference", f"inference failed, holding: {err}")
                 continue
+            self._restarts_in_a_row = 0
             with self._time_lock:
                 ready_ns = self._clock.now_ns()
                 outcome = runtime.submit_chunk(result.actions, observation.stamp_ns, ready_ns)
@@ -242,17 +248,23 @@ class RuntimeDriver:
             self._on_chunk(ChunkEvent(observation, result, outcome, ready_ns))
 
     def _restart_worker(self, cause: str) -> None:
-        """Replaces a worker that did not answer (it loads and warms up again) while the robot holds; a
-        worker that cannot be started again fails the inference thread (e-stop)."""
-        self.inference_timeouts += 1
+        """Replaces a worker that did not answer or died (it loads and warms up again) while the robot holds.
+        A worker that cannot be started again, or dies again and again, fails the inference thread (e-stop)."""
+        if self._restarts_in_a_row >= MAX_RESTARTS_IN_A_ROW:
+            msg = f"the inference worker failed {self._restarts_in_a_row + 1} times in a row; last: {cause}"
+            raise InferenceError(msg)
         reason = f"inference worker restarting: {cause}"
         self.runtime.hold_for(HOLD_WORKER_RESTART, reason)
         self._on_problem("worker-restart", f"{reason}; holding until it is ready again")
         try:
-            self._worker.restart()
+            self._worker.restart(cancel=self._stop)
         except PolicyRuntimeError as err:
+            if self._stop.is_set():  # stopping: the worker stays down; the next start() restarts it
+                self.runtime.release_hold(HOLD_WORKER_RESTART)
+                return
             msg = f"the inference worker could not be restarted after '{cause}': {err}"
             raise InferenceError(msg) from err
         self.worker_restarts += 1
+        self._restarts_in_a_row += 1
         self.runtime.release_hold(HOLD_WORKER_RESTART)
         self._on_problem("worker-restarted", f"inference worker restarted after '{cause}': resuming")

@@ -44,6 +44,7 @@ ENDED = "ended"  # the reader's last reply: the child's output closed
 DEFAULT_STARTUP_TIMEOUT_S = 600.0
 KILL_GRACE_S = 2.0  # SIGTERM, then SIGKILL after this
 EXIT_CODE_WAIT_S = 1.0  # after EOF, how long the reader waits for the child's exit code
+CANCEL_CHECK_S = 0.1  # how often a cancellable start-up looks at its cancel event
 
 
 class InferenceError(PolicyRuntimeError):
@@ -52,6 +53,11 @@ class InferenceError(PolicyRuntimeError):
 
 class InferenceTimeout(InferenceError):
     """The worker did not answer a request in time (it may hang): restart it before the next request."""
+
+
+class WorkerGone(InferenceError):
+    """The worker process is not there to answer (it crashed or was killed, or a request of it is still
+    unanswered): restart it."""
 
 
 def write_frame(stream: BinaryIO, header: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
@@ -167,35 +173,46 @@ class InferenceWorker:
         child = self._child
         return None if child is None else child.process.pid
 
-    def start(self, timeout_s: float = DEFAULT_STARTUP_TIMEOUT_S) -> dict[str, Any]:
-        """Starts the child and waits until it has built and warmed up the policy; returns its info."""
+    def start(self, timeout_s: float = DEFAULT_STARTUP_TIMEOUT_S,
+              cancel: threading.Event | None = None) -> dict[str, Any]:
+        """Starts the child and waits until it has built and warmed up the policy; returns its info.
+
+        Setting ``cancel`` (a caller that is shutting down) kills the starting child and raises."""
         self._startup_timeout_s = timeout_s
         child = _Child(subprocess.Popen(self._command, stdin=subprocess.PIPE, stdout=subprocess.PIPE))
         self._child = child
-        try:
-            header, _ = child.replies.get(timeout=timeout_s)
-        except queue.Empty:
-            self.kill()
-            raise InferenceError(f"the inference worker did not become ready within {timeout_s:.0f} s") from None
+        deadline = time.monotonic() + timeout_s
+        while True:
+            remaining_s = deadline - time.monotonic()
+            if remaining_s <= 0 or (cancel is not None and cancel.is_set()):
+                self.kill()
+                why = "start-up cancelled" if remaining_s > 0 else f"not ready within {timeout_s:.0f} s"
+                raise InferenceError(f"the inference worker did not start: {why}")
+            try:
+                header, _ = child.replies.get(timeout=remaining_s if cancel is None
+                                              else min(remaining_s, CANCEL_CHECK_S))
+                break
+            except queue.Empty:
+                continue
         if header.get("status") != READY:
             self.kill()
             raise InferenceError(f"the inference worker failed to start: {header.get('error', header)}")
         self.info = header.get("info", {})
         return self.info
 
-    def restart(self) -> dict[str, Any]:
+    def restart(self, cancel: threading.Event | None = None) -> dict[str, Any]:
         """Kills the child (hung or not) and starts a new one with the same arguments and start-up timeout."""
         self.kill()
-        return self.start(self._startup_timeout_s)
+        return self.start(self._startup_timeout_s, cancel)
 
     def infer(self, observation: Observation, timeout_s: float | None = None) -> PolicyResult:
         """The policy's result for one observation; InferenceTimeout when no reply came within timeout_s."""
         with self._lock:
             child = self._child  # close() may clear it from another thread
             if child is None or child.ended or child.process.poll() is not None:
-                raise InferenceError("the inference worker is not running")
+                raise WorkerGone("the inference worker is not running")
             if child.unanswered:
-                raise InferenceError("the inference worker left an earlier request unanswered: restart it")
+                raise WorkerGone("the inference worker left an earlier request unanswered: restart it")
             child.requests.put(encode_observation(observation))
             try:
                 header, arrays = child.replies.get(timeout=timeout_s)
@@ -204,6 +221,7 @@ class InferenceWorker:
                 raise InferenceTimeout(f"no reply within {timeout_s:g} s") from None
         if header.get("status") == ENDED:
             child.ended = True
+            raise WorkerGone(str(header.get("error", header)))
         if header.get("status") != "ok":
             raise InferenceError(str(header.get("error", header)))
         return decode_result(header, arrays)

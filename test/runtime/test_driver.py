@@ -7,6 +7,8 @@ driver's clock); the policy is the analytic sine policy, in a real worker proces
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -16,7 +18,7 @@ import numpy as np
 import pytest
 
 from internvla_ros.runtime.commands import ControlOutput
-from internvla_ros.runtime.driver import ChunkEvent, RuntimeDriver, SteadyClock
+from internvla_ros.runtime.driver import MAX_RESTARTS_IN_A_ROW, ChunkEvent, RuntimeDriver, SteadyClock
 from internvla_ros.runtime.observation import Observation
 from internvla_ros.runtime.policy import PolicyResult
 from internvla_ros.runtime.scheduler import PolicyRuntime
@@ -43,22 +45,23 @@ class JumpingClock(SteadyClock):
 
 
 class InProcess:
-    """The Inference protocol with the policy called in the inference thread itself (no process)."""
+    """The Inference protocol with the policy called in the inference thread itself (no process): its
+    first ``timeouts`` requests time out as a hung worker's would; restart() fails with ``restart_error``."""
 
-    def __init__(self, policy: SinePolicy, fail_restart: bool = False, time_out: bool = False) -> None:
+    def __init__(self, policy: SinePolicy, timeouts: int = 0, restart_error: str = "") -> None:
         self.policy = policy
-        self.fail_restart = fail_restart
-        self.time_out = time_out
+        self.timeouts = timeouts
+        self.restart_error = restart_error
 
     def infer(self, observation: Observation, timeout_s: float | None = None) -> PolicyResult:
-        if self.time_out:
+        if self.timeouts:
+            self.timeouts -= 1
             raise InferenceTimeout(f"no reply within {timeout_s:g} s")
         return self.policy.infer(observation)
 
-    def restart(self) -> object:
-        if self.fail_restart:
-            raise InferenceError("the inference worker failed to start: out of memory")
-        self.time_out = False
+    def restart(self, cancel: threading.Event | None = None) -> object:
+        if self.restart_error:
+            raise InferenceError(self.restart_error)
         return {}
 
 
@@ -161,8 +164,36 @@ def test_a_hung_worker_is_restarted_while_the_robot_holds(tmp_path: Path, run_dr
         worker.close()
 
 
+@pytest.mark.slow
+def test_a_crashed_worker_is_restarted(run_driver) -> None:
+    worker = InferenceWorker("test_sine")
+    worker.start(timeout_s=WAIT_S)
+    try:
+        run = run_driver(worker, inference_timeout_s=WAIT_S)
+        run.wait(lambda: run.status().chunks_accepted >= 2, "chunks before the crash")
+        os.kill(worker.pid, signal.SIGKILL)
+        run.wait(lambda: run.driver.worker_restarts == 1, "the worker was restarted")
+        chunks = run.status().chunks_accepted
+        run.wait(lambda: run.status().chunks_accepted >= chunks + 2, "chunks after the restart")
+        assert run.driver.inference_timeouts == 0 and run.driver.failed_threads == ()
+        assert any(p.startswith("inference worker restarting") and ("not running" in p or "exit code -9" in p)
+                   for p in run.problems), run.problems
+    finally:
+        worker.close()
+
+
+def test_a_worker_that_keeps_failing_latches_an_estop(run_driver) -> None:
+    run = run_driver(InProcess(SinePolicy(), timeouts=100), inference_timeout_s=HANG_TIMEOUT_S)
+    run.wait(lambda: run.driver.failed_threads == ("inference",), "the inference thread gave up")
+    run.wait(lambda: run.status().state is RuntimeState.ESTOPPED, "the e-stop latched")
+    assert run.driver.worker_restarts == MAX_RESTARTS_IN_A_ROW
+    assert f"failed {MAX_RESTARTS_IN_A_ROW + 1} times in a row" in run.status().estop_reason
+
+
 def test_a_worker_that_cannot_restart_latches_an_estop(run_driver) -> None:
-    run = run_driver(InProcess(SinePolicy(), fail_restart=True, time_out=True), inference_timeout_s=HANG_TIMEOUT_S)
+    run = run_driver(InProcess(SinePolicy(), timeouts=1, restart_error="the inference worker did not start: "
+                                                                      "out of memory"),
+                     inference_timeout_s=HANG_TIMEOUT_S)
     run.wait(lambda: run.driver.failed_threads == ("inference",), "the inference thread failed")
     run.wait(lambda: run.status().state is RuntimeState.ESTOPPED, "the e-stop latched")
     reason = run.status().estop_reason
