@@ -41,6 +41,7 @@ INSTRUCTIONS = {
 STARTUP_TIMEOUT_S = 180.0
 MEMORY_SAMPLE_S = 300.0  # the "t_5min" sample, when the run is that long
 FINAL_VERDICT_WAIT_S = 1.5  # the sim judges 0.25 s behind now and reports every second
+STOP_TIMEOUT_S = 30.0  # SIGINT, then SIGKILL: a node still running after this has failed to stop
 OUTPUTS = ("summary.json", "recording", "joints.png", "policy_node.log", "sim_robot.log")
 
 
@@ -213,10 +214,11 @@ def run_demo(cell: str, duration_s: float, out: Path, model: Path | None = None,
                      f"inference {s.inference_rate:4.2f} Hz  latency p50 {s.inference_latency_p50 * 1e3:6.1f} ms  "
                      f"chunks {s.chunks_computed}  commands {s.commands_sent}  clamped {s.commands_clamped}  "
                      f"stale {s.stale_inputs}")
+        recorder.stop_cameras()
         for name, value in _memory(pids).items():
             memory[name]["end"] = value
         # The node first: it commands a hold while the sim still listens; then the sim's final verdict.
-        exit_codes["policy_node"] = stop_node(node)
+        exit_codes["policy_node"] = stop_node(node, STOP_TIMEOUT_S)
         stopped = time.monotonic()
         while time.monotonic() - stopped < FINAL_VERDICT_WAIT_S + 3.0:
             executor.spin_once(timeout_sec=0.05)
@@ -226,7 +228,7 @@ def run_demo(cell: str, duration_s: float, out: Path, model: Path | None = None,
         executor.shutdown()
     finally:
         for name, process in processes.items():
-            exit_codes.setdefault(name, stop_node(process))
+            exit_codes.setdefault(name, stop_node(process, STOP_TIMEOUT_S))
         stop_stress(stressors)
         if opened:
             writer.close()

@@ -186,7 +186,7 @@ class DemoRecorder(Node):
         self._writer = writer
         self._store = typestore()
         self._connections: dict[str, Any] = {}
-        self._recording = False
+        self._recording = self._cameras = False
         ns = namespace
         forward = [c.name for c in config.controllers if c.type == "forward_command"]
         self._raw(JointState, f"{ns}/joint_states", self._on_joint_state, qos_profile_sensor_data)
@@ -211,7 +211,11 @@ class DemoRecorder(Node):
                                      CAMERA_QOS, raw=True)
 
     def start_recording(self) -> None:
-        self._recording = True
+        self._recording = self._cameras = True
+
+    def stop_cameras(self) -> None:
+        """The run is over: frames after it would only count as dropped while the nodes shut down."""
+        self._cameras = False
 
     def _raw(self, msg_type: type, topic: str, handler: Callable[[Any, int], None], qos: Any = 100,
              always: bool = False) -> None:
@@ -250,7 +254,7 @@ class DemoRecorder(Node):
                 self.recorded.sim_received_ns = self.get_clock().now().nanoseconds
 
     def _on_image(self, camera: str, topic: str, raw: bytes, info: dict[str, Any]) -> None:
-        if not self._recording or not self.recorded.cameras[camera].take(_image_stamp_ns(raw)):
+        if not self._cameras or not self.recorded.cameras[camera].take(_image_stamp_ns(raw)):
             return
         msg: Image = deserialize_message(raw, Image)
         ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(to_rgb(msg), cv2.COLOR_RGB2BGR),

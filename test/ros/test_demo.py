@@ -13,7 +13,8 @@ import pytest
 from rosbags.highlevel import AnyReader
 
 from internvla_ros.bags.types import typestore
-from internvla_ros.ros.demo_recorder import CameraSchedule, DecimatedSeries
+from internvla_ros.ros.demo_recorder import CameraSchedule, DecimatedSeries, Recorded, plot_joints
+from internvla_ros.runtime.config import RuntimeConfig
 
 SUMMARY_KEYS = {"commands_sent", "control_rate_hz", "chunks", "inference_rate_hz", "obs_to_command_latency_ms_p50",
                 "obs_to_command_latency_ms_p99", "limit_violations", "acceleration_violations", "clamped",
@@ -21,6 +22,7 @@ SUMMARY_KEYS = {"commands_sent", "control_rate_hz", "chunks", "inference_rate_hz
                 "trajectory_arrival_delay_ms_max", "late_trajectories", "stress_processes", "memory_mb",
                 "memory_growth_pct", "recording_dropped_frames", "crashed"}
 PROCESSES = {"policy_node", "inference_worker", "sim_robot", "demo"}
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
 MS = 1_000_000
 
 
@@ -69,7 +71,7 @@ def test_decimated_series_stays_bounded_and_spans_the_whole_run() -> None:
 @pytest.mark.slow
 def test_demo_writes_summary_recording_and_plot_and_replaces_a_previous_run(tmp_path: Path) -> None:
     out = tmp_path / "demo"
-    first = demo("--cell", "conveyor_sorting", "--duration", "6", "--out", str(out))
+    first = demo("--cell", "conveyor_sorting", "--duration", "2", "--out", str(out))
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
     first_summary = (out / "summary.json").read_text()
     second = demo("--cell", "conveyor_sorting", "--duration", "6", "--out", str(out))
@@ -117,3 +119,33 @@ def test_demo_under_cpu_stress_keeps_the_executed_motion_within_the_limits(tmp_p
     assert summary["memory_mb"]["demo"]["t_5min"] is None  # a 12 s run has no minute 5
     assert summary["trajectory_arrival_delay_ms_p50"] is not None
     assert 0 <= summary["trajectory_arrival_delay_ms_p50"] <= summary["trajectory_arrival_delay_ms_max"]
+
+
+def test_the_recorder_keeps_bounded_data_over_a_30_minute_run() -> None:
+    """30 minutes of the dual-arm cell's traffic (states at 50 Hz here instead of 200 to keep the test
+    short, 5 Hz chunks and trajectories, 50 Hz gripper commands): what the recorder keeps after 30
+    minutes is no larger than after 5."""
+    import pickle
+
+    config = RuntimeConfig.from_yaml(CONFIG_DIR / "dual_arm.yaml")
+    recorded = Recorded(config, plot_joints(config))
+    names = list(config.joint_names)
+    arm = [c for c in config.controllers if c.type == "joint_trajectory"]
+    positions = [0.0] * len(names)
+    sizes = {}
+    for second in range(30 * 60):
+        t = 10**18 + second * 10**9
+        for k in range(50):
+            recorded.add_state(t + k * 20 * MS, names, positions)
+        for k in range(5):
+            recorded.add_chunk(t + k * 200 * MS, t + k * 200 * MS - 100 * MS)
+            for controller in arm:
+                recorded.add_trajectory(controller.name, t + k * 200 * MS + MS, list(controller.joints),
+                                        [(i * 20 * MS, [0.0] * 7) for i in range(50)])
+        for k in range(50):
+            recorded.add_forward("left_gripper_controller", t + k * 20 * MS, [0.08], "left_gripper_controller")
+        if second + 1 in (5 * 60, 30 * 60):  # everything it holds, serialised
+            sizes[second + 1] = len(pickle.dumps({k: v for k, v in vars(recorded).items() if k != "config"}))
+    assert recorded.chunks == 30 * 60 * 5 and len(recorded.latencies_ms) <= 20_000
+    assert all(len(series.points) < 4000 for series in [*recorded.measured.values(), *recorded.commanded.values()])
+    assert sizes[30 * 60] < sizes[5 * 60] * 1.1, sizes
