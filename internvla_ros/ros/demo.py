@@ -105,6 +105,7 @@ def summarise(recorded: Recorded, config: RuntimeConfig, duration_s: float) -> d
         "trajectory_arrival_delay_ms_max": _float(sim, "trajectory_arrival_delay_ms_max"),
         "late_trajectories": _int(sim, "late_trajectories"),
         "trajectories_after_end": _int(sim, "trajectories_after_end"),
+        "judge_late_submissions": _int(sim, "judge_late_submissions"),  # arrived after the judge had passed
         "rejected_by_controllers": sum(int(v) for k, v in sim.items() if k.endswith(".rejected")),
         "clamped": int(status.commands_clamped) if status else 0,
         "stale_events": int(status.stale_inputs) if status else 0,
