@@ -30,6 +30,7 @@ STATUS_STATE_NAMES = {
     RuntimeState.RUNNING: "STATE_RUNNING",
     RuntimeState.PAUSED: "STATE_PAUSED",
     RuntimeState.HOLDING: "STATE_HOLDING",
+    RuntimeState.STOPPING: "STATE_HOLDING",
     RuntimeState.ESTOPPED: "STATE_ESTOPPED",
 }
 
@@ -137,5 +138,9 @@ class MessageFactory:
             commands_clamped=status.commands_clamped,
             commands_rejected=status.commands_rejected,
             inference_failures=status.inference_failures,
+            control_ticks=status.control_ticks,
+            future_stamps_rejected=status.future_stamps_rejected,
+            inference_timeouts=status.inference_timeouts,
+            worker_restarts=status.worker_restarts,
             last_error=status.last_error,
         )

@@ -268,9 +268,10 @@ class PolicyNode(AnsweringLifecycleNode):
             worker.close()
 
     def _stop_worker_threads(self, hold: Callable[[], None] | None = None) -> None:
-        """Stops control, sends ``hold`` right away (not after an inference in flight), then inference."""
+        """Brings the robot to rest with the controlled stop, then ends control and inference; ``hold`` only
+        when the stop could not run to its end (no control thread)."""
         if self._driver is not None:
-            self._driver.stop(hold)
+            self._driver.stop(hold, cause="the node is deactivating or shutting down")
             self._driver = None
         elif hold is not None:
             hold()
@@ -307,13 +308,13 @@ class PolicyNode(AnsweringLifecycleNode):
             self._warn(f"image:{camera}:{err}", f"camera {camera}: image ignored: {err}")
             return
         if self._runtime is not None:
-            self._runtime.update_camera(camera, self._stamp_ns(msg.header), pixels)
+            self._runtime.update_camera(camera, self._stamp_ns(msg.header), pixels, now_ns=self._now_ns())
 
     def _on_joint_state(self, msg: JointState) -> None:
         if self._runtime is None:
             return
         accepted = self._runtime.update_joint_state(self._stamp_ns(msg.header), list(msg.name), list(msg.position),
-                                                    list(msg.velocity) or None)
+                                                    list(msg.velocity) or None, now_ns=self._now_ns())
         if not accepted:
             self._warn("joint_states", f"joint_states ignored: {self._runtime.status(self._now_ns()).last_error}")
 

@@ -129,6 +129,19 @@ class SafetyConfig:
     camera_max_age_s: float
     joint_state_max_age_s: float
     dry_run: bool
+    # Input stamps further ahead of the clock than this are refused (a future stamp would defeat the watchdog).
+    max_future_stamp_s: float = 0.05
+    # A trajectory repeats the one running for this long before it changes course, so it can reach its
+    # controller this late and still join the running motion without a jump.
+    trajectory_lead_s: float = 0.1
+
+    @property
+    def max_future_stamp_ns(self) -> int:
+        return round(self.max_future_stamp_s * NS_PER_S)
+
+    @property
+    def trajectory_lead_ns(self) -> int:
+        return round(self.trajectory_lead_s * NS_PER_S)
 
     @property
     def camera_max_age_ns(self) -> int:
@@ -224,6 +237,10 @@ def _read_config(reader: ParameterReader) -> RuntimeConfig:
         camera_max_age_s=reader.real("safety.camera_max_age_s", low=0.0, high=MAX_AGE_S, low_open=True),
         joint_state_max_age_s=reader.real("safety.joint_state_max_age_s", low=0.0, high=MAX_AGE_S, low_open=True),
         dry_run=reader.flag("safety.dry_run"),
+        max_future_stamp_s=reader.real("safety.max_future_stamp_s", low=0.0, high=MAX_AGE_S,
+                                       default=SafetyConfig.max_future_stamp_s),
+        trajectory_lead_s=reader.real("safety.trajectory_lead_s", low=0.0, high=MAX_AGE_S,
+                                      default=SafetyConfig.trajectory_lead_s),
     )
     _check_timing(rates, execution)
     return RuntimeConfig(

@@ -32,6 +32,8 @@ from internvla_ros.runtime.worker import InferenceError, InferenceTimeout, Worke
 
 IDLE_POLL_S = 0.005  # how often the inference thread checks for a due observation
 JOIN_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 10.0  # longest controlled stop waited for (a joint at 2.6 rad/s and 1 rad/s^2 needs 2.6 s)
+STOP_POLL_S = 0.005
 # How long a thread may hold the GIL while another waits (CPython's default is 5 ms, a quarter of a
 # 50 Hz period): the control thread gets the interpreter back within this after it wakes.
 GIL_SWITCH_INTERVAL_S = 0.0005
@@ -121,6 +123,7 @@ class RuntimeDriver:
         self._on_tick = on_tick
         self._control_priority = control_priority
         self._stop = threading.Event()
+        self._stopping = threading.Event()  # stop() is bringing the robot to rest: do not start it again
         self._threads: list[threading.Thread] = []
         self._failed: list[str] = []
         self._time_lock = threading.Lock()
@@ -144,21 +147,29 @@ class RuntimeDriver:
         for thread in self._threads:
             thread.start()
 
-    def stop(self, hold: Callable[[], None] | None = None) -> None:
-        """Stops the control thread, runs ``hold`` (the last command), then waits for the inference thread.
+    def stop(self, hold: Callable[[], None] | None = None, cause: str = "deactivate") -> None:
+        """Brings the robot to rest with the controlled stop (the control thread keeps ticking until every
+        joint is at rest, at most STOP_TIMEOUT_S), then ends both threads.
 
-        The hold does not wait for an inference in flight (seconds for a large model on a CPU); the late
-        chunk is then dropped by the runtime, which is no longer running.
+        ``hold`` runs only when the stop could not finish that way (no control thread, or it timed out): it
+        sends what it can at once. An inference in flight is not waited for; its late chunk is dropped.
         """
+        control = self._threads[0] if self._threads else None
+        if control is not None and control.is_alive() and "control" not in self._failed:
+            self._stopping.set()
+            self._at_now(lambda now: self.runtime.request_stop(now, cause))
+            deadline = time.monotonic() + STOP_TIMEOUT_S
+            while self.runtime.state is not RuntimeState.IDLE and control.is_alive() and time.monotonic() < deadline:
+                time.sleep(STOP_POLL_S)
         self._stop.set()
-        control, *others = self._threads or [None]
-        if control is not None:
-            control.join(JOIN_TIMEOUT_S)
-        if hold is not None:
+        for thread in self._threads[:1]:
+            thread.join(JOIN_TIMEOUT_S)
+        if hold is not None and self.runtime.state is not RuntimeState.IDLE:
             hold()
-        for thread in others:
+        for thread in self._threads[1:]:
             thread.join(JOIN_TIMEOUT_S)
         self._threads = []
+        self._stopping.clear()
 
     def clock_jumped(self) -> None:
         """The clock jumped back (call it after the jump): the runtime moves to the new time line. No thread
@@ -190,16 +201,32 @@ class RuntimeDriver:
                 message = f"{name} thread failed: {type(err).__name__}: {err}"
                 self._failed.append(name)
                 self.runtime.estop(message)
-                if name == "control":  # nobody else will command the hold: send it from here, once
+                if name == "control":  # nobody else will command the stop: run it from here
                     try:
+                        self._finish_stop(message)
+                    except Exception as stop_err:
+                        message += f"; the controlled stop failed too ({stop_err}): hold sent at once"
                         output = self.runtime.hold_and_stop(self._clock.now_ns())
                         if output is not None:
                             self._publish(output)
-                    except Exception as hold_err:
-                        message += f"; the hold could not be sent either: {hold_err}"
                 self._on_problem(f"{name}-failed", f"{message}; e-stop latched")
 
         return run
+
+    def _finish_stop(self, cause: str) -> None:
+        """Ticks the controlled stop to its end (the control loop died: this is its last duty)."""
+        runtime, clock = self.runtime, self._clock
+        period_s = runtime.config.rates.control_period_ns / NS_PER_S
+        self._at_now(lambda now: runtime.request_stop(now, cause))
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while runtime.state is not RuntimeState.IDLE and time.monotonic() < deadline:
+            clock.sleep_until(runtime.next_tick_ns, period_s)
+            output = self._at_now(runtime.tick)
+            if output is not None:
+                self._publish(output)
+        if runtime.state is not RuntimeState.IDLE:
+            msg = f"not at rest after {STOP_TIMEOUT_S} s"
+            raise PolicyRuntimeError(msg)
 
     def _control_loop(self) -> None:
         self._raise_priority()
@@ -207,6 +234,9 @@ class RuntimeDriver:
         period_ns = runtime.config.rates.control_period_ns
         period_s = period_ns / NS_PER_S
         while not self._stop.is_set():
+            if runtime.state is RuntimeState.IDLE and self._stopping.is_set():
+                self._stop.wait(period_s)  # stopped on request: wait for stop() to end the thread
+                continue
             if runtime.state is RuntimeState.IDLE:
                 try:
                     self._at_now(runtime.start)

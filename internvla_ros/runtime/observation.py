@@ -35,16 +35,23 @@ class Observation:
     decode_preview: bool  # true: also decode the foresight image for the operator
 
 
+MAX_FRAMES = 256  # per camera: 0.5 s of history at up to 500 fps; a bound even if stamps stop advancing
+
+
 class FrameHistory:
-    """Frames of one camera, newest last, trimmed to what the history offset needs."""
+    """Frames of one camera, newest last, trimmed to what the history offset needs (and never more than
+    MAX_FRAMES)."""
 
     def __init__(self, history_ns: int) -> None:
         self._history_ns = history_ns
-        self._frames: deque[tuple[int, Any]] = deque()
+        self._frames: deque[tuple[int, Any]] = deque(maxlen=MAX_FRAMES)
 
     def add(self, stamp_ns: int, image: Any) -> None:
         if self._frames and stamp_ns < self._frames[-1][0]:
             return  # out of order: keep the history monotonic
+        if self._frames and stamp_ns == self._frames[-1][0]:
+            self._frames[-1] = (stamp_ns, image)  # same stamp again: the newer image replaces it
+            return
         self._frames.append((stamp_ns, image))
         horizon = stamp_ns - self._history_ns
         while len(self._frames) >= 2 and self._frames[1][0] <= horizon:

@@ -1,7 +1,7 @@
 """Safety applied to every command the runtime emits, in every mode.
 
 - ``MotionLimiter``: non-finite rejection, position, velocity, acceleration and max-jump limits per joint,
-  relative to the previous command and the time since it; also used point by point on trajectories.
+  relative to the previous command one control period before; also used point by point on trajectories.
 - ``InputWatchdog``: no fresh camera frame or joint state within its configured age -> hold.
 - ``SafetyGate``: pause/resume, a latching e-stop (until reset) and dry-run.
 - ``EventCounters``: every clamp, reject and stale event by reason; the status reports them all.
@@ -68,18 +68,29 @@ class LimitedCommand:
 
 
 class MotionLimiter:
-    """Per-joint limits between consecutive commands. Positions never leave [min, max]; each step stays
-    within min(max_velocity * dt, max_jump); acceleration is limited except where a position limit or a
-    hold forces a stop."""
+    """Per-joint limits between consecutive commands, one control period apart.
+
+    The commanded motion is a double integrator: each period has one constant acceleration within
+    max_acceleration, so the commanded path is C1 and piecewise quadratic (a joint_trajectory_controller's cubic
+    through its points reproduces it exactly), velocities stay within min(max_velocity, max_jump / period), and
+    every emitted state can brake to rest at max_acceleration inside the position limits (a margin of half a
+    period's travel is kept, so also a segment that reverses inside a period stays inside). Steps are counted in
+    control periods, not in the time between calls: a late tick moves the robot no further than an on-time one.
+    """
 
     def __init__(self, config: RuntimeConfig, counters: EventCounters) -> None:
         limits = [j.limits for j in config.joints]
+        self._period_s = config.rates.control_period_ns / NS_PER_S
         self._low = np.asarray([lim.min_position for lim in limits])
         self._high = np.asarray([lim.max_position for lim in limits])
-        self._vmax = np.asarray([lim.max_velocity for lim in limits])
-        self._amax = np.asarray([lim.max_acceleration for lim in limits])
         self._jump = np.asarray([lim.max_jump for lim in limits])
+        self._vmax = np.minimum(np.asarray([lim.max_velocity for lim in limits]), self._jump / self._period_s)
+        self._amax = np.asarray([lim.max_acceleration for lim in limits])
         self._counters = counters
+
+    @property
+    def period_s(self) -> float:
+        return self._period_s
 
     @property
     def low(self) -> np.ndarray:
@@ -91,6 +102,7 @@ class MotionLimiter:
 
     @property
     def max_velocity(self) -> np.ndarray:
+        """The effective velocity limit: max_velocity, or max_jump per control period when smaller."""
         return self._vmax
 
     @property
@@ -101,55 +113,67 @@ class MotionLimiter:
     def max_jump(self) -> np.ndarray:
         return self._jump
 
+    def outside_limits(self, positions: np.ndarray, tolerance: float) -> list[str]:
+        """Joints measured outside [min, max] by more than ``tolerance``: 'index: value vs [min, max]'."""
+        out = np.flatnonzero((positions < self._low - tolerance) | (positions > self._high + tolerance))
+        return [f"{i}: {positions[i]:.6f} outside [{self._low[i]}, {self._high[i]}]" for i in out]
+
     def initial_state(self, positions: np.ndarray, stamp_ns: int) -> MotionState:
-        """The measured joint positions, clipped into limits, at rest: the start of every motion."""
+        """The measured joint positions (already checked to be inside the limits), at rest."""
         start = np.clip(np.asarray(positions, dtype=np.float64), self._low, self._high)
         return MotionState(start, np.zeros_like(start), stamp_ns)
 
-    def hold(self, previous: MotionState, stamp_ns: int) -> MotionState:
-        """Stay at the last safe position, at rest."""
-        return MotionState(previous.positions.copy(), np.zeros_like(previous.positions), stamp_ns)
+    def _velocity_bounds(self, previous: MotionState) -> tuple[np.ndarray, np.ndarray]:
+        """The next period's end velocity range that keeps every limit reachable, acceleration aside."""
+        a, t = self._amax, self._period_s
+        p, v = previous.positions, previous.velocities
+        # v'^2 / 2a + v' t / 2 <= room left after the period, with p' = p + (v + v') t / 2.
+        room_up = self._high - p - v * t / 2
+        room_down = p - self._low + v * t / 2
+        up = -a * t + np.sqrt(np.maximum(a * a * t * t + 2 * a * room_up, 0.0))
+        down = -a * t + np.sqrt(np.maximum(a * a * t * t + 2 * a * room_down, 0.0))
+        return np.maximum(-self._vmax, -down), np.minimum(self._vmax, up)
 
     def limit(
         self, previous: MotionState, target: np.ndarray, stamp_ns: int, category: str = CLAMPED
     ) -> LimitedCommand:
-        """The closest command to ``target`` reachable from ``previous`` within every limit."""
+        """The command one period on that gets closest to ``target`` within every limit; a non-finite or
+        misshapen target brakes (never a step to a stop)."""
         target = np.asarray(target, dtype=np.float64)
         reasons: set[str] = set()
         if stamp_ns <= previous.stamp_ns:
             self._counters.add(REJECTED, REJECT_TIME)
-            return LimitedCommand(self.hold(previous, previous.stamp_ns), frozenset({REJECT_TIME}))
-        if target.shape != previous.positions.shape or not np.isfinite(target).all():
+            return LimitedCommand(previous, frozenset({REJECT_TIME}))
+        p, v, t = previous.positions, previous.velocities, self._period_s
+        if target.shape != p.shape or not np.isfinite(target).all():
+            reasons.add(REJECT_NON_FINITE)
             self._counters.add(REJECTED, REJECT_NON_FINITE)
-            return LimitedCommand(self.hold(previous, stamp_ns), frozenset({REJECT_NON_FINITE}))
-        dt = (stamp_ns - previous.stamp_ns) / NS_PER_S
-
-        clipped = np.clip(target, self._low, self._high)
-        if not np.array_equal(clipped, target):
-            reasons.add(CLAMP_POSITION)
-        velocity = (clipped - previous.positions) / dt
-        limited = np.clip(velocity, -self._vmax, self._vmax)
-        if not np.array_equal(limited, velocity):
+            wanted = np.zeros_like(v)
+        else:
+            clipped = np.clip(target, self._low, self._high)
+            if not np.array_equal(clipped, target):
+                reasons.add(CLAMP_POSITION)
+            # The velocity that would be on target after one period at constant velocity; averaging it with
+            # the current one (constant acceleration) halves the error each period, without ringing.
+            wanted = (clipped - p) / t
+        low, high = self._velocity_bounds(previous)
+        bounded = np.clip(wanted, low, high)
+        if not np.array_equal(bounded, wanted):
             reasons.add(CLAMP_VELOCITY)
-        dv = self._amax * dt
-        accel_limited = np.clip(limited, previous.velocities - dv, previous.velocities + dv)
-        if not np.array_equal(accel_limited, limited):
+        dv = self._amax * t
+        velocities = np.clip(bounded, v - dv, v + dv)
+        if not np.array_equal(velocities, bounded):
             reasons.add(CLAMP_ACCELERATION)
-        step = accel_limited * dt
-        capped = np.clip(step, -self._jump, self._jump)
-        if not np.array_equal(capped, step):
-            reasons.add(CLAMP_JUMP)
-        positions = previous.positions + capped
+        positions = p + (v + velocities) * t / 2
         final = np.clip(positions, self._low, self._high)
-        if not np.array_equal(final, positions):
+        if not np.array_equal(final, positions):  # only from a state that could not brake in time
             reasons.add(CLAMP_POSITION)
-        for reason in reasons:
+        for reason in reasons - {REJECT_NON_FINITE}:
             self._counters.add(category, reason)
-        velocities = (final - previous.positions) / dt
         return LimitedCommand(MotionState(final, velocities, stamp_ns), frozenset(reasons))
 
     def limit_path(self, previous: MotionState, stamps_ns: Sequence[int], targets: np.ndarray) -> list[MotionState]:
-        """Limits a timed path point by point, starting from ``previous`` (not committed anywhere)."""
+        """Limits a path point by point, one period apart, starting from ``previous`` (not committed anywhere)."""
         states = []
         state = previous
         for stamp, target in zip(stamps_ns, targets, strict=True):

@@ -13,12 +13,17 @@ The caller's loop::
     out = runtime.tick(now)                               # at most one command per control period
 
 Calls are serialised by an internal lock, so an inference thread may call ``submit_chunk`` directly.
+
+Ticks sit on a fixed grid (start + k * control period); commands are stamped with their grid time, so the
+trajectories sent to the controllers line up exactly. Every way out of RUNNING (pause, e-stop, stale input, a
+fault held with ``hold_for``, ``request_stop``, dry-run switched on, a backward clock jump) starts the same
+controlled stop (runtime/stop.py); ``request_stop`` ends in IDLE once every joint is at rest.
 """
 
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -32,27 +37,23 @@ from internvla_ros.runtime.commands import (
     TrajectoryPoint,
 )
 from internvla_ros.runtime.config import RuntimeConfig, period_ns
+from internvla_ros.runtime.control import MotionControl
 from internvla_ros.runtime.errors import MappingError, PolicyRuntimeError
+from internvla_ros.runtime.inputs import InputBuffers
 from internvla_ros.runtime.mapping import ActionMapper
-from internvla_ros.runtime.observation import CameraFrames, FrameHistory, Observation
-from internvla_ros.runtime.plan import ChunkPlan, HoldSchedule, Schedule, TimedPath, cubic_within_limits, hand_over
+from internvla_ros.runtime.observation import Observation
+from internvla_ros.runtime.plan import ChunkPlan, HoldSchedule, Schedule, hand_over
 from internvla_ros.runtime.safety import (
     CLAMPED,
     CLAMPED_TRAJECTORY,
     REJECTED,
     STALE,
-    STALE_CAMERA_PREFIX,
-    STALE_JOINT_STATE,
     EventCounters,
-    InputWatchdog,
-    LimitedCommand,
     MotionLimiter,
-    MotionState,
     SafetyGate,
 )
 from internvla_ros.runtime.status import (
     REJECT_JOINT_STATE,
-    REJECT_UNKNOWN_CAMERA,
     LatencyStats,
     RateMeter,
     RuntimeState,
@@ -72,10 +73,10 @@ TIMING_MISSED_TICKS = "missed_control_ticks"
 TIMING_OVERRUNS = "overruns"
 TIMING_TIMEOUTS = "inference_timeouts"
 TIMING_FAILURES = "inference_failures"
-CUBIC_TO_LINEAR = "cubic_to_linear"  # a trajectory sent as positions only: its cubic would overshoot a limit
 
 RECENT_REQUESTS = 8  # observations whose chunks are still accepted (identified by their stamp)
-HANDED_OUT_FRAMES = 32  # per camera: a few seconds of requests, enough for any history offset
+START_TOLERANCE = 1e-4  # a joint measured this far outside its limits is started from the limit
+HOLD_DRY_RUN = "switching to dry run: stopping before commands are silenced"
 
 
 @dataclass
@@ -116,7 +117,8 @@ class PolicyRuntime:
         self._mapper = mapper
         self._counters = EventCounters()
         self._limiter = MotionLimiter(config, self._counters)
-        self._watchdog = InputWatchdog(config)
+        self._inputs = InputBuffers(config, mapper, self._counters)
+        self._control = MotionControl(config, self._limiter)
         self._gate = SafetyGate(config.safety.dry_run)
         self._lock = threading.RLock()
 
@@ -129,30 +131,17 @@ class PolicyRuntime:
         self._preview_ns = period_ns(preview_hz) if preview_hz else 0  # 0: never decode a preview
         self._blend_ns = execution.blend_steps * self._step_ns
         self._timeout_ns = execution.chunk_size * self._step_ns
-        history_ns = execution.frame_history_steps * self._step_ns
-        self._history_ns = history_ns
-        self._frames = {c.name: FrameHistory(history_ns) for c in config.cameras}
-        # Frames already handed out as a camera's current frame (the policy has encoded them), newest last.
-        self._handed_out: dict[str, deque[tuple[int, Any]]] = {c.name: deque(maxlen=HANDED_OUT_FRAMES)
-                                                               for c in config.cameras}
-        self._history_reuse_ns = execution.history_reuse_steps * self._step_ns
         self._joint_index = [[config.joint_index[j] for j in c.joints] for c in config.controllers]
-        self._trajectory_columns = np.asarray(sorted(
-            config.joint_index[j] for c in config.controllers if c.type == "joint_trajectory" for j in c.joints),
-            dtype=np.int64)
-        self._path: TimedPath | None = None  # the trajectory last sent to joint_trajectory controllers
 
         self._state = RuntimeState.IDLE
-        self._joint_values: np.ndarray | None = None
-        self._model_state: np.ndarray | None = None
-        self._joint_stamp_ns: int | None = None
         self._instruction = ""
-        self._motion: MotionState | None = None
         self._schedule: Schedule | None = None
         self._plan: ChunkPlan | None = None
         self._request: _Request | None = None
         # Observation stamp -> (its model state, when it was requested), for the chunks still accepted.
         self._recent: OrderedDict[int, tuple[np.ndarray, int]] = OrderedDict()
+        self._holds: dict[str, str] = {}  # faults held with hold_for(): key -> reason
+        self._stop_cause: str | None = None  # request_stop(): stop, then idle
         self._resume_ns = 0
         self._next_tick_ns = 0
         self._next_inference_ns = 0
@@ -160,7 +149,7 @@ class PolicyRuntime:
         self._next_preview_ns = 0
         self._last_tick_ns: int | None = None
         self._send_plan = False
-        self._send_hold = False
+        self._pending_path = False  # a trajectory (plan or stop) waits to be sent at the next tick
         self._stale_now: tuple[str, ...] = ()
         self._last_error = ""
         self._control_ticks = 0
@@ -205,34 +194,22 @@ class PolicyRuntime:
         names: Sequence[str],
         positions: Sequence[float],
         velocities: Sequence[float] | None = None,
+        now_ns: int | None = None,
     ) -> bool:
-        """Feeds /joint_states. A bad message is counted and reported, and does not refresh the watchdog."""
+        """Feeds /joint_states. A bad message (or one stamped too far in the future of ``now_ns``) is counted
+        and reported, and does not refresh the watchdog."""
         with self._lock:
-            try:
-                values = self._mapper.joint_values(names, positions, velocities)
-            except MappingError as err:
-                self._counters.add(REJECTED, REJECT_JOINT_STATE)
-                self._last_error = str(err)
-                return False
-            if self._joint_stamp_ns is not None and stamp_ns < self._joint_stamp_ns:
-                self._last_error = "joint_states out of order: older than the newest one received (ignored)"
-                return False  # the newer state stays
-            self._joint_values = values
-            self._model_state = self._mapper.model_state(values)
-            self._joint_stamp_ns = stamp_ns
-            self._watchdog.update(STALE_JOINT_STATE, stamp_ns)
-            return True
+            accepted = self._inputs.update_joint_state(stamp_ns, names, positions, velocities, now_ns)
+            if not accepted:
+                self._last_error = self._inputs.last_error
+            return accepted
 
-    def update_camera(self, name: str, stamp_ns: int, image: Any) -> bool:
+    def update_camera(self, name: str, stamp_ns: int, image: Any, now_ns: int | None = None) -> bool:
         with self._lock:
-            history = self._frames.get(name)
-            if history is None:
-                self._counters.add(REJECTED, REJECT_UNKNOWN_CAMERA)
-                self._last_error = f"camera {name!r} is not configured; known {sorted(self._frames)}"
-                return False
-            history.add(stamp_ns, image)
-            self._watchdog.update(STALE_CAMERA_PREFIX + name, stamp_ns)
-            return True
+            accepted = self._inputs.update_camera(name, stamp_ns, image, now_ns)
+            if not accepted:
+                self._last_error = self._inputs.last_error
+            return accepted
 
     def set_instruction(self, instruction: str) -> None:
         """The task for the next observations; until one is set, no observation is requested (hold)."""
@@ -241,21 +218,36 @@ class PolicyRuntime:
 
     # Lifecycle and operator switches --------------------------------------------------------------
 
+    def _measured_start(self) -> np.ndarray:
+        """The measured joints, refused (with the joint, value and limit) when outside the limits."""
+        values = self._inputs.joint_values
+        if values is None:
+            msg = "cannot start: no joint state received yet"
+            raise PolicyRuntimeError(msg)
+        outside = self._limiter.outside_limits(values, START_TOLERANCE)
+        if outside:
+            names = self._config.joint_names
+            details = "; ".join(f"{names[int(item.split(':')[0])]}{item[item.index(':'):]}" for item in outside)
+            msg = (f"cannot start: joints measured outside their limits ({details}); move them inside with the "
+                   "robot's own tools, or correct the limits in the robot config")
+            raise PolicyRuntimeError(msg)
+        return values
+
     def start(self, now_ns: int) -> None:
-        """Starts from the measured joint positions, at rest; needs every input fresh first."""
+        """Starts from the measured joint positions, at rest; needs every input fresh and every joint inside
+        its limits (a robot outside them is not started: the error names the joint, value and limit)."""
         with self._lock:
-            if self._joint_values is None:
-                msg = "cannot start: no joint state received yet"
-                raise PolicyRuntimeError(msg)
-            stale = self._watchdog.stale(now_ns)
+            values = self._measured_start()
+            stale = self._inputs.watchdog.stale(now_ns)
             if stale:
                 msg = f"cannot start: waiting for fresh {', '.join(stale)}"
                 raise PolicyRuntimeError(msg)
-            self._motion = self._limiter.initial_state(self._joint_values, now_ns - self._control_ns)
-            self._schedule = HoldSchedule(self._motion.positions)
+            self._control.start(values, now_ns - self._control_ns)
+            self._schedule = HoldSchedule(self._control.state.positions.copy())
             self._plan = None
-            self._path = None
             self._request = None
+            self._stop_cause = None
+            self._pending_path = False
             self._state = RuntimeState.RUNNING
             self._resume_ns = now_ns
             self._next_tick_ns = now_ns
@@ -265,28 +257,47 @@ class PolicyRuntime:
             self._stale_now = ()
 
     def stop(self) -> None:
-        """Back to idle: nothing is commanded until start()."""
+        """Back to idle at once: nothing is commanded until start(). Use request_stop() to stop moving first."""
         with self._lock:
             self._state = RuntimeState.IDLE
             self._request = None
             self._plan = None
-            self._path = None
             self._schedule = None
+            self._stop_cause = None
+            self._pending_path = False
+
+    def request_stop(self, now_ns: int, cause: str) -> None:
+        """A controlled stop, then idle once every joint is at rest (deactivate, shutdown); ticks go on."""
+        with self._lock:
+            if self._state is not RuntimeState.IDLE:
+                self._stop_cause = cause
+                self._last_error = f"stopping: {cause}"
 
     def hold_and_stop(self, now_ns: int) -> ControlOutput | None:
-        """A last command holding the current safe position (so a running trajectory stops), then idle.
+        """For when no more ticks can follow (the control thread died): the trajectory controllers get the
+        whole controlled stop at once, the forward controllers the stop's first step; then idle.
 
-        None when already idle. Used when actuation is switched off (lifecycle deactivate, shutdown).
+        None when already idle.
         """
         with self._lock:
-            if self._state is RuntimeState.IDLE or self._motion is None:
+            if self._state is RuntimeState.IDLE or self._control.state is None:
                 return None
-            stamp_ns = max(now_ns, self._motion.stamp_ns)
-            self._motion = self._limiter.hold(self._motion, stamp_ns)
-            self._send_hold = True
+            stamp_ns = max(self._next_tick_ns, self._control.state.stamp_ns + 1)
+            self._begin_stop(stamp_ns)
+            self._control.stop_tick(stamp_ns)
             output = self._output(stamp_ns, frozenset())
             self.stop()
             return output
+
+    def hold_for(self, key: str, reason: str = "") -> None:
+        """Holds (after a controlled stop) until release_hold(key): a worker restarting, a clock jump, ..."""
+        with self._lock:
+            self._holds[key] = reason or key
+            self._last_error = f"holding: {reason or key}"
+
+    def release_hold(self, key: str) -> None:
+        with self._lock:
+            self._holds.pop(key, None)
 
     def pause(self) -> None:
         with self._lock:
@@ -297,7 +308,7 @@ class PolicyRuntime:
             self._gate.resume()
 
     def estop(self, reason: str) -> None:
-        """Latches until reset_estop(); the hold is commanded from the next tick on."""
+        """Latches until reset_estop(); the controlled stop starts at the next tick."""
         with self._lock:
             self._gate.estop(reason)
 
@@ -306,16 +317,47 @@ class PolicyRuntime:
             self._gate.reset_estop()
 
     def set_dry_run(self, dry_run: bool) -> None:
-        """Switches actuation. Switching it on restarts from the measured joints, at rest: during a dry run
-        the computed command moved on while the robot stood still."""
+        """Switches actuation. On: the robot is stopped under control first, then commands are silenced.
+        Off: the motion restarts from the measured joints, at rest (during a dry run the computed command moved
+        on while the robot stood still); refused like start() when a joint is outside its limits."""
         with self._lock:
-            if self._gate.dry_run and not dry_run and self._motion is not None and self._joint_values is not None:
-                self._motion = self._limiter.initial_state(self._joint_values, self._motion.stamp_ns)
-                self._schedule = HoldSchedule(self._motion.positions)
+            if dry_run and not self._gate.dry_run:
+                if self._state is RuntimeState.IDLE:
+                    self._gate.dry_run = True
+                else:
+                    self._holds[HOLD_DRY_RUN] = HOLD_DRY_RUN  # silenced at rest, in _update_state
+                return
+            if not dry_run and self._holds.pop(HOLD_DRY_RUN, None) is not None:
+                return  # the stop before the silence was still running: actuation simply continues
+            if not dry_run and self._gate.dry_run and self._control.state is not None:
+                values = self._measured_start()
+                stamp_ns = self._control.state.stamp_ns
+                self._control.start(values, stamp_ns)
+                self._schedule = HoldSchedule(self._control.state.positions.copy())
                 self._plan = None
-                self._path = None
-                self._resume_ns = self._motion.stamp_ns
+                self._resume_ns = stamp_ns
             self._gate.dry_run = dry_run
+
+    def clock_jumped(self, now_ns: int) -> None:
+        """ROS time jumped back: every stored time moves to the new time line, the inputs are forgotten (so the
+        runtime holds until fresh ones arrive) and a controlled stop starts."""
+        with self._lock:
+            self._inputs.clear()
+            self._recent.clear()
+            self._request = None
+            if self._state is RuntimeState.IDLE or self._last_tick_ns is None:
+                return
+            offset = now_ns - self._last_tick_ns
+            self._control.shift(offset)
+            self._last_tick_ns += offset
+            self._next_tick_ns += offset
+            self._next_inference_ns += offset
+            self._next_foresight_ns += offset
+            self._next_preview_ns += offset
+            self._resume_ns += offset
+            self._plan = None
+            self._schedule = HoldSchedule(self._control.state.positions.copy())
+            self._last_error = f"clock jumped back by {-offset / 1e9:.3f} s: inputs restarted"
 
     # Inference ------------------------------------------------------------------------------------
 
@@ -325,9 +367,10 @@ class PolicyRuntime:
             self._check_inference(now_ns)
             if not self._observation_due(now_ns):
                 return None
-            assert self._model_state is not None and self._joint_stamp_ns is not None
+            inputs = self._inputs
+            assert inputs.model_state is not None and inputs.joint_stamp_ns is not None
             try:
-                normalized = self._mapper.normalized_state(self._model_state)
+                normalized = self._mapper.normalized_state(inputs.model_state)
             except MappingError as err:
                 self._counters.add(REJECTED, REJECT_JOINT_STATE)
                 self._last_error = str(err)
@@ -341,10 +384,10 @@ class PolicyRuntime:
                 self._next_preview_ns = _next_grid(self._next_preview_ns, self._preview_ns, now_ns)
                 self._preview_rate.add(now_ns)
             observation = Observation(
-                stamp_ns=self._joint_stamp_ns,
+                stamp_ns=inputs.joint_stamp_ns,
                 request_ns=now_ns,
-                cameras=self._camera_frames(),
-                state=self._model_state.copy(),
+                cameras=inputs.camera_frames(),
+                state=inputs.model_state.copy(),
                 normalized_state=normalized,
                 instruction=self._instruction,
                 recompute_foresight=recompute,
@@ -411,28 +454,38 @@ class PolicyRuntime:
     # Control --------------------------------------------------------------------------------------
 
     def tick(self, now_ns: int) -> ControlOutput | None:
-        """At most one command per control period; None between periods and when idle."""
+        """At most one command per control period, stamped with its grid time; None between periods and
+        when idle."""
         with self._lock:
             if self._state is RuntimeState.IDLE or now_ns < self._next_tick_ns:
                 return None
-            assert self._motion is not None and self._schedule is not None
             missed = (now_ns - self._next_tick_ns) // self._control_ns
             if missed:
                 self._counters.add(TIMING, TIMING_MISSED_TICKS, missed)
-            self._next_tick_ns += (missed + 1) * self._control_ns
+            grid_ns = self._next_tick_ns + missed * self._control_ns
+            self._next_tick_ns = grid_ns + self._control_ns
             self._check_inference(now_ns)
-            self._update_state(now_ns)
+            self._update_state(grid_ns)
+            control = self._control
             if self._state is RuntimeState.RUNNING:
-                self._schedule = self._schedule.settle(now_ns)
-                limited = self._follow_sent_path(
-                    self._limiter.limit(self._motion, self._schedule.sample(now_ns), now_ns), now_ns)
+                assert self._schedule is not None
+                self._schedule = self._schedule.settle(grid_ns)
+                if self._send_plan and self._plan is not None:
+                    self._send_plan = False
+                    schedule = self._schedule
+                    control.plan(grid_ns, self._plan.end_ns, schedule.sample)
+                    self._pending_path = bool(control.trajectory_columns.size)
+                reasons = control.follow(self._schedule.sample(grid_ns), grid_ns).reasons
             else:
-                limited = LimitedCommand(self._limiter.hold(self._motion, now_ns), frozenset())
-            self._motion = limited.state
-            self._last_tick_ns = now_ns
+                control.stop_tick(grid_ns)
+                reasons = frozenset()
+            self._last_tick_ns = grid_ns
             self._control_ticks += 1
-            self._control_rate.add(now_ns)
-            return self._output(now_ns, limited.reasons)
+            self._control_rate.add(grid_ns)
+            output = self._output(grid_ns, reasons)
+            if self._state is RuntimeState.STOPPING and control.at_rest(grid_ns):
+                self.stop()
+            return output
 
     def status(self, now_ns: int) -> RuntimeStatus:
         with self._lock:
@@ -466,6 +519,7 @@ class PolicyRuntime:
                 stale_inputs=self._stale_now,
                 estop_reason=self._gate.estop_reason or "",
                 last_error=self._last_error,
+                holds=tuple(self._holds.values()) + ((f"stopping: {self._stop_cause}",) if self._stop_cause else ()),
             )
 
     # Internals ------------------------------------------------------------------------------------
@@ -477,13 +531,11 @@ class PolicyRuntime:
     def _observation_due(self, now_ns: int) -> bool:
         if self._state is not RuntimeState.RUNNING or self._request is not None:
             return False
-        if self._model_state is None or self._gate.paused or self._gate.estopped:
+        if self._inputs.model_state is None or self._gate.paused or self._gate.estopped:
             return False
         if not self._instruction.strip():  # a language-conditioned policy has nothing to do yet
             return False
-        if self._watchdog.stale(now_ns):
-            return False
-        if any(history.latest() is None for history in self._frames.values()):
+        if self._inputs.watchdog.stale(now_ns) or not self._inputs.all_cameras_seen():
             return False
         if self._config.execution.mode == "reference":
             return self._plan is None or now_ns >= self._plan.end_ns
@@ -504,35 +556,6 @@ class PolicyRuntime:
             self._counters.add(TIMING, TIMING_TIMEOUTS)
             self._last_error = f"inference for observation {request.obs_stamp_ns} ns not back after a chunk"
             self._request = None
-
-    def _older_frame(self, camera: str, latest_ns: int) -> tuple[int, Any]:
-        """The frame ``history_ns`` before the latest; with history reuse, the nearest frame already handed
-        out as current (so its encoding is reused) when it is within the reuse window of that instant."""
-        target_ns = latest_ns - self._history_ns
-        exact = self._frames[camera].before(target_ns)
-        assert exact is not None
-        if self._history_reuse_ns and self._handed_out[camera]:
-            reused = min(self._handed_out[camera], key=lambda frame: abs(frame[0] - target_ns))
-            if abs(reused[0] - target_ns) <= self._history_reuse_ns:
-                return reused
-        return exact
-
-    def _camera_frames(self) -> dict[str, CameraFrames]:
-        frames = {}
-        for camera in self._config.cameras:
-            latest = self._frames[camera.name].latest()
-            assert latest is not None
-            older = self._older_frame(camera.name, latest[0])
-            if not self._handed_out[camera.name] or self._handed_out[camera.name][-1][0] != latest[0]:
-                self._handed_out[camera.name].append(latest)
-            frames[camera.name] = CameraFrames(
-                slot=camera.slot,
-                current=latest[1],
-                current_stamp_ns=latest[0],
-                history=older[1],
-                history_stamp_ns=older[0],
-            )
-        return frames
 
     def _make_plan(self, positions: np.ndarray, obs_stamp_ns: int, ready_ns: int) -> ChunkPlan | None:
         mode = self._config.execution.mode
@@ -559,50 +582,46 @@ class PolicyRuntime:
         return ChunkResult(accepted=False, reason=reason, latency_ns=latency_ns)
 
     def _update_state(self, now_ns: int) -> None:
-        stale = self._watchdog.stale(now_ns)
+        stale = self._inputs.watchdog.stale(now_ns)
         for source in set(stale) - set(self._stale_now):
             self._counters.add(STALE, source)
         if stale:
             self._last_error = f"stale input: {', '.join(stale)}"
         self._stale_now = stale
-        if self._gate.estopped:
+        if HOLD_DRY_RUN in self._holds and self._control.stopping and self._control.at_rest(now_ns):
+            del self._holds[HOLD_DRY_RUN]  # at rest: from now on nothing is sent
+            self._gate.dry_run = True
+        if self._stop_cause is not None:
+            state = RuntimeState.STOPPING
+        elif self._gate.estopped:
             state = RuntimeState.ESTOPPED
         elif self._gate.paused:
             state = RuntimeState.PAUSED
-        elif stale:
+        elif stale or self._holds:
             state = RuntimeState.HOLDING
         else:
             state = RuntimeState.RUNNING
         if state is self._state:
             return
-        assert self._motion is not None
         if self._state is RuntimeState.RUNNING:
-            self._send_hold = True
-            self._send_plan = False
-            self._plan = None
+            self._begin_stop(now_ns)
         elif state is RuntimeState.RUNNING:
+            assert self._control.state is not None
             self._resume_ns = now_ns
             self._next_inference_ns = now_ns
-        self._schedule = HoldSchedule(self._motion.positions.copy())
+            self._schedule = HoldSchedule(self._control.state.positions.copy())
         self._state = state
 
-    def _follow_sent_path(self, limited: LimitedCommand, now_ns: int) -> LimitedCommand:
-        """Joints on joint_trajectory controllers are where the sent trajectory has them, not where the
-        per-tick limiter would: the controller executes the trajectory, and the next one must start on it."""
-        if self._path is None or not self._trajectory_columns.size:
-            return limited
-        positions, velocities = self._path.sample(now_ns)
-        # The cubic between two limited points can overshoot a little; the tracked state never does.
-        positions = np.clip(positions, self._limiter.low, self._limiter.high)
-        velocities = np.clip(velocities, -self._limiter.max_velocity, self._limiter.max_velocity)
-        state = limited.state
-        merged_positions, merged_velocities = state.positions.copy(), state.velocities.copy()
-        merged_positions[self._trajectory_columns] = positions[self._trajectory_columns]
-        merged_velocities[self._trajectory_columns] = velocities[self._trajectory_columns]
-        return LimitedCommand(MotionState(merged_positions, merged_velocities, state.stamp_ns), limited.reasons)
+    def _begin_stop(self, now_ns: int) -> None:
+        """The controlled stop from the commanded motion; its trajectory goes out with this tick."""
+        self._send_plan = False
+        self._plan = None
+        if self._control.begin_stop(now_ns) is not None:
+            self._pending_path = True
 
     def _output(self, now_ns: int, clamped: frozenset[str]) -> ControlOutput:
-        assert self._motion is not None
+        state = self._control.state
+        assert state is not None
         trajectories = self._trajectories(now_ns)
         forward = self._forward_commands(now_ns)
         dry_run = self._gate.dry_run
@@ -610,8 +629,8 @@ class PolicyRuntime:
             stamp_ns=now_ns,
             state=self._state.value,
             joint_names=self._config.joint_names,
-            positions=tuple(float(x) for x in self._motion.positions),
-            velocities=tuple(float(x) for x in self._motion.velocities),
+            positions=tuple(float(x) for x in state.positions),
+            velocities=tuple(float(x) for x in state.velocities),
             forward=() if dry_run else forward,
             trajectories=() if dry_run else trajectories,
             clamped=clamped,
@@ -619,46 +638,18 @@ class PolicyRuntime:
         )
 
     def _trajectories(self, now_ns: int) -> tuple[JointTrajectoryCommand, ...]:
-        if self._send_hold:
-            self._send_hold = False
-            self._path = None
-            return self._hold_trajectories(now_ns)
-        if not (self._send_plan and self._state is RuntimeState.RUNNING and self._plan is not None):
+        """The new path for every joint_trajectory controller, once, from this tick on."""
+        path = self._control.path
+        if not self._pending_path or path is None:
             return ()
-        self._send_plan = False
-        assert self._motion is not None and self._schedule is not None
-        # Points on the control grid: the same limiting, at the same instants, as the per-tick commands,
-        # so what the controller executes and what the runtime tracks (and starts the next one from) agree.
-        count = max(1, (self._plan.end_ns - now_ns) // self._control_ns)
-        stamps = [now_ns + k * self._control_ns for k in range(1, count + 1)]
-        targets = np.asarray([self._schedule.sample(t) for t in stamps])
-        states = [self._motion, *self._limiter.limit_path(self._motion, stamps, targets)]
-        positions = np.asarray([s.positions for s in states])
-        velocities = np.zeros_like(positions)
-        velocities[0] = self._motion.velocities
-        if len(states) > 2:
-            velocities[1:-1] = (positions[2:] - positions[:-2]) / (2 * self._control_ns / 1e9)
-        velocities = np.clip(velocities, -self._limiter.max_velocity, self._limiter.max_velocity)
-        times = [0, *(t - now_ns for t in stamps)]
-        limiter, columns = self._limiter, self._trajectory_columns
-        if not cubic_within_limits(positions[:, columns], velocities[:, columns], self._control_ns / 1e9,
-                                   limiter.low[columns], limiter.high[columns], limiter.max_velocity[columns]):
-            # The controller's cubic through these velocities would leave a limit between two points:
-            # send positions only, which it joins with straight segments between limited points.
-            velocities = None
-            self._counters.add(CLAMPED_TRAJECTORY, CUBIC_TO_LINEAR)
-        self._path = TimedPath(np.asarray([now_ns, *stamps], dtype=np.int64), positions, velocities)
-        return self._per_trajectory_controller(now_ns, positions, velocities, times)
-
-    def _hold_trajectories(self, now_ns: int) -> tuple[JointTrajectoryCommand, ...]:
-        assert self._motion is not None
-        positions = self._motion.positions[np.newaxis]
-        return self._per_trajectory_controller(now_ns, positions, np.zeros_like(positions), [self._control_ns])
+        self._pending_path = False
+        keep = path.stamps_ns >= now_ns
+        times = [int(t - now_ns) for t in path.stamps_ns[keep]]
+        return self._per_trajectory_controller(now_ns, path.positions[keep], path.velocities[keep], times)
 
     def _per_trajectory_controller(
-        self, now_ns: int, positions: np.ndarray, velocities: np.ndarray | None, times: Sequence[int]
+        self, now_ns: int, positions: np.ndarray, velocities: np.ndarray, times: Sequence[int]
     ) -> tuple[JointTrajectoryCommand, ...]:
-        """One command per joint_trajectory controller; ``velocities=None`` sends positions only."""
         commands = []
         for controller, columns in zip(self._config.controllers, self._joint_index, strict=True):
             if controller.type != "joint_trajectory":
@@ -666,7 +657,7 @@ class PolicyRuntime:
             points = tuple(
                 TrajectoryPoint(
                     positions=tuple(float(x) for x in positions[k, columns]),
-                    velocities=() if velocities is None else tuple(float(x) for x in velocities[k, columns]),
+                    velocities=tuple(float(x) for x in velocities[k, columns]),
                     time_from_start_ns=int(times[k]),
                 )
                 for k in range(len(times))
@@ -675,12 +666,13 @@ class PolicyRuntime:
         return tuple(commands)
 
     def _forward_commands(self, now_ns: int) -> tuple[ForwardCommand, ...]:
-        assert self._motion is not None
+        state = self._control.state
+        assert state is not None
         return tuple(
             ForwardCommand(
                 controller=controller.name,
                 joint_names=controller.joints,
-                values=tuple(float(x) for x in self._motion.positions[columns]),
+                values=tuple(float(x) for x in state.positions[columns]),
                 stamp_ns=now_ns,
             )
             for controller, columns in zip(self._config.controllers, self._joint_index, strict=True)
