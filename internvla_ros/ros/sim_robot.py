@@ -160,7 +160,7 @@ def main(args: list[str] | None = None) -> int:
         rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
-    except RuntimeConfigError as err:
+    except (RuntimeConfigError, ValueError) as err:  # a bad config file or parameter
         print(f"ERROR: {err}", flush=True)
         return 2
     finally:

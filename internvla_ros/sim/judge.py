@@ -37,8 +37,8 @@ class JudgeSettings:
 
     def __post_init__(self) -> None:
         if not (self.grid_hz > 0 and self.delay_s >= 0 and self.late_threshold_s >= 0):
-            raise ValueError(f"judge settings must be positive: grid_hz={self.grid_hz}, delay_s={self.delay_s}, "
-                             f"late_threshold_s={self.late_threshold_s}")
+            raise ValueError(f"judge_rate_hz must be > 0 and judge_delay_s, late_threshold_s >= 0; got "
+                             f"{self.grid_hz}, {self.delay_s}, {self.late_threshold_s}")
 
 
 class ViolationLog:
