@@ -18,7 +18,7 @@ import numpy as np
 from internvla_ros.runtime.config import RuntimeConfig
 from internvla_ros.sim.arrivals import ArrivalStats
 from internvla_ros.sim.judge import ForwardCommandJudge, JudgeSettings, TrajectoryJudge, ViolationLog
-from internvla_ros.sim.trajectory import JointTrajectoryExecutor, Trajectory, TrajectoryRejected
+from internvla_ros.sim.trajectory import DEFAULT_HISTORY_NS, JointTrajectoryExecutor, Trajectory, TrajectoryRejected
 
 TRACKING_TIME_CONSTANT_S = 0.02
 
@@ -61,7 +61,9 @@ class SimulatedCell:
             index = np.array([config.joint_index[name] for name in controller.joints])
             joint_limits = [limits[i] for i in index]
             if controller.type == "joint_trajectory":
-                executor = JointTrajectoryExecutor(controller.joints, start[index])
+                # Trajectories stay sampleable well past the judge's delay.
+                history_ns = max(DEFAULT_HISTORY_NS, round(4e9 * self.judge_settings.delay_s))
+                executor = JointTrajectoryExecutor(controller.joints, start[index], history_ns=history_ns)
                 self._executors[controller.name] = (executor, index)
                 self._trajectory_judges[controller.name] = TrajectoryJudge(
                     controller.name, executor, joint_limits, self.judge_settings, self.violations)
