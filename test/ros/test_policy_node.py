@@ -17,6 +17,7 @@ from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
 from internvla_ros.msg import ActionChunk, PolicyStatus
+from internvla_ros.ros.conversions import duration_to_ns, time_to_ns
 from internvla_ros.runtime.config import RuntimeConfig
 
 from .conftest import CONFIG_DIR, spin_until
@@ -81,9 +82,14 @@ def test_closed_loop_with_sim_robot(ros_context, start_node, tmp_path: Path) -> 
             for name, position, velocity in zip(msg.joint_names, point.positions, point.velocities, strict=True):
                 assert limits[name].min_position <= position <= limits[name].max_position
                 assert abs(velocity) <= limits[name].max_velocity * 1.001
-    commanded = np.array(received["arm"][-1].points[0].positions)
+    # The measured joints lag the commanded trajectory by the sim's tracking time constant (20 ms) only.
     state = received["states"][-1]
-    measured = np.array([state.position[list(state.name).index(j)] for j in received["arm"][-1].joint_names])
+    stamp_ns = time_to_ns(state.header.stamp)
+    trajectory = [m for m in received["arm"] if time_to_ns(m.header.stamp) <= stamp_ns][-1]
+    times = [time_to_ns(trajectory.header.stamp) + duration_to_ns(p.time_from_start) for p in trajectory.points]
+    points = np.array([p.positions for p in trajectory.points])
+    commanded = np.array([np.interp(stamp_ns, times, points[:, k]) for k in range(points.shape[1])])
+    measured = np.array([state.position[list(state.name).index(j)] for j in trajectory.joint_names])
     assert np.max(np.abs(measured - commanded)) < 0.05
     swing = np.ptp([s.position[list(s.name).index("left_joint1")] for s in received["states"]])
     assert swing > 0.05, "the sim's joint did not move with the policy's chunks"
