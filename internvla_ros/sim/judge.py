@@ -4,7 +4,8 @@ A robot feels the controller's output on its update loop, not the points it was 
 joint_trajectory_controller is sampled on a uniform grid (like a ros2_control update loop) lagging a
 fixed delay behind now, from the trajectories in their arrival order and at their arrival times; the
 delay lets every message that arrived before a grid instant be known before that instant is judged, so
-the sim's own scheduling jitter neither creates nor hides a jump. On that grid the position, the
+the sim's own scheduling jitter neither creates nor hides a jump (a trajectory handled even later
+rewinds the judge to its arrival). On that grid the position, the
 velocity (first finite difference) and the acceleration (second finite difference) are checked: a
 position jump where one trajectory replaces another shows up as an acceleration and velocity spike,
 as a real robot would feel it. Forward-command controllers apply each value at once, so their commands
@@ -98,16 +99,27 @@ class TrajectoryJudge:
         self._log = log
         self._next_ns: int | None = None
         self._previous: deque[np.ndarray] = deque(maxlen=2)
-        self.late_submissions = 0  # trajectories active before the grid instant already judged
+        # Judged samples of the last few delays: a trajectory handled after the grid passed its arrival
+        # rewinds the judge to its arrival, so the verdict follows what the controller executed.
+        kept = max(4 * round(settings.delay_s * settings.grid_hz), 8)
+        self._judged: deque[tuple[int, np.ndarray]] = deque(maxlen=kept)
+        self.late_submissions = 0  # trajectories handled after the grid had passed their arrival
 
     @property
     def judged_until_ns(self) -> int | None:
         return None if self._next_ns is None else self._next_ns - self._period_ns
 
     def note_submission(self, activation_ns: int) -> None:
+        """A trajectory active from activation_ns: re-judge from there if the grid has passed it."""
         judged = self.judged_until_ns
-        if judged is not None and activation_ns < judged:
-            self.late_submissions += 1
+        if judged is None or activation_ns > judged:
+            return
+        self.late_submissions += 1
+        while self._judged and self._judged[-1][0] >= activation_ns:
+            self._judged.pop()
+        self._previous.clear()
+        self._previous.extend(positions for _, positions in list(self._judged)[-2:])
+        self._next_ns = self._judged[-1][0] + self._period_ns if self._judged else self._next_ns
 
     def advance(self, now_ns: int) -> None:
         """Judges every grid instant up to now_ns - delay."""
@@ -131,6 +143,7 @@ class TrajectoryJudge:
                                 np.abs(acceleration) > lim.acceleration * (1 + ACCELERATION_TOLERANCE),
                                 lambda k: f"above {lim.acceleration[k]}", t)
             self._previous.append(positions)
+            self._judged.append((t, positions))
             self._next_ns += self._period_ns
 
 

@@ -176,3 +176,20 @@ def test_the_sim_does_not_import_the_runtime_it_judges() -> None:
                 names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
             bad = [name for name in names if name.startswith(forbidden)]
             assert not bad, f"{module.name} imports {bad}"
+
+
+def test_a_trajectory_handled_after_the_grid_passed_its_arrival_is_judged_from_its_arrival() -> None:
+    """The sim's callback may run later than the judge's delay under load: the judge rewinds to the
+    arrival instead of seeing a jump the controller never made."""
+    log = ViolationLog()
+    executor = JointTrajectoryExecutor(("j",), np.zeros(1))
+    judge = TrajectoryJudge("arm_controller", executor, [limits()], SETTINGS, log)
+    for step in range(1, 201):
+        judge.advance(T0 + step * 5 * MS)  # judged up to T0 + 0.75 s
+    arrival = T0 + 600 * MS  # rest to rest, 0.1 in 0.5 s: peak 0.3 rad/s, 2.4 rad/s^2
+    active = executor.submit(Trajectory(("j",), 0, (point(0.1, 500),)), arrival)
+    judge.note_submission(active.activation_ns)
+    for step in range(201, 601):
+        judge.advance(T0 + step * 5 * MS)
+    assert judge.late_submissions == 1
+    assert (log.limit_violations, log.acceleration_violations) == (0, 0), log.drain()
