@@ -6,7 +6,9 @@ test process plays the robot (FakeRobot, whose joint_states echo the commanded b
 and records every command the node publishes. Each cause is judged from the recorded messages with
 test/runtime/motion_checks.py (the controllers' documented behaviour), never with runtime code; once the cause is
 cleared the belt must speed up again. Times are ROS (system) time: message stamps, request send times, and the
-receive times of the commands in this process.
+receive times of the commands in this process. The belt's deadline counts its commands (one control period each)
+from the cause, so a loaded machine that delays ticks or deliveries stretches no ramp; what may arrive late is
+measured (request round trips, the lag of the node's status messages) and allowed for.
 """
 
 from __future__ import annotations
@@ -246,9 +248,12 @@ class Cell:
 
         def at_speed() -> bool:
             recent = self.belt[-STEADY_COMMANDS:]
-            return (len(recent) == STEADY_COMMANDS and recent[0][0] > started and min(v for _, v in recent)
-                    >= MOVING_SPEED and bool(self.arm) and self.arm[-1][0] > started
-                    and bool(self.statuses) and self.statuses[-1].state == PolicyStatus.STATE_RUNNING)
+            if not (len(recent) == STEADY_COMMANDS and recent[0][0] > started and self.arm and self.statuses):
+                return False
+            status, now = self.statuses[-1], self.now()  # fresh news: this process is not lagging behind
+            fresh = now - self.status_received[-1] < LAG_WINDOW_NS and self.receive_lag_ns(now) < LAG_WINDOW_NS
+            return (fresh and min(v for _, v in recent) >= MOVING_SPEED and self.arm[-1][0] > started
+                    and status.state == PolicyStatus.STATE_RUNNING)
 
         self.wait(at_speed, "belt at speed, arm moving")
 
@@ -276,7 +281,7 @@ class Cell:
                                belt_jerk)
         assert_commands_within(np.asarray([[v] for _, v in gripper]), PERIOD_S, *limit_arrays(["fr3_finger_joint1"]))
         speed = [v for t, v in belt if t <= cause.at_ns][-1]
-        assert speed >= MOVING_SPEED, f"{cause.name}: the belt ran at {speed} m/s only when the stop was caused"
+        assert speed >= RISEN_SPEED, f"{cause.name}: the belt ran at {speed} m/s only when the stop was caused"
         held = [(t, v) for t, v in belt if cause.at_ns < t < cause.cleared_ns]
         moving = [k for k, (_, v) in enumerate(held) if v > AT_ZERO]
         first_zero = moving[-1] + 1 if moving else 0
@@ -286,16 +291,20 @@ class Cell:
         before_clear = [(t, m) for t, m in self.arm if t < cause.cleared_ns]
         (received, stop), (_, running) = before_clear[-1], before_clear[-2]
         stamp = time_to_ns(stop.header.stamp)
+        # Time on the command axis: one control period per belt command (a tick the loaded node missed sends none
+        # and moves nothing), counted from the cause; commands sent before it may arrive after it (receive lag).
         zero_ns = held[first_zero][0]
-        delivery_ns = max(0, received - stamp, self.receive_lag_ns(zero_ns))
-        margin_ns = cause.request_latency_ns + delivery_ns
-        elapsed_s = (zero_ns - cause.at_ns) / NS_PER_S
-        deadline_s = speed / belt_rate[0] + SLACK_S + margin_ns / NS_PER_S
-        print(f"{cause.name}: belt {speed:.3f} m/s -> 0 in {elapsed_s:.3f} s (deadline {deadline_s:.3f} s, margin "
-              f"{margin_ns / 1e6:.1f} ms = request {cause.request_latency_ns / 1e6:.1f} + delivery "
-              f"{delivery_ns / 1e6:.1f}); arm stop stamped {(stamp - cause.at_ns) / 1e6:+.1f} ms after the cause")
+        lag_ns = self.receive_lag_ns(cause.at_ns)
+        margin_s = (cause.request_latency_ns + lag_ns) / NS_PER_S
+        elapsed_s = (first_zero + 1) * PERIOD_S
+        deadline_s = speed / belt_rate[0] + SLACK_S + margin_s
+        print(f"{cause.name}: belt {speed:.3f} m/s -> 0 after {first_zero + 1} commands = {elapsed_s:.2f} s "
+              f"(deadline {deadline_s:.3f} s with a margin of {margin_s * 1e3:.1f} ms = request "
+              f"{cause.request_latency_ns / 1e6:.1f} + receive lag {lag_ns / 1e6:.1f}; received "
+              f"{(zero_ns - cause.at_ns) / 1e9:.3f} s after the cause); arm stop stamped "
+              f"{(stamp - cause.at_ns) / 1e6:+.1f} ms, received {(received - stamp) / 1e6:.1f} ms later")
         assert elapsed_s <= deadline_s, f"{cause.name}: belt at 0 after {elapsed_s:.3f} s > {deadline_s:.3f} s"
-        assert cause.at_ns - 2 * PERIOD_S * NS_PER_S <= stamp <= cause.at_ns + margin_ns + PERIOD_S * NS_PER_S, \
+        assert cause.at_ns - 2 * PERIOD_S * NS_PER_S <= stamp <= zero_ns, \
             f"{cause.name}: the stop trajectory is stamped {(stamp - cause.at_ns) / 1e6:.1f} ms after the cause"
         for t_ns in range(stamp, stamp + LEAD_NS + 1, LEAD_NS // 10):  # integer times: float64 ns are 256 ns coarse
             for ours, theirs in zip(sample(stop, t_ns), sample(running, t_ns), strict=True):
