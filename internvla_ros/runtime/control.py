@@ -74,8 +74,8 @@ class MotionControl:
         assert self.state is not None
         self._stop = self.builder.stop_profile(self.state, stamp_ns)
         self._stop_commands = 0
-        if not self.trajectory_columns.size or self.path is None:
-            return None
+        if not self.trajectory_columns.size or self.path is None or stamp_ns >= self.path.end_ns:
+            return None  # the trajectory joints are already at rest: nothing to send
         self.path = self.builder.stop(self.path, self.state, stamp_ns)
         return self.path
 

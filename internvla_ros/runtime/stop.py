@@ -101,7 +101,8 @@ class StopProfile:
 
     def sample_many(self, times_ns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Positions and velocities (N, D) at ``times_ns`` (N,); the start state before the start."""
-        t = np.maximum(0.0, (np.asarray(times_ns, dtype=np.float64) - self.start_ns) / NS_PER_S)
+        # Subtract in integer ns first: absolute times (~1.8e18 ns) carry no sub-microsecond detail in float64.
+        t = np.maximum(0, np.asarray(times_ns, dtype=np.int64) - self.start_ns) / NS_PER_S
         positions = np.empty((t.size, self.positions.size))
         velocities = np.empty_like(positions)
         for index, joint in enumerate(self.phases):

@@ -47,8 +47,7 @@ from .policies import write_unit_stats
 # to float64 first, so on the wall clock (~1.8e18 ns) it samples 256 ns coarse; the belt's steps then exceed
 # its rate limit by up to 6.4e-8 m/s and arm trajectories brake with cubics far beyond the acceleration limits
 # on their short segments. Strict: this mark must go with that fix.
-STOP_SAMPLING_COARSE = pytest.mark.xfail(strict=True, reason="stop profiles sampled 256 ns coarse on the wall clock")
-pytestmark = [pytest.mark.slow, STOP_SAMPLING_COARSE]
+pytestmark = [pytest.mark.slow]
 
 CONFIG_FILE = CONFIG_DIR / "conveyor_sorting.yaml"
 CONFIG = RuntimeConfig.from_yaml(CONFIG_FILE)

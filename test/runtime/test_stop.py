@@ -147,3 +147,12 @@ def test_every_stop_cause_brings_every_joint_to_rest_within_limits(tmp_path: Pat
         assert runtime.dry_run and after[-1].dry_run
     else:
         assert runtime.state is not RuntimeState.RUNNING
+
+
+def test_a_stop_on_the_wall_clock_is_sampled_as_exactly_as_near_zero() -> None:
+    """Absolute stamps (~1.8e18 ns) must not lose the profile's sub-microsecond detail to float rounding."""
+    wall_ns = 1_796_000_000_123_456_789
+    args = (np.array([0.1]), np.array([0.3]), np.array([0.0]), np.array([0.5]), np.array([5.0]))
+    near_zero, on_wall = StopProfile.plan(0, *args), StopProfile.plan(wall_ns, *args)
+    offsets = np.arange(0, 200_000_000, 10_000_001)
+    np.testing.assert_array_equal(near_zero.sample_many(offsets)[0], on_wall.sample_many(offsets + wall_ns)[0])
