@@ -65,6 +65,9 @@ NODE_NAME = "policy_node"
 LIVE_PARAMETERS = {"instruction", "safety.dry_run"}
 LATENCY_WINDOW = 200
 LOG_THROTTLE_S = 2.0
+# Forward commands are a stream where each value is one control period's step: a slow reader must get them
+# late rather than lose one (a lost command makes the next step twice as large). 1 s at 100 Hz.
+FORWARD_COMMAND_DEPTH = 100
 # Smaller steps back of ROS time (two /clock publishers out of step) only delay control by as much.
 CLOCK_JUMP_MIN_NS = 100_000_000
 INSTRUCTION_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
@@ -215,7 +218,8 @@ class PolicyNode(AnsweringLifecycleNode):
             if controller.type == "joint_trajectory":
                 self._outputs[controller.name] = self._publisher(JointTrajectory, f"{controller.name}/joint_trajectory")
             else:
-                self._outputs[controller.name] = self._publisher(Float64MultiArray, f"{controller.name}/commands")
+                self._outputs[controller.name] = self._publisher(Float64MultiArray, f"{controller.name}/commands",
+                                                                 FORWARD_COMMAND_DEPTH)
         self._outputs["~/action_chunk"] = self._publisher(ActionChunk, "~/action_chunk")
         for camera in config.cameras:
             self._outputs[f"foresight/{camera.name}"] = self._publisher(Image, f"~/foresight/{camera.name}",

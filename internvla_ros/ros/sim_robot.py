@@ -39,7 +39,7 @@ from internvla_ros.sim.judge import JudgeSettings
 from internvla_ros.sim.render import CellRenderer
 from internvla_ros.sim.trajectory import Trajectory, TrajectoryPoint
 
-COMMAND_QOS_DEPTH = 10
+COMMAND_QOS_DEPTH = 100  # as deep as the node's forward command stream: a busy sim reads late, loses nothing
 # Reliable, as most ROS 2 camera drivers publish: best-effort subscribers (the policy node's sensor-data
 # QoS) still match, and a reliable one (the demo's recorder) gets every frame instead of losing the
 # large ones whose fragments a loaded machine drops.

@@ -34,6 +34,7 @@ IDLE_POLL_S = 0.005  # how often the inference thread checks for a due observati
 JOIN_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0  # longest controlled stop waited for (a joint at 2.6 rad/s and 1 rad/s^2 needs 2.6 s)
 STOP_POLL_S = 0.005
+STOP_STALL_S = 1.0  # no control tick for this long while stopping: the clock stands still
 # How long a thread may hold the GIL while another waits (CPython's default is 5 ms, a quarter of a
 # 50 Hz period): the control thread gets the interpreter back within this after it wakes.
 GIL_SWITCH_INTERVAL_S = 0.0005
@@ -159,8 +160,13 @@ class RuntimeDriver:
             self._stopping.set()
             self._at_now(lambda now: self.runtime.request_stop(now, cause))
             deadline = time.monotonic() + STOP_TIMEOUT_S
+            last_tick, last_progress = self.runtime.next_tick_ns, time.monotonic()
             while self.runtime.state is not RuntimeState.IDLE and control.is_alive() and time.monotonic() < deadline:
                 time.sleep(STOP_POLL_S)
+                if self.runtime.next_tick_ns != last_tick:
+                    last_tick, last_progress = self.runtime.next_tick_ns, time.monotonic()
+                elif time.monotonic() - last_progress > STOP_STALL_S:
+                    break  # the clock stands still (sim time paused): no tick will come; send what we can
         self._stop.set()
         for thread in self._threads[:1]:
             thread.join(JOIN_TIMEOUT_S)

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 
+from internvla_ros.runtime.safety import CLAMP_POSITION
 from internvla_ros.runtime.status import INPUT_REJECTIONS, RuntimeState, RuntimeStatus
 
 
@@ -54,6 +55,12 @@ class HealthMonitor:
     def __init__(self) -> None:
         self._previous: RuntimeStatus | None = None
         self._previous_invalid = 0
+
+    @staticmethod
+    def _position_clamps(status: RuntimeStatus | None) -> int:
+        if status is None:
+            return 0
+        return status.clamped.get(CLAMP_POSITION, 0) + status.clamped_trajectory.get(CLAMP_POSITION, 0)
 
     def _grew(self, status: RuntimeStatus, *fields: str) -> int:
         """How much the named counters (ints or per-reason mappings) grew since the previous report."""
@@ -127,9 +134,11 @@ class HealthMonitor:
         rejected = _rejected(status, inputs=False) - (_rejected(self._previous, inputs=False) if self._previous else 0)
         if rejected > 0:
             problems.append((Level.WARN, f"{rejected} command(s) refused by the safety limiter"))
-        clamped = self._grew(status, "clamped", "clamped_trajectory")
-        if clamped:
-            problems.append((Level.WARN, f"{clamped} command value(s) clamped to the joint limits"))
+        # Velocity and acceleration limiting is the limiter's everyday work (it shapes every chunk hand-over);
+        # a target outside the position limits says the policy or the config is off.
+        outside = self._position_clamps(status) - self._position_clamps(self._previous)
+        if outside > 0:
+            problems.append((Level.WARN, f"{outside} command value(s) asked outside the joint limits (clamped)"))
         missed = self._grew(status, "missed_control_ticks")
         if missed:
             problems.append((Level.WARN, f"{missed} control tick(s) missed"))

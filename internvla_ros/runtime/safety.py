@@ -26,6 +26,8 @@ REJECT_TIME = "non_increasing_time"
 STALE_JOINT_STATE = "joint_state"
 STALE_CAMERA_PREFIX = "camera:"
 
+POSITION_NOISE = 1e-9  # braking exactly onto a limit may overshoot it by float rounding: clipped, not counted
+
 # Categories of EventCounters.
 CLAMPED = "clamped"
 CLAMPED_TRAJECTORY = "clamped_trajectory"
@@ -166,7 +168,7 @@ class MotionLimiter:
             reasons.add(CLAMP_ACCELERATION)
         positions = p + (v + velocities) * t / 2
         final = np.clip(positions, self._low, self._high)
-        if not np.array_equal(final, positions):  # only from a state that could not brake in time
+        if np.abs(final - positions).max() > POSITION_NOISE:  # only from a state that could not brake in time
             reasons.add(CLAMP_POSITION)
         for reason in reasons - {REJECT_NON_FINITE}:
             self._counters.add(category, reason)

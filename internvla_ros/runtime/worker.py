@@ -159,7 +159,7 @@ class InferenceWorker:
     """
 
     def __init__(self, factory: str, kwargs: Mapping[str, Any] | None = None, threads: int = 1,
-                 nice: int = 5) -> None:
+                 nice: int = 0) -> None:
         self._command = [sys.executable, "-m", "internvla_ros.runtime.worker", "--factory", factory,
                          "--kwargs", json.dumps(dict(kwargs or {})), "--threads", str(threads), "--nice", str(nice)]
         self._child: _Child | None = None

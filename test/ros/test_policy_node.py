@@ -113,7 +113,7 @@ def test_closed_loop_with_sim_robot(ros_context, start_node, tmp_path: Path) -> 
     future = estop.call_async(Trigger.Request())
     assert spin_until(executor, future.done, 10.0) and future.result().success
     received["diagnostics"].clear()
-    assert spin_until(executor, lambda: any(d["control"].level == ERROR for d in received["diagnostics"]), 5.0)
+    assert spin_until(executor, lambda: any("control" in d and d["control"].level == ERROR for d in received["diagnostics"]), 5.0)
     control = next(d["control"] for d in received["diagnostics"] if d["control"].level == ERROR)
     assert "e-stop latched: e-stop requested on ~/estop" in control.message
     assert policy.stop() == 0
