@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.node import Node
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.serialization import deserialize_message, serialize_message
 from rosbags.rosbag2 import Writer
 from sensor_msgs.msg import CompressedImage, Image, JointState
@@ -45,6 +45,9 @@ INSTRUCTION_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
                              durability=DurabilityPolicy.TRANSIENT_LOCAL)
 # Reliable: sim_robot's cameras publish reliably.
 CAMERA_QOS = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
+# Every joint state (200 Hz) goes into the recording: a replay holds on a gap longer than the config's
+# joint_state_max_age_s, so a busy recorder must read late rather than lose any (1 s of backlog).
+JOINT_STATE_QOS = QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE)
 
 
 class DecimatedSeries:
@@ -189,7 +192,7 @@ class DemoRecorder(Node):
         self._recording = self._cameras = False
         ns = namespace
         forward = [c.name for c in config.controllers if c.type == "forward_command"]
-        self._raw(JointState, f"{ns}/joint_states", self._on_joint_state, qos_profile_sensor_data)
+        self._raw(JointState, f"{ns}/joint_states", self._on_joint_state, JOINT_STATE_QOS)
         for controller in config.controllers:
             if controller.type == "joint_trajectory":
                 self._raw(JointTrajectory, f"{ns}/{controller.name}/joint_trajectory",

@@ -39,6 +39,7 @@ from internvla_ros.sim.judge import JudgeSettings
 from internvla_ros.sim.render import CellRenderer
 from internvla_ros.sim.trajectory import Trajectory, TrajectoryPoint
 
+JOINT_STATE_DEPTH = 100  # 0.5 s at 200 Hz for reliable readers (the demo's recorder) that fall behind
 COMMAND_QOS_DEPTH = 100  # as deep as the node's forward command stream: a busy sim reads late, loses nothing
 # Reliable, as most ROS 2 camera drivers publish: best-effort subscribers (the policy node's sensor-data
 # QoS) still match, and a reliable one (the demo's recorder) gets every frame instead of losing the
@@ -76,7 +77,7 @@ class SimRobot(Node):
             self.create_subscription(
                 Float64MultiArray, f"{name}/commands",
                 lambda msg, info, name=name: self._on_forward(name, msg, self._arrival_ns(info)), COMMAND_QOS_DEPTH)
-        self._joint_pub = self.create_publisher(JointState, "joint_states", 10)
+        self._joint_pub = self.create_publisher(JointState, "joint_states", JOINT_STATE_DEPTH)
         self._camera_pubs = {camera.name: self.create_publisher(Image, camera.topic, CAMERA_QOS)
                              for camera in self.config.cameras}
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)

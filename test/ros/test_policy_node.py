@@ -113,8 +113,11 @@ def test_closed_loop_with_sim_robot(ros_context, start_node, tmp_path: Path) -> 
     future = estop.call_async(Trigger.Request())
     assert spin_until(executor, future.done, 10.0) and future.result().success
     received["diagnostics"].clear()
-    assert spin_until(executor, lambda: any("control" in d and d["control"].level == ERROR for d in received["diagnostics"]), 5.0)
-    control = next(d["control"] for d in received["diagnostics"] if d["control"].level == ERROR)
+    def control_errors() -> list[DiagnosticStatus]:
+        return [d["control"] for d in received["diagnostics"] if "control" in d and d["control"].level == ERROR]
+
+    assert spin_until(executor, lambda: bool(control_errors()), 5.0)
+    control = control_errors()[0]
     assert "e-stop latched: e-stop requested on ~/estop" in control.message
     assert policy.stop() == 0
     assert "shutting down: hold commanded" in policy.output()
