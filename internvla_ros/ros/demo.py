@@ -106,6 +106,7 @@ def summarise(recorded: Recorded, config: RuntimeConfig, duration_s: float) -> d
         "late_trajectories": _int(sim, "late_trajectories"),
         "trajectories_after_end": _int(sim, "trajectories_after_end"),
         "judge_late_submissions": _int(sim, "judge_late_submissions"),  # arrived after the judge had passed
+        "commands_lost": _int(sim, "commands_lost"),  # forward commands the sim's reader lost (not judged)
         "rejected_by_controllers": sum(int(v) for k, v in sim.items() if k.endswith(".rejected")),
         "clamped": int(status.commands_clamped) if status else 0,
         "stale_events": int(status.stale_inputs) if status else 0,

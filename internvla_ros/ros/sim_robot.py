@@ -76,7 +76,9 @@ class SimRobot(Node):
         for name in self.cell.forward_controllers:
             self.create_subscription(
                 Float64MultiArray, f"{name}/commands",
-                lambda msg, info, name=name: self._on_forward(name, msg, self._arrival_ns(info)), COMMAND_QOS_DEPTH)
+                lambda msg, info, name=name: self._on_forward(name, msg, self._arrival_ns(info),
+                                                              info.get("publication_sequence_number")),
+                COMMAND_QOS_DEPTH)
         self._joint_pub = self.create_publisher(JointState, "joint_states", JOINT_STATE_DEPTH)
         self._camera_pubs = {camera.name: self.create_publisher(Image, camera.topic, CAMERA_QOS)
                              for camera in self.config.cameras}
@@ -108,8 +110,11 @@ class SimRobot(Node):
         if reason is not None:
             self.get_logger().warn(f"{controller}: trajectory rejected: {reason}")
 
-    def _on_forward(self, controller: str, msg: Float64MultiArray, arrival_ns: int) -> None:
-        reason = self.cell.submit_forward_command(controller, np.asarray(msg.data), arrival_ns)
+    def _on_forward(self, controller: str, msg: Float64MultiArray, arrival_ns: int, sequence: int | None) -> None:
+        # Sequence numbers count from 1 per publisher; 0 or a huge "unknown" value means the RMW gives none.
+        known = sequence is not None and 0 < sequence < 2**63
+        reason = self.cell.submit_forward_command(controller, np.asarray(msg.data), arrival_ns,
+                                                  int(sequence) if known else None)
         if reason is not None:
             self.get_logger().warn(f"{controller}: command dropped: {reason}")
         self._log_violations()

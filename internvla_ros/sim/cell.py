@@ -72,6 +72,8 @@ class SimulatedCell:
                     controller.name, controller.joints, joint_limits, start[index], control_period_s,
                     self.violations), index)
         self.accepted: Counter[str] = Counter()
+        self.commands_lost = 0  # forward commands lost between publisher and this reader (sequence gaps)
+        self._sequence: dict[str, int] = {}  # newest publication sequence number per forward controller
         self.rejected: Counter[str] = Counter()
 
     @property
@@ -109,9 +111,16 @@ class SimulatedCell:
         self.accepted[controller] += 1
         return None
 
-    def submit_forward_command(self, controller: str, values: np.ndarray, arrival_ns: int = 0) -> str | None:
-        """None when accepted, else why the forward controller dropped it."""
+    def submit_forward_command(self, controller: str, values: np.ndarray, arrival_ns: int = 0,
+                               sequence: int | None = None) -> str | None:
+        """None when accepted, else why the forward controller dropped it. ``sequence``: the publisher's
+        sequence number, when the middleware gives one; a gap means commands lost on the way (a starved sim
+        reader), which are counted, and the step across the gap is not judged."""
         judge, index = self._forward[controller]
+        previous = self._sequence.get(controller)
+        if sequence is not None:
+            self._sequence[controller] = sequence
+        lost = 0 if previous is None or sequence is None else sequence - previous - 1
         values = np.asarray(values, dtype=np.float64)
         if values.shape != index.shape:
             self.rejected[controller] += 1
@@ -119,7 +128,11 @@ class SimulatedCell:
         if not np.all(np.isfinite(values)):
             self.rejected[controller] += 1
             return "a non-finite value: the command is dropped"
-        judge.judge(values, arrival_ns)
+        if lost > 0:
+            self.commands_lost += lost
+            judge.skip(values, arrival_ns)
+        else:
+            judge.judge(values, arrival_ns)
         self._desired[index] = values
         self.accepted[controller] += 1
         return None
@@ -130,6 +143,7 @@ class SimulatedCell:
             "limit_violations": self.limit_violations,
             "acceleration_violations": self.acceleration_violations,
             "judge_late_submissions": sum(j.late_submissions for j in self._trajectory_judges.values()),
+            "commands_lost": self.commands_lost,
             **self.arrivals.values(),
         }
         for controller in (*self.trajectory_controllers, *self.forward_controllers):

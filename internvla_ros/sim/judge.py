@@ -161,19 +161,31 @@ class ForwardCommandJudge:
         self._log = log
         start = np.asarray(initial, dtype=np.float64).copy()
         self._previous: deque[np.ndarray] = deque([start, start], maxlen=2)  # at rest before the first
+        self._known = 2  # how many of the previous two commands follow without a gap
+
+    def skip(self, values: np.ndarray, t_ns: int) -> None:
+        """A command after commands lost in transit: only its position can be judged; it restarts the
+        step history (steps across the gap were never seen by this controller either)."""
+        self._limits.check_position(self._log, self.controller, values, t_ns)
+        self._previous.append(np.asarray(values, dtype=np.float64).copy())
+        self._known = 0  # commands seen since the gap: steps need 1, second differences 2
 
     def judge(self, values: np.ndarray, t_ns: int) -> None:
         lim, log, controller = self._limits, self._log, self.controller
         lim.check_position(log, controller, values, t_ns)
         step = values - self._previous[-1]
         max_step = lim.velocity * self._period_s
-        log.check(controller, lim.joints, "step", step, np.abs(step) > max_step * (1 + VELOCITY_TOLERANCE),
+        judge_step, judge_second = self._known >= 1, self._known >= 2
+        log.check(controller, lim.joints, "step", step,
+                  judge_step & (np.abs(step) > max_step * (1 + VELOCITY_TOLERANCE)),
                   lambda k: f"above max_velocity * period = {max_step[k]:.6g}", t_ns)
-        log.check(controller, lim.joints, "jump", step, np.abs(step) > lim.jump * (1 + VELOCITY_TOLERANCE),
+        log.check(controller, lim.joints, "jump", step,
+                  judge_step & (np.abs(step) > lim.jump * (1 + VELOCITY_TOLERANCE)),
                   lambda k: f"above max_jump {lim.jump[k]}", t_ns)
         second = values - 2.0 * self._previous[-1] + self._previous[-2]
         max_second = lim.acceleration * self._period_s**2
         log.check(controller, lim.joints, "acceleration", second / self._period_s**2,
-                  np.abs(second) > max_second * (1 + ACCELERATION_TOLERANCE),
+                  judge_second & (np.abs(second) > max_second * (1 + ACCELERATION_TOLERANCE)),
                   lambda k: f"above {lim.acceleration[k]} (second difference {second[k]:.3g} per period^2)", t_ns)
         self._previous.append(np.asarray(values, dtype=np.float64).copy())
+        self._known = min(self._known + 1, 2)

@@ -86,3 +86,23 @@ def test_every_camera_renders_and_the_scene_moves_with_the_robot(cell_name: str)
     run(cell, 0, 0.5)
     after = renderer.render("head", cell.joint_state())
     assert np.abs(after.astype(int) - before["head"].astype(int)).sum() > 0
+
+
+def test_forward_commands_lost_on_the_way_are_counted_not_judged_as_a_step() -> None:
+    """A starved reader loses commands from its queue (a sequence gap): the step across the gap was never
+    commanded, so it is counted as lost; without sequence numbers the same gap reads as a violation."""
+    config = load("conveyor_sorting")
+    steps = np.minimum(0.0005 * np.arange(1, 31), 0.005)  # the belt speeding up within its rate and jerk limits
+    speeds = np.cumsum(steps)
+    for numbered in (True, False):
+        cell = SimulatedCell(config)
+        for k, speed in enumerate(speeds):
+            if k == 12:
+                continue  # this command never reaches the reader
+            cell.submit_forward_command("conveyor_controller", np.array([speed]), k * 10 * MS,
+                                        k + 1 if numbered else None)
+        violations = cell.drain_violations()
+        if numbered:
+            assert cell.commands_lost == 1 and violations == []
+        else:
+            assert cell.commands_lost == 0 and any("conveyor_speed step" in v for v in violations), violations
