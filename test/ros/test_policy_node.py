@@ -106,7 +106,12 @@ def test_closed_loop_with_sim_robot(ros_context, start_node, tmp_path: Path) -> 
     # /diagnostics: one status per component and controller; all OK while running normally (a loaded
     # machine may warn about a late input now and then), ERROR with the reason once the e-stop latches.
     components = {"lifecycle", "inputs", "inference", "control", *(f"controller {c.name}" for c in config.controllers)}
-    healthy = [d for d in received["diagnostics"] if set(d) == components and all(s.level == OK for s in d.values())]
+    # (The analytic sine policy asks for targets beyond some joint limits now and then: control may warn
+    # that it clamped them; every other component must be OK.)
+    def ok(name: str, status: DiagnosticStatus) -> bool:
+        return status.level == OK or (name == "control" and "outside the joint limits" in status.message)
+
+    healthy = [d for d in received["diagnostics"] if set(d) == components and all(ok(*item) for item in d.items())]
     assert healthy, [{n: (s.level, s.message) for n, s in d.items()} for d in received["diagnostics"][-3:]]
     estop = node.create_client(Trigger, f"{policy_name}/estop")
     assert estop.wait_for_service(timeout_sec=10.0)
