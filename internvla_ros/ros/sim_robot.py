@@ -18,6 +18,7 @@ it is judged), `late_threshold_s` (0.1, a stamped trajectory arriving later is c
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import numpy as np
@@ -170,7 +171,9 @@ def main(args: list[str] | None = None) -> int:
         print(f"ERROR: {err}", flush=True)
         return 2
     finally:
-        rclpy.try_shutdown()
+        # rclpy's SIGINT handler may shut the context down between try_shutdown's check and its call.
+        with contextlib.suppress(RuntimeError):
+            rclpy.try_shutdown()
     return 0
 
 
