@@ -14,10 +14,10 @@ from hypothesis.extra import numpy as hnp
 from internvla_ros.runtime.commands import JointTrajectoryCommand
 from internvla_ros.runtime.errors import PolicyRuntimeError
 from internvla_ros.runtime.observation import Observation
-from internvla_ros.runtime.plan import TimedPath
 from internvla_ros.runtime.safety import MotionLimiter
 from internvla_ros.runtime.scheduler import PolicyRuntime
 from internvla_ros.runtime.status import RuntimeState
+from internvla_ros.runtime.trajectory import TimedPath
 
 from .harness import ACTION_DIM, CAMERAS, CHUNK, JOINTS, MS, SimLoop, make_runtime, padded
 from .motion_checks import assert_commands_within, assert_trajectory_within, forward_values
