@@ -68,6 +68,7 @@ LOG_THROTTLE_S = 2.0
 # Forward commands are a stream where each value is one control period's step: a slow reader must get them
 # late rather than lose one (a lost command makes the next step twice as large). 1 s at 100 Hz.
 FORWARD_COMMAND_DEPTH = 100
+SIGNAL_POLL_S = 0.1  # how soon the executor loop notices SIGINT/SIGTERM
 # Smaller steps back of ROS time (two /clock publishers out of step) only delay control by as much.
 CLOCK_JUMP_MIN_NS = 100_000_000
 INSTRUCTION_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
@@ -466,8 +467,14 @@ def main(args: list[str] | None = None) -> int:
         return 2
     executor = TransitionExecutor()
     executor.add_node(node)
+    # From here a signal only sets a flag: raised asynchronously inside rclpy's C++ calls, a KeyboardInterrupt
+    # came out as an unrelated RuntimeError (and a crash) instead of a clean shutdown.
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda signum, frame: stop.set())
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
     try:
-        executor.spin()
+        while not stop.is_set() and rclpy.ok():
+            executor.spin_once(timeout_sec=SIGNAL_POLL_S)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
