@@ -87,6 +87,10 @@ setup(
         "gpu": ["onnxruntime-gpu>=1.20", "tensorrt>=10"],
         "ros-wheels": ROS_WHEELS + ROS_BUILD_WHEELS,
         "test": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "ruff>=0.6"],
+        # Remote inference and regression fan-out on Ray (`internvla serve`, `internvla regress`).
+        "serve": ["ray[serve]==2.60.0"],
+        # Recording, LeRobot v3.0 datasets and training (`internvla dataset`, `internvla train`).
+        "learning": ["pyarrow>=15", "av>=14"],
     },
     entry_points={
         "console_scripts": [

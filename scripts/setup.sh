@@ -59,8 +59,8 @@ PIP=("${VENV}/bin/python" -m pip --disable-pip-version-check -q)
 step "installing torch==${TORCH_VERSION} (CPU build when no GPU wheel is wanted)"
 "${PIP[@]}" install "torch==${TORCH_VERSION}" || die "could not install torch==${TORCH_VERSION}."
 
-step "installing internvla_ros (editable) with the ROS 2 Jazzy wheels and test tools"
-"${PIP[@]}" install -e "${ROOT}[${INTERNVLA_EXTRAS:-cpu},ros-wheels,test]" \
+step "installing internvla_ros (editable) with the ROS 2 Jazzy wheels, test tools, Ray Serve and the dataset tools"
+"${PIP[@]}" install -e "${ROOT}[${INTERNVLA_EXTRAS:-cpu},ros-wheels,test,serve,learning]" \
   || die "pip could not install the dependencies in setup.py."
 
 step "generating the interfaces in msg/ with rosidl"
