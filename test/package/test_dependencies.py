@@ -24,7 +24,8 @@ ROSDEP_KEYS = {
 PIP_PACKAGES = {
     "torch": "torch", "transformers": "transformers", "safetensors": "safetensors", "tokenizers": "tokenizers",
     "onnx": "onnx", "onnxscript": "onnxscript", "onnxruntime": "onnxruntime", "tensorrt": "tensorrt",
-    "rosbags": "rosbags", "rich": "rich",
+    "rosbags": "rosbags", "rich": "rich", "ray": "ray", "starlette": "starlette", "pyarrow": "pyarrow",
+    "av": "av", "tqdm": "tqdm", "requests": "requests", "httpx": "httpx", "mujoco": "mujoco",
 }
 # Declared but not imported: the interfaces' runtime, and the `ros2 bag` tools of the documented workflows.
 NOT_IMPORTED = {"rosidl_default_runtime", "ros2bag", "rosbag2_storage_mcap"}
