@@ -2,9 +2,10 @@
 
 The parent (the node, the runtime benchmark) starts `python -m internvla_ros.runtime.worker` with the
 policy's registered name (the `internvla_ros.policies` entry points) and its JSON keyword arguments.
-Both sides exchange frames over the child's stdin/stdout: a length-prefixed JSON header naming each
-array's dtype and shape, then the arrays' raw bytes. Nothing is pickled: a frame can only ever decode
-to plain numeric arrays and JSON values.
+Both sides exchange frames over the child's stdin/stdout (runtime/wire.py, the format the inference
+server's HTTP bodies use too): a length-prefixed JSON header naming each array's dtype and shape, then
+the arrays' raw bytes. Nothing is pickled: a frame can only ever decode to plain numeric arrays and
+JSON values.
 
     worker = InferenceWorker("internvla", {"model": "models/default"})
     worker.start()                      # returns once the child has loaded and warmed up the policy
@@ -20,7 +21,6 @@ import contextlib
 import json
 import os
 import queue
-import struct
 import subprocess
 import sys
 import threading
@@ -31,14 +31,18 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from internvla_ros.runtime.errors import PolicyRuntimeError
-from internvla_ros.runtime.observation import CameraFrames, Observation
+from internvla_ros.runtime.observation import Observation
 from internvla_ros.runtime.policy import Policy, PolicyResult
 from internvla_ros.runtime.policy_registry import load_policy_factory
+from internvla_ros.runtime.wire import (
+    decode_observation,
+    decode_result,
+    encode_observation,
+    encode_result,
+    read_frame,
+    write_frame,
+)
 
-LENGTH = struct.Struct("<Q")
-MAX_HEADER_BYTES = 1 << 20
-ARRAYS_KEY = "__arrays__"
-ALLOWED_DTYPE_KINDS = "biuf"  # bool, signed/unsigned integers, floats: nothing that can hold objects
 READY = "ready"
 ENDED = "ended"  # the reader's last reply: the child's output closed
 DEFAULT_STARTUP_TIMEOUT_S = 600.0
@@ -58,90 +62,6 @@ class InferenceTimeout(InferenceError):
 class WorkerGone(InferenceError):
     """The worker process is not there to answer (it crashed or was killed, or a request of it is still
     unanswered): restart it."""
-
-
-def write_frame(stream: BinaryIO, header: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
-    """A length-prefixed JSON header (with each array's name, dtype and shape), then the raw array bytes.
-
-    The arrays are written straight from their buffers: no serialised copy of several megabytes of
-    camera frames is made while holding the GIL, which the control thread of the same process needs.
-    """
-    contiguous = {name: np.ascontiguousarray(value) for name, value in arrays.items()}
-    specs = [{"name": name, "dtype": value.dtype.str, "shape": list(value.shape)} for name, value in contiguous.items()]
-    head = json.dumps({**header, ARRAYS_KEY: specs}).encode()
-    stream.write(LENGTH.pack(len(head)))
-    stream.write(head)
-    for value in contiguous.values():
-        if value.nbytes:
-            stream.write(memoryview(value).cast("B"))
-    stream.flush()
-
-
-def _read_exactly(stream: BinaryIO, size: int) -> bytes:
-    data = stream.read(size)
-    if data is None or len(data) != size:
-        raise EOFError(f"stream closed after {0 if data is None else len(data)} of {size} bytes")
-    return data
-
-
-def _array_dtype(text: str) -> np.dtype:
-    dtype = np.dtype(text)
-    if dtype.kind not in ALLOWED_DTYPE_KINDS:
-        raise EOFError(f"array dtype {text!r} is not a plain numeric type: the stream is corrupt")
-    return dtype
-
-
-def read_frame(stream: BinaryIO) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    (size,) = LENGTH.unpack(_read_exactly(stream, LENGTH.size))
-    if size > MAX_HEADER_BYTES:
-        raise EOFError(f"frame header of {size} bytes is larger than {MAX_HEADER_BYTES}: the stream is corrupt")
-    header = json.loads(_read_exactly(stream, size))
-    arrays = {}
-    for spec in header.pop(ARRAYS_KEY, []):
-        array = np.empty(spec["shape"], dtype=_array_dtype(spec["dtype"]))
-        view = memoryview(array).cast("B") if array.nbytes else None
-        if view is not None and stream.readinto(view) != array.nbytes:
-            raise EOFError(f"stream closed inside array {spec['name']!r}")
-        arrays[spec["name"]] = array
-    return header, arrays
-
-
-def encode_observation(observation: Observation) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    arrays = {"state": observation.state, "normalized_state": observation.normalized_state}
-    cameras = {}
-    for name, frames in observation.cameras.items():
-        arrays[f"camera.{name}.current"] = np.asarray(frames.current)
-        arrays[f"camera.{name}.history"] = np.asarray(frames.history)
-        cameras[name] = {"slot": frames.slot, "current_stamp_ns": frames.current_stamp_ns,
-                         "history_stamp_ns": frames.history_stamp_ns}
-    header = {"stamp_ns": observation.stamp_ns, "request_ns": observation.request_ns, "cameras": cameras,
-              "instruction": observation.instruction, "recompute_foresight": observation.recompute_foresight,
-              "decode_preview": observation.decode_preview}
-    return header, arrays
-
-
-def decode_observation(header: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> Observation:
-    cameras = {
-        name: CameraFrames(slot=info["slot"], current=arrays[f"camera.{name}.current"],
-                           current_stamp_ns=info["current_stamp_ns"], history=arrays[f"camera.{name}.history"],
-                           history_stamp_ns=info["history_stamp_ns"])
-        for name, info in header["cameras"].items()
-    }
-    return Observation(stamp_ns=header["stamp_ns"], request_ns=header["request_ns"], cameras=cameras,
-                       state=arrays["state"], normalized_state=arrays["normalized_state"],
-                       instruction=header["instruction"], recompute_foresight=header["recompute_foresight"],
-                       decode_preview=header["decode_preview"])
-
-
-def encode_result(result: PolicyResult) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    arrays = {"actions": np.asarray(result.actions)}
-    arrays.update({f"preview.{name}": np.asarray(image) for name, image in result.preview.items()})
-    return {"timing_ns": dict(result.timing_ns)}, arrays
-
-
-def decode_result(header: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> PolicyResult:
-    preview = {name.removeprefix("preview."): image for name, image in arrays.items() if name.startswith("preview.")}
-    return PolicyResult(actions=arrays["actions"], timing_ns=header["timing_ns"], preview=preview)
 
 
 def resolve_factory(name: str) -> Callable[..., Policy]:
