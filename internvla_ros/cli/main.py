@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "internvla_ros.cli.bench_model",
     "internvla_ros.cli.export",
     "internvla_ros.cli.replay",
+    "internvla_ros.cli.serve",
     "internvla_ros.cli.regress",
 ]
 
