@@ -32,6 +32,23 @@ class ComponentHealth:
 
 
 @dataclass(frozen=True)
+class EndpointReport:
+    """The inference server as the node's client sees it (serve/client.py builds it)."""
+
+    endpoint: str
+    reachable: bool
+    last_error: str
+    requests: int
+    failures: int
+    reconnects: int
+    round_trip_ms_p50: float
+    round_trip_ms_p99: float
+    server_inference_ms_p50: float
+    server_queue_ms_p50: float
+    batch_size_mean: float
+
+
+@dataclass(frozen=True)
 class ControllerLink:
     """A controller's command topic as the node sees it."""
 
@@ -160,3 +177,30 @@ def _controller(link: ControllerLink, active: bool) -> ComponentHealth:
                                      "remapped correctly?"))
     return _component(f"controller {link.name}", problems, "listening" if link.subscribers else "inactive",
                       {"topic": link.topic, "subscribers": link.subscribers})
+
+
+class EndpointHealth:
+    """The "inference server" component: which server, its round trip, and failures since the last report."""
+
+    def __init__(self) -> None:
+        self._failures = 0
+
+    def assess(self, report: EndpointReport) -> ComponentHealth:
+        problems = []
+        if not report.reachable:
+            problems.append((Level.ERROR, f"{report.endpoint} unreachable, holding until it answers: "
+                                          f"{report.last_error or 'not answering yet'}"))
+        failures = report.failures - self._failures if report.failures >= self._failures else report.failures
+        self._failures = report.failures
+        if failures and report.reachable:
+            problems.append((Level.WARN, f"{failures} request(s) failed since the last report: "
+                                         f"{report.last_error or 'see the log'}"))
+        ok = (f"{report.endpoint}: round trip p50 {report.round_trip_ms_p50:.1f} ms (server: inference "
+              f"{report.server_inference_ms_p50:.1f} ms, queue {report.server_queue_ms_p50:.1f} ms, batch "
+              f"{report.batch_size_mean:g})")
+        return _component("inference server", problems, ok, {
+            "endpoint": report.endpoint, "reachable": report.reachable, "requests": report.requests,
+            "failures": report.failures, "reconnects": report.reconnects,
+            "round_trip_ms_p50": report.round_trip_ms_p50, "round_trip_ms_p99": report.round_trip_ms_p99,
+            "server_inference_ms_p50": report.server_inference_ms_p50,
+            "server_queue_ms_p50": report.server_queue_ms_p50, "batch_size_mean": report.batch_size_mean})

@@ -11,7 +11,6 @@ was sent.
 
 from __future__ import annotations
 
-import io
 import json
 import struct
 from collections.abc import Mapping
@@ -36,27 +35,28 @@ class FrameError(ValueError):
     """A frame that does not follow the format (corrupt stream, or a malformed body)."""
 
 
-def write_frame(stream: BinaryIO, header: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
-    """A length-prefixed JSON header (with each array's name, dtype and shape), then the raw array bytes.
+def frame_parts(header: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> list[bytes | memoryview]:
+    """A frame as the buffers to send in order: the length, the JSON header, each array's raw bytes.
 
-    The arrays are written straight from their buffers: no serialised copy of several megabytes of
+    The arrays are passed straight from their buffers: no serialised copy of several megabytes of
     camera frames is made while holding the GIL, which the control thread of the same process needs.
     """
     contiguous = {name: np.ascontiguousarray(value) for name, value in arrays.items()}
     specs = [{"name": name, "dtype": value.dtype.str, "shape": list(value.shape)} for name, value in contiguous.items()]
     head = json.dumps({**header, ARRAYS_KEY: specs}).encode()
-    stream.write(LENGTH.pack(len(head)))
-    stream.write(head)
-    for value in contiguous.values():
-        if value.nbytes:
-            stream.write(memoryview(value).cast("B"))
+    return [LENGTH.pack(len(head)), head, *(memoryview(value).cast("B") for value in contiguous.values()
+                                           if value.nbytes)]
+
+
+def write_frame(stream: BinaryIO, header: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
+    """A length-prefixed JSON header (with each array's name, dtype and shape), then the raw array bytes."""
+    for part in frame_parts(header, arrays):
+        stream.write(part)
     stream.flush()
 
 
 def frame_to_bytes(header: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> bytes:
-    buffer = io.BytesIO()
-    write_frame(buffer, header, arrays)
-    return buffer.getvalue()
+    return b"".join(frame_parts(header, arrays))
 
 
 def _read_exactly(stream: BinaryIO, size: int) -> bytes:

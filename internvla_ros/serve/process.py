@@ -1,0 +1,94 @@
+"""`internvla serve` as a child process (the demo's server, tests): start, wait until it answers, stop.
+
+The server runs in a session of its own, so its local Ray (whose processes share the server's process
+group) gets no signal meant for the parent's terminal; ``stop`` sends SIGINT to the server alone (it
+shuts Serve and Ray down), ``kill`` ends the whole group at once, as a crash of the machine would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+READY_POLL_S = 0.25
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+class ServerProcess:
+    """One `internvla serve` process with its output in ``log``."""
+
+    def __init__(self, args: list[str], log: Path, port: int, host: str = "127.0.0.1",
+                 env: dict[str, str] | None = None) -> None:
+        self.args, self.log, self.port, self.host, self.env = args, log, port, host, env
+        self.url = f"http://{host}:{port}"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    def start(self) -> None:
+        with self.log.open("ab") as handle:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "internvla_ros.cli.serve", "--host", self.host, "--port", str(self.port),
+                 *self.args], stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env,
+                start_new_session=True)
+
+    def answers(self) -> bool:
+        connection = http.client.HTTPConnection(self.host, self.port, timeout=2.0)
+        try:
+            connection.request("GET", "/health")
+            return connection.getresponse().status == 200
+        except OSError:
+            return False
+        finally:
+            connection.close()
+
+    def wait_ready(self, timeout_s: float) -> float:
+        """Seconds until /health answered; RuntimeError (with the log's end) if it exited or took too long."""
+        started = time.monotonic()
+        while not self.answers():
+            assert self.process is not None
+            if self.process.poll() is not None or time.monotonic() - started > timeout_s:
+                why = f"exited with {self.process.returncode}" if self.process.poll() is not None else \
+                    f"not ready within {timeout_s:g} s"
+                raise RuntimeError(f"internvla serve {why}; its log ({self.log}) ends:\n{self.tail()}")
+            time.sleep(READY_POLL_S)
+        return time.monotonic() - started
+
+    def tail(self, chars: int = 3000) -> str:
+        return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
+
+    def stop(self, timeout_s: float = 30.0) -> int:
+        """SIGINT (Serve and Ray shut down), then the whole group is killed after timeout_s."""
+        process = self.process
+        if process is None:
+            return 0
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._end_group()
+        return int(process.returncode)
+
+    def kill(self) -> None:
+        """SIGKILL to the server and every process of its group (its local Ray), at once."""
+        if self.process is not None:
+            self._end_group()
+            self.process.wait()
+
+    def _end_group(self) -> None:
+        assert self.process is not None
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
