@@ -9,16 +9,27 @@ controllers executed (each logged once, naming controller, joint, value, limit a
 counts from the middleware's receive time, not from when this node's callback ran. The robot config is
 the policy node's YAML, given as the `config` parameter.
 
+When the file has a sorting task (`/**/sim_robot: ros__parameters: task:`, sim/task.py), an episode
+starts on `task/start` (std_msgs/String, JSON `{"seed": 7, "variant": 1, "parcels": 3, "episode": 0}`;
+variant defaults to seed % 2, parcels to the file's) or at start-up with `task_seed >= 0`. The sim then
+publishes the episode's instruction on `instruction` (reliable, transient local: the policy node's
+input), the ground truth on `task/state` (JSON at `task_state_rate_hz`: parcels, rule, bins, tip,
+gripper opening, belt speed, `stamp_s`), each parcel's outcome on `task/outcome` and the episode's
+summary on `task/summary` (JSON, reliable), and the cameras show the task's parcels and bins.
+
     ros2 run internvla_ros sim_robot --ros-args -p config:=/path/to/dual_arm.yaml
 
 Parameters besides `config`: `joint_state_rate_hz` (200), `camera_rate_hz` (30), `judge_rate_hz` (200,
 the simulated controller update rate the motion is judged on), `judge_delay_s` (0.25, how far behind now
-it is judged), `late_threshold_s` (0.1, a stamped trajectory arriving later is counted as late).
+it is judged), `late_threshold_s` (0.1, a stamped trajectory arriving later is counted as late);
+for the task: `task_seed` (-1: wait for `task/start`), `task_variant` (-1: seed % 2), `task_parcels`
+(0: the file's), `task_state_rate_hz` (50).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 from typing import Any
 
 import numpy as np
@@ -26,9 +37,9 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
-from rclpy.qos import QoSProfile, ReliabilityPolicy
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image, JointState
-from std_msgs.msg import Float64MultiArray
+from std_msgs.msg import Float64MultiArray, String
 from trajectory_msgs.msg import JointTrajectory
 
 from internvla_ros.ros.conversions import duration_to_ns, time_to_ns
@@ -36,8 +47,10 @@ from internvla_ros.ros.messages import rgb_image_msg
 from internvla_ros.runtime.config import DEFAULT_NODE_NAME, RuntimeConfig
 from internvla_ros.runtime.errors import RuntimeConfigError
 from internvla_ros.sim.cell import SimulatedCell
+from internvla_ros.sim.episode import snapshot_of, step_task
 from internvla_ros.sim.judge import JudgeSettings
 from internvla_ros.sim.render import CellRenderer
+from internvla_ros.sim.task import EpisodeSpec, SortingTask, task_config_from_yaml
 from internvla_ros.sim.trajectory import Trajectory, TrajectoryPoint
 
 JOINT_STATE_DEPTH = 100  # 0.5 s at 200 Hz for reliable readers (the demo's recorder) that fall behind
@@ -46,6 +59,9 @@ COMMAND_QOS_DEPTH = 100  # as deep as the node's forward command stream: a busy 
 # QoS) still match, and a reliable one (the demo's recorder) gets every frame instead of losing the
 # large ones whose fragments a loaded machine drops.
 CAMERA_QOS = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
+INSTRUCTION_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+TASK_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
 
 
 class SimRobot(Node):
@@ -66,6 +82,12 @@ class SimRobot(Node):
         self.config = RuntimeConfig.from_yaml(config_path, node_name=config_node)
         self.cell = SimulatedCell(self.config, judge)
         self.renderer = CellRenderer(self.config)
+        self.task_config = task_config_from_yaml(config_path)
+        self.task: SortingTask | None = None
+        task_seed = int(self.declare_parameter("task_seed", -1).value)
+        task_variant = int(self.declare_parameter("task_variant", -1).value)
+        task_parcels = int(self.declare_parameter("task_parcels", 0).value)
+        task_rate = float(self.declare_parameter("task_state_rate_hz", 50.0).value)
         self._use_sim_time = bool(self.get_parameter("use_sim_time").value)
         self._dt_s = 1.0 / state_rate
         self._last_step_ns = self._now_ns()
@@ -87,6 +109,19 @@ class SimRobot(Node):
         self.create_timer(self._dt_s, self._on_step)
         self.create_timer(1.0 / camera_rate, self._on_cameras)
         self.create_timer(1.0, self._on_diagnostics)
+        if self.task_config is not None:
+            self._instruction_pub = self.create_publisher(String, "instruction", INSTRUCTION_QOS)
+            self._state_pub = self.create_publisher(String, "task/state", 10)
+            self._outcome_pub = self.create_publisher(String, "task/outcome", TASK_QOS)
+            self._summary_pub = self.create_publisher(String, "task/summary", TASK_QOS)
+            self.create_subscription(String, "task/start", self._on_task_start, TASK_QOS)
+            self.create_timer(1.0 / task_rate, self._on_task_state)
+            if task_seed >= 0:
+                self._start_episode(EpisodeSpec(task_seed, task_variant if task_variant >= 0 else task_seed % 2,
+                                                task_parcels or self.task_config.parcels))
+        elif task_seed >= 0:
+            msg = f"task_seed:={task_seed}, but {config_path} has no task section (/**/sim_robot: task:)"
+            raise RuntimeConfigError(msg)
         self.get_logger().info(
             f"sim_robot ready: {len(self.config.joints)} joints, controllers "
             f"{list(self.cell.trajectory_controllers) + list(self.cell.forward_controllers)}, "
@@ -100,6 +135,36 @@ class SimRobot(Node):
         time where the middleware gives none or the node runs on simulated time."""
         received = int(info.get("received_timestamp") or 0)
         return received if received > 0 and not self._use_sim_time else self._now_ns()
+
+    def _on_task_start(self, msg: String) -> None:
+        try:
+            spec = EpisodeSpec.from_json(msg.data, self.task_config)
+        except ValueError as err:
+            self.get_logger().error(str(err))
+            return
+        self._start_episode(spec)
+
+    def _start_episode(self, spec: EpisodeSpec) -> None:
+        belt = next(j.name for j in self.config.joints if j.state_field == "velocity")
+        self.task = SortingTask(self.task_config, spec, self._now_ns() / 1e9, self.cell.position_of(belt))
+        self._instruction_pub.publish(String(data=self.task.instruction))
+        self.get_logger().info(f"episode {spec.episode}: seed {spec.seed}, {spec.parcels} parcels, "
+                               f"'{self.task.instruction}'")
+
+    def _step_task(self, now_ns: int) -> None:
+        if self.task is None or self.task.done:
+            return
+        for outcome in step_task(self.task, self.cell, now_ns):
+            self._outcome_pub.publish(String(data=json.dumps({"episode": self.task.spec.episode, **outcome.__dict__})))
+        if self.task.done:
+            summary = self.task.summary()
+            self._summary_pub.publish(String(data=json.dumps(summary)))
+            self.get_logger().info(f"episode {summary['episode']} done: {summary['right']}/{summary['parcels']} "
+                                   f"sorted right in {summary['duration_s']} s")
+
+    def _on_task_state(self) -> None:
+        if self.task is not None:
+            self._state_pub.publish(String(data=json.dumps(snapshot_of(self.task, self.cell, self._now_ns()))))
 
     def _on_trajectory(self, controller: str, msg: JointTrajectory, arrival_ns: int) -> None:
         trajectory = Trajectory(
@@ -129,6 +194,7 @@ class SimRobot(Node):
         dt_s = min(max((now_ns - self._last_step_ns) * 1e-9, 0.0), 10 * self._dt_s)
         self._last_step_ns = now_ns
         self.cell.step(now_ns, dt_s)
+        self._step_task(now_ns)
         self._log_violations()
         state = self.cell.joint_state()
         msg = JointState()
@@ -140,7 +206,7 @@ class SimRobot(Node):
 
     def _on_cameras(self) -> None:
         state = self.cell.joint_state()
-        scene = self.renderer.scene(state)
+        scene = self.renderer.scene(state, self.task.drawables() if self.task is not None else None)
         stamp_ns = self._now_ns()
         for camera in self.config.cameras:
             pixels = self.renderer.render(camera.name, state, scene)

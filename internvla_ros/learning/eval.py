@@ -1,0 +1,41 @@
+"""The numbers of `internvla eval`: success rate, outcomes and throughput over the episodes' summaries.
+
+Success rate is parcels sorted into the right bin over all parcels; parcels per minute is parcels
+sorted right per minute of episode time (from each episode's start to its end: its last outcome or
+its time limit).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from internvla_ros.sim.task import OUTCOMES
+
+
+def aggregate(summaries: Sequence[dict[str, Any]], **meta: Any) -> dict[str, Any]:
+    """The eval report: ``meta`` (cell, policy, model, seeds...) then the totals and every episode."""
+    parcels = sum(int(s["parcels"]) for s in summaries)
+    counts = {name: sum(int(s[name]) for s in summaries) for name in OUTCOMES}
+    minutes = sum(float(s["duration_s"]) for s in summaries) / 60.0
+    return {
+        **meta,
+        "episodes": len(summaries),
+        "parcels": parcels,
+        **counts,
+        "success_rate": round(counts["right"] / parcels, 4) if parcels else 0.0,
+        "parcels_per_minute": round(counts["right"] / minutes, 3) if minutes > 0 else 0.0,
+        "episode_time_s": round(minutes * 60.0, 3),
+        "per_episode": [{key: s[key] for key in ("episode", "seed", "variant", "instruction", "parcels",
+                                                  *OUTCOMES, "success_rate", "duration_s", "outcomes")}
+                        for s in summaries],
+    }
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """One line per episode and the totals, for the terminal."""
+    lines = [f"episode {e['episode']} seed {e['seed']}: {e['right']}/{e['parcels']} right, {e['wrong']} wrong, "
+             f"{e['dropped']} dropped, {e['missed']} missed in {e['duration_s']:.1f} s" for e in report["per_episode"]]
+    lines.append(f"success_rate={report['success_rate']:.3f} ({report['right']}/{report['parcels']} parcels, "
+                 f"{report['episodes']} episodes), parcels_per_minute={report['parcels_per_minute']:.2f}")
+    return "\n".join(lines)

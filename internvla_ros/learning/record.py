@@ -1,0 +1,36 @@
+"""Which episodes `internvla record` and `internvla eval` run: seeds, rule variants, held-out ranges.
+
+Episode i of a run started at seed S uses seed S + i and rule variant (S + i) % 2, so any run covers
+both instructions equally. Seeds below EVAL_SEED_START are for training recordings; from
+EVAL_SEED_START on they are held out for evaluation (`internvla record` refuses them, `internvla eval`
+starts there by default), so an evaluated episode never has the parcel layout of a training one.
+"""
+
+from __future__ import annotations
+
+from internvla_ros.sim.task import RULES, EpisodeSpec
+
+EVAL_SEED_START = 1_000_000
+SEED_MAX = 2**31 - 1
+
+
+def episode_specs(seed: int, episodes: int, parcels: int) -> list[EpisodeSpec]:
+    """The run's episodes; a bad count or seed is refused with the allowed range."""
+    if episodes < 1:
+        raise ValueError(f"--episodes must be 1 or more, got {episodes}")
+    if parcels < 1:
+        raise ValueError(f"--parcels must be 1 or more, got {parcels}")
+    if seed < 0 or seed + episodes - 1 > SEED_MAX:
+        raise ValueError(f"--seed must be in 0..{SEED_MAX - episodes + 1} for {episodes} episodes, got {seed}")
+    return [EpisodeSpec(seed + i, (seed + i) % len(RULES), parcels, episode=i) for i in range(episodes)]
+
+
+def check_training_seeds(seed: int, episodes: int) -> None:
+    """Training recordings stay below the held-out evaluation seeds."""
+    if seed + episodes - 1 >= EVAL_SEED_START:
+        raise ValueError(f"seeds {seed}..{seed + episodes - 1} reach the held-out evaluation range "
+                         f"(>= {EVAL_SEED_START}): record training episodes with seeds below it")
+
+
+def bag_name(index: int) -> str:
+    return f"episode_{index:04d}"

@@ -1,0 +1,188 @@
+"""Sorting episodes over ROS: sim_robot and an agent as processes, episodes started and watched from here.
+
+The agent is the scripted expert or the random baseline (expert_node) or the real policy node with a
+model; all of them command the sim through the controller topics. Both nodes run for the whole run,
+on a DDS domain of their own kept on this machine (as in the demo); each episode is started on
+`task/start`, and the sim itself sends the episode's instruction to the agent. With `record_dir`, every
+episode goes to its own mcap rosbag2 (ros/episode_recorder.py). Used by `internvla record` and
+`internvla eval`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import rclpy
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from rosbags.rosbag2 import StoragePlugin, Writer
+from sensor_msgs.msg import JointState
+from std_msgs.msg import String
+
+from internvla_ros.learning.record import bag_name
+from internvla_ros.msg import PolicyStatus
+from internvla_ros.paths import config_path, default_model_dir
+from internvla_ros.ros.demo_processes import start_node, stop_node
+from internvla_ros.ros.episode_recorder import EpisodeRecorder
+from internvla_ros.runtime.config import RuntimeConfig
+from internvla_ros.sim.task import EpisodeSpec, SortingTask, TaskConfig, task_config_from_yaml
+
+NAMESPACE = "/sorting"
+POLICIES = ("expert", "random", "internvla")
+STARTUP_TIMEOUT_S = 180.0
+EPISODE_MARGIN_S = 30.0  # beyond an episode's time limit before the run is declared stuck
+SETTLE_S = 0.5  # after the summary: the recorder takes the episode's last messages
+DISCOVERY_SETTLE_S = 1.0  # after the graph shows every publisher: their readers here match them
+TASK_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
+
+
+@dataclass
+class Monitor:
+    """What the run waits on: the sim's joint states, the node's status, the episodes' summaries."""
+
+    node: Node
+    joint_states: int = 0
+    status: PolicyStatus | None = None
+    summaries: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        ns = NAMESPACE
+        self.start = self.node.create_publisher(String, f"{ns}/task/start", TASK_QOS)
+        self.node.create_subscription(JointState, f"{ns}/joint_states", self._on_state, 10)
+        self.node.create_subscription(PolicyStatus, f"{ns}/policy_node/status", self._on_status, 10)
+        self.node.create_subscription(String, f"{ns}/task/summary", self._on_summary, TASK_QOS)
+
+    def _on_state(self, _: JointState) -> None:
+        self.joint_states += 1
+
+    def _on_status(self, msg: PolicyStatus) -> None:
+        self.status = msg
+
+    def _on_summary(self, msg: String) -> None:
+        summary = json.loads(msg.data)
+        self.summaries[int(summary["episode"])] = summary
+
+
+def _agent_command(policy: str, config_file: Path, model: Path | None, seed: int) -> tuple[str, list[str]]:
+    if policy == "internvla":
+        model = model or default_model_dir()
+        if not (model / "model.safetensors").is_file():
+            raise FileNotFoundError(f"no model at {model}: give --model DIR (or run `make setup` for models/default)")
+        return "internvla_ros.ros.policy_node", ["--params-file", str(config_file), "-p", f"model_path:={model}",
+                                                 "-p", "autostart:=true", "-p", "safety.dry_run:=false"]
+    return "internvla_ros.ros.expert_node", ["-p", f"config:={config_file}", "-p", f"mode:={policy}",
+                                             "-p", f"seed:={seed}"]
+
+
+def _open_writer(path: Path) -> Writer:
+    writer = Writer(path, version=9, storage_plugin=StoragePlugin.MCAP)
+    writer.open()
+    return writer
+
+
+def run_episodes(cell: str, specs: list[EpisodeSpec], policy: str, logs: Path, record_dir: Path | None = None,
+                 model: Path | None = None, progress: Callable[[dict[str, Any]], None] = lambda _: None,
+                 show: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Runs the episodes in order; returns their summaries (the sim's `task/summary`)."""
+    if policy not in POLICIES:
+        raise ValueError(f"--policy {policy}: use one of {', '.join(POLICIES)}")
+    config_file = config_path(f"{cell}.yaml")
+    config = RuntimeConfig.from_yaml(config_file)
+    task = task_config_from_yaml(config_file)
+    if task is None:
+        raise ValueError(f"cell {cell} has no sorting task ({config_file} has no /**/sim_robot: task: section)")
+    logs.mkdir(parents=True, exist_ok=True)
+    module, args = _agent_command(policy, config_file, model, specs[0].seed)
+    domain = random.SystemRandom().randint(1, 100)
+    env = dict(os.environ, ROS_DOMAIN_ID=str(domain), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
+    os.environ.update(ROS_DOMAIN_ID=env["ROS_DOMAIN_ID"], ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
+    common = ["-r", f"__ns:={NAMESPACE}"]
+    show(f"ROS_DOMAIN_ID={domain}: sim_robot + {module.rsplit('.', 1)[-1]} ({policy}) in {NAMESPACE}, logs in {logs}")
+    processes = {"sim_robot": start_node("internvla_ros.ros.sim_robot", ["-p", f"config:={config_file}", *common],
+                                         logs / "sim_robot.log", env),
+                 "agent": start_node(module, [*args, *common], logs / f"{module.rsplit('.', 1)[-1]}.log", env)}
+    writer: Writer | None = None
+    summaries: list[dict[str, Any]] = []
+    rclpy.init()
+    try:
+        node = rclpy.create_node("episode_runner", namespace=NAMESPACE)
+        monitor = Monitor(node)
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        recorder = None
+        if record_dir is not None:
+            record_dir.mkdir(parents=True, exist_ok=True)
+            writer = _open_writer(record_dir / bag_name(specs[0].episode))
+            recorder = EpisodeRecorder(config, writer, NAMESPACE)
+            executor.add_node(recorder)
+
+        def spin_until(done: Callable[[], bool], timeout_s: float, what: str) -> None:
+            deadline = time.monotonic() + timeout_s
+            while not done():
+                dead = [name for name, process in processes.items() if process.poll() is not None]
+                if dead:
+                    raise RuntimeError(f"{', '.join(dead)} exited {what}; see the logs in {logs}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"timed out after {timeout_s:.0f} s {what}; see the logs in {logs}")
+                executor.spin_once(timeout_sec=0.05)
+
+        arm = next(c.name for c in config.controllers if c.type == "joint_trajectory")
+
+        # Everything the bag takes must have a publisher in the graph before the first episode starts.
+        recorded = [f"{arm}/joint_trajectory", *(f"{c.name}/commands" for c in config.controllers
+                                                 if c.type == "forward_command"), *(c.topic for c in config.cameras)]
+
+        def ready() -> bool:
+            agent = (monitor.status is not None and monitor.status.state == PolicyStatus.STATE_RUNNING
+                     if policy == "internvla" else node.count_publishers(f"{NAMESPACE}/{arm}/joint_trajectory") > 0)
+            publishers = all(node.count_publishers(f"{NAMESPACE}/{topic}") > 0 for topic in recorded)
+            return agent and publishers and monitor.joint_states > 0 and monitor.start.get_subscription_count() > 0
+
+        started = time.monotonic()
+        spin_until(ready, STARTUP_TIMEOUT_S, "while starting")
+        ready_at = time.monotonic()
+        spin_until(lambda: time.monotonic() - ready_at >= DISCOVERY_SETTLE_S, DISCOVERY_SETTLE_S + 5.0, "while starting")
+        show(f"cell running after {time.monotonic() - started:.1f} s")
+        for spec in specs:
+            if recorder is not None:
+                if spec is not specs[0]:
+                    previous, writer = writer, _open_writer(record_dir / bag_name(spec.episode))
+                    recorder.switch_writer(writer)
+                    previous.close()
+                recorder.start_recording()
+            monitor.start.publish(String(data=json.dumps(spec.__dict__)))
+            limit = SortingTask(task, spec, 0.0, 0.0).time_limit_s
+            spin_until(lambda s=spec: s.episode in monitor.summaries, limit + EPISODE_MARGIN_S,
+                       f"during episode {spec.episode} (seed {spec.seed})")
+            settle = time.monotonic()
+            spin_until(lambda t=settle: time.monotonic() - t >= SETTLE_S, SETTLE_S + 5.0, "after an episode")
+            if recorder is not None:
+                recorder.pause()
+            summaries.append(monitor.summaries[spec.episode])
+            progress(summaries[-1])
+        executor.shutdown()
+    finally:
+        for name, process in processes.items():
+            code = stop_node(process, 30.0)
+            if code != 0:
+                show(f"{name} exited with code {code}; see {logs}")
+        if writer is not None:
+            writer.close()
+        rclpy.try_shutdown()
+    return summaries
+
+
+def task_defaults(cell: str) -> TaskConfig:
+    """The cell's task section (its episode length), or a clear error for a cell without one."""
+    task = task_config_from_yaml(config_path(f"{cell}.yaml"))
+    if task is None:
+        raise ValueError(f"cell {cell} has no sorting task: use --cell conveyor_sorting")
+    return task

@@ -1,0 +1,119 @@
+"""expert_node: the sorting task's scripted expert (or the random baseline) driving the cell's controllers.
+
+It commands the robot through the same topics a policy does: `<arm>/joint_trajectory` (one stamped
+rest-to-rest trajectory per move) and `<controller>/commands` for the gripper and the belt every
+control period, limited like the policy node's forward streams (sim/episode.py CommandStreamer). The
+expert plans from the sim's ground truth on `task/state` (sim/expert.py); `mode:=random` ignores it.
+
+    ros2 run internvla_ros expert_node --ros-args -p config:=config/conveyor_sorting.yaml [-p mode:=random]
+
+Parameters: `config` (the robot file, with a `/**/sim_robot: task:` section), `mode` (`expert` or
+`random`), `seed` (the random baseline's).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from typing import Any
+
+import numpy as np
+import rclpy
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Float64MultiArray, String
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+from internvla_ros.ros.conversions import ns_to_duration, ns_to_time
+from internvla_ros.runtime.config import DEFAULT_NODE_NAME, NS_PER_S, RuntimeConfig
+from internvla_ros.runtime.errors import RuntimeConfigError
+from internvla_ros.sim.episode import Agent, CommandStreamer
+from internvla_ros.sim.expert import RandomAgent, SortingExpert
+from internvla_ros.sim.task import task_config_from_yaml
+from internvla_ros.sim.trajectory import Trajectory
+
+MODES = ("expert", "random")
+COMMAND_QOS_DEPTH = 100  # as deep as the policy node's forward streams
+
+
+class ExpertNode(Node):
+    def __init__(self) -> None:
+        super().__init__("expert_node")
+        config_path = str(self.declare_parameter("config", "").value)
+        config_node = str(self.declare_parameter("config_node_name", DEFAULT_NODE_NAME).value)
+        mode = str(self.declare_parameter("mode", "expert").value)
+        seed = int(self.declare_parameter("seed", 0).value)
+        if not config_path:
+            raise RuntimeConfigError("parameter 'config' is required: the robot YAML with a task section, "
+                                     "e.g. -p config:=config/conveyor_sorting.yaml")
+        if mode not in MODES:
+            raise RuntimeConfigError(f"mode:={mode} is not one of {', '.join(MODES)}")
+        self.config = RuntimeConfig.from_yaml(config_path, node_name=config_node)
+        task = task_config_from_yaml(config_path)
+        if task is None:
+            raise RuntimeConfigError(f"{config_path} has no task section (/**/sim_robot: ros__parameters: task:)")
+        self.agent: Agent = SortingExpert(self.config, task) if mode == "expert" else RandomAgent(self.config, seed)
+        self.streamer = CommandStreamer(self.config)
+        self._snapshot: dict[str, Any] | None = None
+        self._positions: np.ndarray | None = None
+        self._index = {name: i for i, name in enumerate(self.config.joint_names)}
+        self._trajectory_pub = self.create_publisher(JointTrajectory, f"{self.streamer.arm.name}/joint_trajectory", 10)
+        self._forward_pubs = {c.name: self.create_publisher(Float64MultiArray, f"{c.name}/commands", COMMAND_QOS_DEPTH)
+                              for c in self.streamer.forward}
+        self.create_subscription(JointState, "joint_states", self._on_joint_state, 10)
+        self.create_subscription(String, "task/state", self._on_state, 10)
+        self.create_timer(1.0 / self.config.rates.control_rate_hz, self._on_tick)
+        self.get_logger().info(f"expert_node ready: mode {mode}, control at {self.config.rates.control_rate_hz} Hz")
+
+    def _on_joint_state(self, msg: JointState) -> None:
+        positions = np.zeros(len(self._index))
+        seen = 0
+        for name, value in zip(msg.name, msg.position, strict=False):
+            if name in self._index:
+                positions[self._index[name]] = value
+                seen += 1
+        if seen == len(self._index):
+            self._positions = positions
+
+    def _on_state(self, msg: String) -> None:
+        self._snapshot = json.loads(msg.data)
+
+    def _on_tick(self) -> None:
+        if self._positions is None:
+            return
+        now_ns = self.get_clock().now().nanoseconds
+        command = self.agent.act(now_ns / NS_PER_S, self._snapshot, self._positions)
+        trajectory, forward = self.streamer.tick(now_ns, command, self._positions)
+        if trajectory is not None:
+            self._trajectory_pub.publish(self._trajectory_msg(trajectory))
+        for name, values in forward.items():
+            self._forward_pubs[name].publish(Float64MultiArray(data=values.tolist()))
+
+    @staticmethod
+    def _trajectory_msg(trajectory: Trajectory) -> JointTrajectory:
+        msg = JointTrajectory(joint_names=list(trajectory.joint_names))
+        msg.header.stamp = ns_to_time(trajectory.stamp_ns)
+        msg.points = [JointTrajectoryPoint(positions=p.positions.tolist(), velocities=p.velocities.tolist(),
+                                           time_from_start=ns_to_duration(p.time_from_start_ns))
+                      for p in trajectory.points]
+        return msg
+
+
+def main(args: list[str] | None = None) -> int:
+    rclpy.init(args=args)
+    try:
+        rclpy.spin(ExpertNode())
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except (RuntimeConfigError, ValueError) as err:
+        print(f"ERROR: {err}", flush=True)
+        return 2
+    finally:
+        with contextlib.suppress(RuntimeError):
+            rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

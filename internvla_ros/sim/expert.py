@@ -1,0 +1,225 @@
+"""The scripted expert of the sorting task, and the random baseline: targets for the cell's controllers.
+
+The expert plans from the sim's ground truth (`task/state`, SortingTask.snapshot plus stamp, tip,
+opening and belt speed): it keeps the belt at the task's nominal speed, takes the most downstream
+parcel it can still catch, moves the gripper (open) to a point on that parcel's path a little ahead of
+it, closes as the parcel arrives under the tip, carries it to the bin the rule names, opens, and
+repeats. Arm motions are rest-to-rest minimum-jerk moves in joint space whose duration keeps every
+joint under 70 % of its velocity and acceleration limits; a move is sent only once the previous one
+has ended, so no trajectory ever replaces a running one. Gripper and belt get targets; the node
+limits them per control period (runtime.safety.MotionLimiter), like the policy node's forward streams.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from internvla_ros.runtime.config import RuntimeConfig
+from internvla_ros.sim.layout import BELT_CENTRE_Y, PICK_ZONE_X, PIXELS_PER_METRE, arm_layouts, bin_centre, solve_chain
+from internvla_ros.sim.task import TaskConfig
+
+MOVE_STEP_S = 0.02
+LIMIT_SHARE = 0.7  # of each joint's velocity and acceleration limit
+MIN_MOVE_S = 0.3
+TRAJECTORY_LEAD_S = 0.1  # a move is stamped this far ahead of its sending (it arrives before it starts)
+WAIT_MARGIN_S = 0.6  # the parcel reaches the intercept point this long after the arm
+CLOSE_TIMEOUT_S = 1.0
+RELEASE_TIMEOUT_S = 1.5
+READY_POINT = (PICK_ZONE_X[0] + 20.0, BELT_CENTRE_Y)
+
+
+@dataclass(frozen=True)
+class ArmMove:
+    """A rest-to-rest trajectory of the arm controller's joints (points every MOVE_STEP_S)."""
+
+    times_s: np.ndarray
+    positions: np.ndarray  # (points, joints)
+    velocities: np.ndarray
+
+    @property
+    def duration_s(self) -> float:
+        return float(self.times_s[-1])
+
+
+def plan_move(start: np.ndarray, goal: np.ndarray, max_velocity: np.ndarray, max_acceleration: np.ndarray) -> ArmMove:
+    """Minimum-jerk from start to goal (peak velocity 1.875 d/T, peak acceleration 5.77 d/T^2)."""
+    distance = np.abs(goal - start)
+    duration = max(MIN_MOVE_S, float(np.max(1.875 * distance / (LIMIT_SHARE * max_velocity))),
+                   float(np.sqrt(np.max(5.774 * distance / (LIMIT_SHARE * max_acceleration)))))
+    duration = MOVE_STEP_S * np.ceil(duration / MOVE_STEP_S)
+    times = np.linspace(MOVE_STEP_S, duration, round(duration / MOVE_STEP_S))
+    tau = times[:, None] / duration
+    shape = tau**3 * (10 - 15 * tau + 6 * tau**2)
+    rate = 30 * tau**2 * (1 - tau) ** 2 / duration
+    velocities = (goal - start) * rate
+    velocities[-1] = 0.0
+    return ArmMove(times, start + (goal - start) * shape, velocities)
+
+
+@dataclass(frozen=True)
+class ExpertCommand:
+    """What to send this control tick: a new arm move (or None) and the gripper and belt targets."""
+
+    move: ArmMove | None
+    gripper: float
+    belt: float
+
+
+class _Arm:
+    """The arm controller's joints, limits and chain, and the gripper's open/closed positions."""
+
+    def __init__(self, config: RuntimeConfig) -> None:
+        arm = next(c for c in config.controllers if c.type == "joint_trajectory")
+        self.names = arm.joints
+        self.index = np.array([config.joint_index[name] for name in arm.joints])
+        limits = [j.limits for j in config.joints]
+        self.low = np.array([lim.min_position for lim in limits])
+        self.high = np.array([lim.max_position for lim in limits])
+        self.vmax = np.array([limits[i].max_velocity for i in self.index])
+        self.amax = np.array([limits[i].max_acceleration for i in self.index])
+        self.chain = arm_layouts(config)[0]
+        gripper = config.grippers[0]
+        self.open, self.closed = gripper.open_position, gripper.closed_position
+        lim = limits[config.joint_index[gripper.joint]]
+        self.gripper_limits = (lim.max_velocity, lim.max_acceleration)
+
+    def move(self, start: np.ndarray, goal: np.ndarray) -> ArmMove:
+        return plan_move(start[self.index], goal[self.index], self.vmax, self.amax)
+
+
+class SortingExpert:
+    """A state machine over the ground truth: idle -> approach -> wait -> close -> place -> release."""
+
+    def __init__(self, config: RuntimeConfig, task: TaskConfig) -> None:
+        self._arm = _Arm(config)
+        self._task = task
+        self._goal: np.ndarray | None = None  # where the last move ends (config order)
+        self._busy_until = -np.inf
+        self._state, self._since = "idle", 0.0
+        self._target: dict[str, Any] | None = None
+        self._intercept = READY_POINT
+        self._gripper = self._arm.open
+        # From the command to an opening under `closed_below`: the finger's ramp at its limits, plus lag.
+        v, a = self._arm.gripper_limits
+        travel = (self._arm.open - self._arm.closed) * (1.0 - task.closed_below)
+        self._close_s = (v / a + (travel - v * v / (2 * a)) / v if travel > v * v / (2 * a)
+                         else 2 * np.sqrt(travel / a)) + 0.05
+
+    @property
+    def state(self) -> str:
+        return self._state
+
+    def _go(self, now_s: float, positions: np.ndarray, point: tuple[float, float]) -> ArmMove | None:
+        goal = solve_chain(self._arm.chain, point, self._goal, self._arm.low, self._arm.high)
+        if goal is None:
+            return None
+        move = self._arm.move(self._goal, goal)
+        self._goal, self._busy_until = goal, now_s + TRAJECTORY_LEAD_S + move.duration_s
+        return move
+
+    def _set(self, state: str, now_s: float) -> None:
+        self._state, self._since = state, now_s
+
+    def act(self, now_s: float, snapshot: dict[str, Any] | None, positions: np.ndarray) -> ExpertCommand:
+        """One control tick: ``positions`` measured (config order), ``snapshot`` the newest ground truth."""
+        if self._goal is None:
+            self._goal = np.asarray(positions, dtype=np.float64).copy()
+        if snapshot is None or snapshot["done"]:
+            self._set("idle", now_s)
+            self._gripper = self._arm.open
+            return ExpertCommand(None, self._gripper, 0.0)
+        belt = self._task.belt_speed_m_s
+        move = None if now_s < self._busy_until else self._decide(now_s, snapshot, positions)
+        return ExpertCommand(move, self._gripper, belt)
+
+    def _parcel_x(self, now_s: float, snapshot: dict[str, Any], parcel: dict[str, Any]) -> float:
+        speed_px = max(0.0, float(snapshot["belt_speed_m_s"])) * PIXELS_PER_METRE
+        return float(parcel["x"]) + speed_px * (now_s - float(snapshot["stamp_s"]))
+
+    def _decide(self, now_s: float, snapshot: dict[str, Any], positions: np.ndarray) -> ArmMove | None:
+        parcels = {p["id"]: p for p in snapshot["parcels"]}
+        speed_px = max(0.0, float(snapshot["belt_speed_m_s"])) * PIXELS_PER_METRE
+        if self._state == "wait":
+            target = parcels[self._target["id"]]
+            x = self._parcel_x(now_s, snapshot, target)
+            passed = x > self._intercept[0] + 0.5 * self._task.grasp_radius_m * PIXELS_PER_METRE
+            if target["status"] != "belt" or passed:
+                self._set("idle", now_s)  # gone, or passed the tip: try another
+            elif x + speed_px * self._close_s >= self._intercept[0]:
+                self._gripper = self._arm.closed
+                self._set("close", now_s)
+            return None
+        if self._state == "close":
+            if snapshot["holding"] == self._target["id"] and float(snapshot["stamp_s"]) > self._since:
+                self._set("place", now_s)
+                return self._go(now_s, positions, bin_centre(snapshot["rule"][self._target["colour"]]))
+            if now_s - self._since > CLOSE_TIMEOUT_S:
+                self._gripper = self._arm.open
+                self._set("release", now_s)
+            return None
+        if self._state == "place":
+            self._gripper = self._arm.open
+            self._set("release", now_s)
+            return None
+        if self._state == "release":
+            released = snapshot["holding"] is None and float(snapshot["stamp_s"]) > self._since
+            if not released and now_s - self._since < RELEASE_TIMEOUT_S:
+                return None
+            self._set("idle", now_s)
+        if self._state == "approach":
+            self._set("wait", now_s)
+            return None
+        return self._approach(now_s, snapshot, positions, speed_px)
+
+    def _approach(self, now_s: float, snapshot: dict[str, Any], positions: np.ndarray,
+                  speed_px: float) -> ArmMove | None:
+        """Toward the most downstream parcel the arm can still meet in the pick zone, else the ready point."""
+        candidates = [p for p in snapshot["parcels"] if p["status"] in ("belt", "upcoming")]
+        for parcel in sorted(candidates, key=lambda p: -p["x"]):
+            x_now = self._parcel_x(now_s, snapshot, parcel)
+            x, duration = PICK_ZONE_X[0], 0.0
+            for _ in range(3):  # the move's duration depends on where it goes
+                x = max(PICK_ZONE_X[0], x_now + speed_px * (TRAJECTORY_LEAD_S + duration + WAIT_MARGIN_S))
+                goal = solve_chain(self._arm.chain, (x, parcel["y"]), self._goal, self._arm.low, self._arm.high)
+                if goal is None or x > PICK_ZONE_X[1]:
+                    break
+                duration = self._arm.move(self._goal, goal).duration_s
+            else:
+                self._target, self._intercept = parcel, (x, float(parcel["y"]))
+                self._set("approach", now_s)
+                return self._go(now_s, positions, self._intercept)
+        if np.hypot(*np.subtract(self._arm.chain.tip(self._goal), READY_POINT)) > 2.0:
+            return self._go(now_s, positions, READY_POINT)
+        return None
+
+
+class RandomAgent:
+    """The random baseline: every 0.5-2 s a uniformly random arm pose, gripper state and belt speed."""
+
+    def __init__(self, config: RuntimeConfig, seed: int) -> None:
+        self._arm = _Arm(config)
+        self._rng = np.random.default_rng(seed)
+        belt = next(j for j in config.joints if j.state_field == "velocity")
+        self._belt_max = belt.limits.max_position
+        self._goal: np.ndarray | None = None
+        self._next_s = -np.inf
+        self._gripper, self._belt = self._arm.open, 0.0
+
+    def act(self, now_s: float, snapshot: dict[str, Any] | None, positions: np.ndarray) -> ExpertCommand:
+        del snapshot  # random: it looks at nothing
+        if self._goal is None:
+            self._goal = np.asarray(positions, dtype=np.float64).copy()
+        if now_s < self._next_s:
+            return ExpertCommand(None, self._gripper, self._belt)
+        goal = self._goal.copy()
+        low, high = self._arm.low[self._arm.index], self._arm.high[self._arm.index]
+        goal[self._arm.index] = self._rng.uniform(low, high)
+        move = self._arm.move(self._goal, goal)
+        self._goal = goal
+        self._gripper = self._arm.open if self._rng.random() < 0.5 else self._arm.closed
+        self._belt = float(self._rng.uniform(0.0, self._belt_max))
+        self._next_s = now_s + TRAJECTORY_LEAD_S + max(move.duration_s, float(self._rng.uniform(0.5, 2.0)))
+        return ExpertCommand(move, self._gripper, self._belt)

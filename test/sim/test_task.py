@@ -1,0 +1,153 @@
+"""The sorting task without ROS: each outcome on a scripted situation, the rule variants, the config, the
+cameras, and the scripted expert closing the loop on the simulated cell in simulated time."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from internvla_ros.runtime.config import RuntimeConfig
+from internvla_ros.sim.cell import SimulatedCell
+from internvla_ros.sim.episode import run_offline
+from internvla_ros.sim.expert import SortingExpert
+from internvla_ros.sim.layout import BELT_EXIT_X, PIXELS_PER_METRE, arm_layouts, bin_centre, solve_chain
+from internvla_ros.sim.render import CellRenderer
+from internvla_ros.sim.task import PARCEL_RGB, EpisodeSpec, SortingTask, TaskConfig, instruction, task_config_from_yaml
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
+CONVEYOR = CONFIG_DIR / "conveyor_sorting.yaml"
+OPEN, CLOSED = 1.0, 0.0
+
+
+def one_parcel_task(variant: int = 0, **config: float) -> SortingTask:
+    return SortingTask(TaskConfig(parcels=1, **config), EpisodeSpec(seed=3, variant=variant, parcels=1), 0.0, 0.0)
+
+
+def pick(task: SortingTask, t: float = 0.1) -> tuple[float, float]:
+    """Closes the gripper on the parcel where it lies; returns its position."""
+    parcel = task.parcels[0]
+    tip = (parcel.x + 5.0, parcel.y - 5.0)
+    assert task.step(t, 0.0, tip, OPEN) == []
+    assert task.step(t + 0.01, 0.0, tip, CLOSED) == []
+    assert task.holding == 0 and parcel.status == "held"
+    return tip
+
+
+@pytest.mark.parametrize(("variant", "bin_name"), [(0, "left"), (0, "right"), (1, "left"), (1, "right")])
+def test_a_parcel_released_over_a_bin_is_right_or_wrong_by_the_instructions_rule(variant: int, bin_name: str) -> None:
+    task = one_parcel_task(variant)
+    colour = task.parcels[0].colour
+    pick(task)
+    over = bin_centre(bin_name)
+    assert task.step(0.5, 0.0, over, CLOSED) == []  # carried: follows the tip
+    assert (task.parcels[0].x, task.parcels[0].y) == over
+    decided = task.step(0.6, 0.0, over, OPEN)
+    expected = "right" if task.rule[colour] == bin_name else "wrong"
+    assert [(d.outcome, d.bin) for d in decided] == [(expected, bin_name)]
+    assert task.done and task.summary()[expected] == 1 and task.summary()["success_rate"] == (expected == "right")
+    assert (f"{colour} parcels in the {bin_name} bin" in task.instruction) == (expected == "right")
+
+
+def test_the_two_instruction_variants_swap_the_rule() -> None:
+    assert instruction(0) == "put the red parcels in the left bin and the blue parcels in the right bin"
+    assert instruction(1) == "put the red parcels in the right bin and the blue parcels in the left bin"
+
+
+def test_released_outside_the_bins_is_dropped() -> None:
+    task = one_parcel_task()
+    pick(task)
+    decided = task.step(0.5, 0.0, (320.0, 300.0), OPEN)
+    assert [(d.outcome, d.bin) for d in decided] == [("dropped", None)] and task.done
+
+
+def test_a_gripper_closing_away_from_the_parcel_or_already_closed_holds_nothing() -> None:
+    task = one_parcel_task()
+    parcel = task.parcels[0]
+    far = (parcel.x + 0.06 * PIXELS_PER_METRE, parcel.y)  # beyond the 5.5 cm grasp radius
+    task.step(0.1, 0.0, far, OPEN)
+    task.step(0.2, 0.0, far, CLOSED)
+    assert task.holding is None
+    task.step(0.3, 0.0, (parcel.x, parcel.y), CLOSED)  # slid onto it while closed: no grasp
+    assert task.holding is None and parcel.status == "belt"
+
+
+def test_a_parcel_that_rides_off_the_belt_is_missed_and_the_belt_moves_the_parcels() -> None:
+    task = one_parcel_task()
+    parcel = task.parcels[0]
+    x0 = parcel.x
+    task.step(1.0, 0.1, (0.0, 0.0), OPEN)
+    assert parcel.x == pytest.approx(x0 + 0.1 * PIXELS_PER_METRE)
+    travel = (BELT_EXIT_X + 1 - x0) / PIXELS_PER_METRE
+    decided = task.step(2.0, travel, (0.0, 0.0), OPEN)
+    assert [d.outcome for d in decided] == ["missed"] and task.done
+
+
+def test_at_the_time_limit_parcels_on_the_belt_upstream_or_held_are_missed() -> None:
+    task = SortingTask(TaskConfig(time_limit_s=5.0), EpisodeSpec(seed=1, variant=0, parcels=3), 0.0, 0.0)
+    assert [p.status for p in task.parcels] == ["belt", "upcoming", "upcoming"]
+    pick(task)
+    assert task.step(4.9, 0.0, (0.0, 0.0), CLOSED) == []
+    decided = task.step(5.0, 0.0, (0.0, 0.0), CLOSED)
+    assert sorted(d.outcome for d in decided) == ["missed"] * 3 and task.done
+    assert task.summary()["duration_s"] == 5.0
+
+
+def test_the_seed_decides_colours_and_places_and_parcels_arrive_well_apart() -> None:
+    config = TaskConfig()
+    layouts = [[(p.colour, p.offset_px, p.y) for p in SortingTask(config, EpisodeSpec(s, 0, 5), 0.0, 0.0).parcels]
+               for s in (7, 7, 8)]
+    assert layouts[0] == layouts[1] and layouts[0] != layouts[2]
+    gaps = -np.diff([x for _, x, _ in layouts[0]]) / PIXELS_PER_METRE
+    assert np.all((gaps >= config.gap_m[0]) & (gaps <= config.gap_m[1]))
+
+
+def test_task_config_comes_from_the_sims_block_and_bad_values_are_refused() -> None:
+    assert task_config_from_yaml(CONVEYOR) == TaskConfig()  # the shipped file states the defaults
+    assert task_config_from_yaml(CONFIG_DIR / "dual_arm.yaml") is None
+    with pytest.raises(ValueError, match=r"task.belt_speed_m_s: 0.9 is not allowed; use in \(0, 0.5\]"):
+        TaskConfig.from_parameters({"belt_speed_m_s": 0.9})
+    with pytest.raises(ValueError, match=r"task\.speed: unknown task parameter"):
+        TaskConfig.from_parameters({"speed": 0.1})
+    spec = EpisodeSpec.from_json('{"seed": 5, "episode": 2}', TaskConfig())
+    assert spec == EpisodeSpec(5, 1, 3, 2)
+    with pytest.raises(ValueError, match=r"task/start: .* is not a JSON object like"):
+        EpisodeSpec.from_json("seed 5", TaskConfig())
+
+
+def test_the_cameras_show_the_parcels_in_their_colours_and_the_held_one_moves_with_the_gripper() -> None:
+    config = RuntimeConfig.from_yaml(CONVEYOR)
+    cell = SimulatedCell(config)
+    task = one_parcel_task()
+    parcel = task.parcels[0]
+    scene = CellRenderer(config).scene(cell.joint_state(), task.drawables())
+    assert tuple(scene[round(parcel.y) + 8, round(parcel.x) - 8]) == PARCEL_RGB[parcel.colour]
+    arm = arm_layouts(config)[0]
+    tip = arm.tip(cell.joint_state().positions)
+    parcel.status, parcel.x, parcel.y = "held", *tip
+    scene = CellRenderer(config).scene(cell.joint_state(), task.drawables())
+    assert tuple(scene[round(tip[1]) + 12, round(tip[0]) + 12]) == PARCEL_RGB[parcel.colour]
+
+
+def test_the_chain_solver_reaches_the_pick_zone_and_both_bins() -> None:
+    config = RuntimeConfig.from_yaml(CONVEYOR)
+    arm = arm_layouts(config)[0]
+    low = np.array([j.limits.min_position for j in config.joints])
+    high = np.array([j.limits.max_position for j in config.joints])
+    start = SimulatedCell(config).joint_state().positions
+    for target in [(180.0, 220.0), (460.0, 250.0), bin_centre("left"), bin_centre("right")]:
+        solution = solve_chain(arm, target, start, low, high)
+        assert solution is not None and np.allclose(arm.tip(solution), target, atol=1e-6)
+        assert np.all(solution >= low) and np.all(solution <= high)
+    assert solve_chain(arm, (320.0, 40.0), start, low, high) is None  # beyond its reach
+
+
+def test_the_expert_sorts_every_parcel_within_the_limits_in_simulated_time() -> None:
+    config = RuntimeConfig.from_yaml(CONVEYOR)
+    task = TaskConfig()
+    summary, cell = run_offline(config, task, EpisodeSpec(seed=11, variant=1, parcels=2),
+                                lambda: SortingExpert(config, task))
+    assert (summary["right"], summary["parcels"]) == (2, 2), summary
+    assert cell.limit_violations == 0 and cell.acceleration_violations == 0, cell.drain_violations()
+    assert sum(cell.rejected.values()) == 0
