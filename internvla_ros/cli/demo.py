@@ -5,6 +5,7 @@ Usage examples::
     internvla demo                                  # dual-arm cell, 30 s, results in out/demo
     internvla demo --cell conveyor_sorting --duration 60 --out /tmp/conveyor
     internvla demo --stress 2                       # two CPU-burning processes beside the cell
+    internvla demo --remote                         # the policy served by `internvla serve`, the node its client
 
 Writes OUT/summary.json, OUT/recording/ (an mcap rosbag2 of inputs and commands), OUT/joints.png and
 the two nodes' logs, replacing those of a previous run in OUT. Runs on a DDS domain of its own, kept on
@@ -33,7 +34,7 @@ def command(args: argparse.Namespace) -> int:
         return 2
     try:
         summary = run_demo(args.cell, args.duration, args.out, model=args.model, domain_id=args.domain_id,
-                           stress=args.stress)
+                           stress=args.stress, remote=args.remote)
     except (FileNotFoundError, RuntimeError, PolicyRuntimeError) as err:
         print(f"ERROR: {err}", file=sys.stderr)
         return 2
@@ -51,4 +52,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--domain-id", type=int, default=None, help="ROS_DOMAIN_ID (default: a random one in 1-100)")
     parser.add_argument("--stress", type=int, default=0, metavar="N",
                         help="run N CPU-burning processes beside the cell for the whole run (default: 0)")
+    parser.add_argument("--remote", action="store_true",
+                        help="serve the policy with `internvla serve` (started here) and make the node its client")
     parser.set_defaults(func=command)

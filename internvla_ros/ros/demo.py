@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.executors import SingleThreadedExecutor
 from rosbags.rosbag2 import StoragePlugin, Writer
 from std_msgs.msg import String
@@ -29,7 +30,16 @@ from std_msgs.msg import String
 from internvla_ros.msg import PolicyStatus
 from internvla_ros.paths import config_path, default_model_dir
 from internvla_ros.ros.conversions import NS_PER_S
-from internvla_ros.ros.demo_processes import largest_child, rss_mb, start_node, start_stress, stop_node, stop_stress
+from internvla_ros.ros.demo_processes import (
+    largest_child,
+    remote_summary,
+    rss_mb,
+    start_node,
+    start_server,
+    start_stress,
+    stop_node,
+    stop_stress,
+)
 from internvla_ros.ros.demo_recorder import INSTRUCTION_QOS, DemoRecorder, Recorded
 from internvla_ros.runtime.config import RuntimeConfig
 
@@ -39,10 +49,12 @@ INSTRUCTIONS = {
     "conveyor_sorting": "pick the parcels off the belt and sort them by colour",
 }
 STARTUP_TIMEOUT_S = 180.0
+SERVER_STARTUP_S = 240.0  # with --remote, added for Ray and the server (55 s on two loaded cores)
 MEMORY_SAMPLE_S = 300.0  # the "t_5min" sample, when the run is that long
 FINAL_VERDICT_WAIT_S = 1.5  # the sim judges 0.25 s behind now and reports every second
 STOP_TIMEOUT_S = 30.0  # SIGINT, then SIGKILL: a node still running after this has failed to stop
-OUTPUTS = ("summary.json", "recording", "joints.png", "policy_node.log", "sim_robot.log")
+OUTPUTS = ("summary.json", "recording", "joints.png", "policy_node.log", "sim_robot.log", "inference_server.log")
+SERVER_COMPONENT = "inference server"  # the node's diagnostics of its server, when it uses one
 
 
 def _warn(message: str) -> None:
@@ -153,8 +165,9 @@ def _memory(pids: dict[str, Callable[[], int | None]]) -> dict[str, float | None
 
 
 def run_demo(cell: str, duration_s: float, out: Path, model: Path | None = None, domain_id: int | None = None,
-             stress: int = 0, show: Callable[[str], None] = print) -> dict[str, Any]:
-    """Runs the demo and returns the summary (also written to out/summary.json)."""
+             stress: int = 0, show: Callable[[str], None] = print, remote: bool = False) -> dict[str, Any]:
+    """Runs the demo and returns the summary (also written to out/summary.json). ``remote``: the policy is
+    served by `internvla serve`, started here, and the node is its client (summary: ``remote``)."""
     config_file = config_path(f"{cell}.yaml")
     config = RuntimeConfig.from_yaml(config_file)
     model = model or default_model_dir()
@@ -167,6 +180,9 @@ def run_demo(cell: str, duration_s: float, out: Path, model: Path | None = None,
     show(f"ROS_DOMAIN_ID={domain}: sim_robot + policy_node in {NAMESPACE}, model {model}, logs in {out}")
     common = ["-r", f"__ns:={NAMESPACE}"]
     writer = Writer(out / "recording", version=9, storage_plugin=StoragePlugin.MCAP)
+    server = start_server(model.resolve(), out / "inference_server.log") if remote else None
+    if server is not None:
+        show(f"inference server: internvla serve on {server.url} (log: {out}/inference_server.log)")
     stressors = start_stress(stress)
     if stress:
         show(f"stress: {stress} CPU-burning processes (busy loops) run beside the cell for the whole run")
@@ -174,7 +190,8 @@ def run_demo(cell: str, duration_s: float, out: Path, model: Path | None = None,
                      out / "sim_robot.log", env)
     node = start_node("internvla_ros.ros.policy_node",
                       ["--params-file", str(config_file), "-p", f"model_path:={model}", "-p", "autostart:=true",
-                       "-p", "safety.dry_run:=false", *common], out / "policy_node.log", env)
+                       "-p", "safety.dry_run:=false", *common,
+                       *(["-p", f"inference_endpoint:={server.url}"] if server else [])], out / "policy_node.log", env)
     processes = {"policy_node": node, "sim_robot": sim}
     pids: dict[str, Callable[[], int | None]] = {
         "policy_node": lambda: node.pid, "inference_worker": lambda: largest_child(node.pid),
@@ -183,6 +200,8 @@ def run_demo(cell: str, duration_s: float, out: Path, model: Path | None = None,
     crashed: list[str] = []
     exit_codes: dict[str, int] = {}
     opened = False
+    client: dict[str, str] = {}  # the node's view of its inference server (diagnostics values)
+    remote_report: dict[str, Any] = {}
     try:
         rclpy.init()
         writer.open()
@@ -190,12 +209,17 @@ def run_demo(cell: str, duration_s: float, out: Path, model: Path | None = None,
         recorder = DemoRecorder(config, writer, NAMESPACE)
         executor = SingleThreadedExecutor()
         executor.add_node(recorder)
+        recorder.create_subscription(DiagnosticArray, "/diagnostics", lambda msg: client.update(
+            {kv.key: kv.value for status in msg.status if status.name.endswith(f": {SERVER_COMPONENT}")
+             for kv in status.values}), 10)
         instruction = recorder.create_publisher(String, f"{NAMESPACE}/instruction", INSTRUCTION_QOS)
         instruction.publish(String(data=INSTRUCTIONS[cell]))
         started = time.monotonic()
+        startup_s = STARTUP_TIMEOUT_S + (SERVER_STARTUP_S if server else 0.0)
+        starting = [node, sim] + ([server.process] if server and server.process else [])
         while not (recorder.recorded.status and recorder.recorded.status.state == PolicyStatus.STATE_RUNNING):
-            if node.poll() is not None or sim.poll() is not None or time.monotonic() - started > STARTUP_TIMEOUT_S:
-                raise RuntimeError(f"the cell did not start; see {out}/policy_node.log and {out}/sim_robot.log")
+            if any(p.poll() is not None for p in starting) or time.monotonic() - started > startup_s:
+                raise RuntimeError(f"the cell did not start; see the logs in {out}")
             executor.spin_once(timeout_sec=0.1)
         show(f"running after {time.monotonic() - started:.1f} s (model load and warm-up); recording {duration_s} s")
         recorder.start_recording()
@@ -219,6 +243,8 @@ def run_demo(cell: str, duration_s: float, out: Path, model: Path | None = None,
         recorder.stop_cameras()
         for name, value in _memory(pids).items():
             memory[name]["end"] = value
+        if server is not None:
+            remote_report = remote_summary(server, client)
         # The node first: it commands a hold while the sim still listens; then the sim's final verdict.
         exit_codes["policy_node"] = stop_node(node, STOP_TIMEOUT_S)
         stopped = time.monotonic()
@@ -231,6 +257,8 @@ def run_demo(cell: str, duration_s: float, out: Path, model: Path | None = None,
     finally:
         for name, process in processes.items():
             exit_codes.setdefault(name, stop_node(process, STOP_TIMEOUT_S))
+        if server is not None:
+            exit_codes["inference_server"] = server.stop(STOP_TIMEOUT_S)
         stop_stress(stressors)
         if opened:
             writer.close()
@@ -238,6 +266,8 @@ def run_demo(cell: str, duration_s: float, out: Path, model: Path | None = None,
     recorder.recorded.finish()
     summary = summarise(recorder.recorded, config, duration_s)
     samples, growth = memory_summary(memory)
+    if server is not None:
+        summary["remote"] = remote_report
     summary.update(cell=cell, stress_processes=stress, memory_mb=samples, memory_growth_pct=growth,
                    exit_codes=exit_codes,
                    crashed=sorted(set(crashed) | {name for name, code in exit_codes.items() if code != 0}))

@@ -7,12 +7,18 @@ scheduler is contended.
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
+from typing import Any
+
+from internvla_ros.serve.process import ServerProcess, free_port
 
 BUSY_LOOP = "while True: pass"
+SERVER_BATCH_WAIT_MS = 5.0  # one robot: a short wait, nobody else to batch with
 
 
 def start_node(module: str, args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -75,3 +81,26 @@ def largest_child(pid: int) -> int | None:
     """The child using the most memory: the policy node's inference worker."""
     sized = [(rss_mb(child) or 0.0, child) for child in children(pid)]
     return max(sized)[1] if sized else None
+
+
+def start_server(model: Path, log: Path) -> ServerProcess:
+    """`internvla serve` for the demo's model on a free loopback port (the node connects once it answers)."""
+    return ServerProcess(["--model", str(model), "--batch-wait-ms", str(SERVER_BATCH_WAIT_MS)], log, free_port())
+
+
+def remote_summary(server: ServerProcess, client: dict[str, str]) -> dict[str, Any]:
+    """The round trip as the node measured it (its "inference server" diagnostics) and the server's record."""
+    try:
+        with urllib.request.urlopen(f"{server.url}/stats", timeout=5.0) as response:
+            record = json.loads(response.read())
+    except (OSError, ValueError) as err:
+        record = {"error": f"no /stats: {err}"}
+
+    def number(key: str) -> float | None:
+        return float(client[key]) if client.get(key) not in (None, "") else None
+
+    return {"endpoint": server.url, "round_trip_ms_p50": number("round_trip_ms_p50"),
+            "round_trip_ms_p99": number("round_trip_ms_p99"),
+            "server_inference_ms_p50": number("server_inference_ms_p50"),
+            "server_queue_ms_p50": number("server_queue_ms_p50"), "requests": number("requests"),
+            "failures": number("failures"), "server_record": record}

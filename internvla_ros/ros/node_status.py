@@ -11,7 +11,14 @@ from rclpy.node import Node
 from internvla_ros.msg import PolicyStatus
 from internvla_ros.ros.conversions import ns_to_time
 from internvla_ros.ros.messages import diagnostics_msg, status_msg
-from internvla_ros.runtime.health import ComponentHealth, ControllerLink, HealthMonitor, Level
+from internvla_ros.runtime.health import (
+    ComponentHealth,
+    ControllerLink,
+    EndpointHealth,
+    EndpointReport,
+    HealthMonitor,
+    Level,
+)
 from internvla_ros.runtime.status import RuntimeStatus, status_report
 
 NO_INSTRUCTION = "no instruction yet: publish one on the instruction topic (holding until then)"
@@ -34,6 +41,7 @@ class NodeSnapshot:
     inference_timeouts: int = 0
     worker_restarts: int = 0
     controllers: tuple[ControllerLink, ...] = field(default=())
+    endpoint: EndpointReport | None = None  # the inference server, when the policy runs on one
 
 
 def lifecycle_health(snapshot: NodeSnapshot) -> ComponentHealth:
@@ -51,6 +59,7 @@ class StatusReporter:
         self._status = node.create_publisher(PolicyStatus, "~/status", 10)
         self._diagnostics = node.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.health = HealthMonitor()
+        self.endpoint_health = EndpointHealth()
 
     def publish(self, snapshot: NodeSnapshot) -> None:
         components: Sequence[ComponentHealth] = [lifecycle_health(snapshot)]
@@ -67,9 +76,13 @@ class StatusReporter:
             msg = status_msg(report, snapshot.active)
             components += self.health.assess(snapshot.runtime, snapshot.active, snapshot.instruction,
                                              snapshot.invalid_inputs, snapshot.controllers)
+            server = self.endpoint_health.assess(snapshot.endpoint) if snapshot.endpoint is not None else None
+            components += [server] if server is not None else []
             # What only an operator can fix goes into the status too: a missing instruction or controller.
             notes = [NO_INSTRUCTION] if snapshot.active and not snapshot.instruction else []
             notes += [c.message for c in components if c.name.startswith("controller ") and c.level >= Level.WARN]
+            if server is not None and server.level >= Level.ERROR:
+                notes.append(f"inference server {server.message}")
             msg.last_error = "; ".join([msg.last_error, *notes] if msg.last_error else notes)
         self._status.publish(msg)
         self._diagnostics.publish(diagnostics_msg(snapshot.stamp_ns, self._node.get_fully_qualified_name(),

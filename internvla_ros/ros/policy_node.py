@@ -59,6 +59,8 @@ from internvla_ros.runtime.health import ControllerLink, HealthMonitor
 from internvla_ros.runtime.node_parameters import NOT_ROBOT_CONFIG, QOS_OVERRIDES_PREFIX
 from internvla_ros.runtime.policy_registry import policy_entry
 from internvla_ros.runtime.worker import InferenceWorker
+from internvla_ros.serve.client import RemoteInference, remote_inference
+from internvla_ros.serve.errors import ServeError
 
 NODE_NAME = "policy_node"
 # Safe to change while configured or active; every other change needs cleanup first.
@@ -88,10 +90,10 @@ class PolicyNode(AnsweringLifecycleNode):
         self._configured = False
         self._progress: tuple[float, str] | None = None  # a running configure: (start, what it does)
         self._failure = ""  # why the last transition failed, until one succeeds
-        self._starting_worker: InferenceWorker | None = None
+        self._starting_worker: InferenceWorker | RemoteInference | None = None
         self._active = False
         self._runtime: PolicyRuntime | None = None
-        self._worker: InferenceWorker | None = None
+        self._worker: InferenceWorker | RemoteInference | None = None
         self._driver: RuntimeDriver | None = None
         self._outputs: dict[str, Any] = {}
         self._inputs: list[Any] = []
@@ -135,9 +137,36 @@ class PolicyNode(AnsweringLifecycleNode):
         except (PolicyRuntimeError, ModelError, OSError) as err:
             return self._failed(f"configure failed: {err}")
         runtime.set_instruction(self._instruction)
-        self.get_logger().info(f"starting the inference worker for {model_dir}")
-        self._progress = (time.monotonic(), f"loading the model from {model_dir}")
-        self._starting_worker = worker = InferenceWorker(
+        endpoint = str(self.get_parameter("inference_endpoint").value).strip()
+        if endpoint:  # the policy runs on an inference server: wait until it answers and knows this robot
+            try:
+                worker: InferenceWorker | RemoteInference = remote_inference(
+                    endpoint, config.robot_type, str(self.get_parameter("inference_token_file").value))
+            except (ValueError, ServeError) as err:
+                return self._failed(f"configure failed: {err}")
+            self.get_logger().info(f"using the inference server {endpoint}")
+            self._progress = (time.monotonic(), f"waiting for the inference server {endpoint}")
+            self._starting_worker = worker
+        else:
+            self.get_logger().info(f"starting the inference worker for {model_dir}")
+            self._progress = (time.monotonic(), f"loading the model from {model_dir}")
+            self._starting_worker = worker = self._local_worker(config, model_dir)
+        try:
+            info = worker.start(timeout_s=float(self.get_parameter("startup_timeout_s").value))
+        except PolicyRuntimeError as err:
+            return self._failed(f"configure failed: {err}")
+        finally:
+            self._starting_worker = None
+        self.get_logger().info(f"inference ready: {info}")
+        with self._lock:  # from here on, on_error releases what a failure leaves behind
+            self._runtime, self._worker = runtime, worker
+            self._reporter.health = HealthMonitor()
+            self._create_interfaces(config)
+            self._configured, self._failure = True, ""
+        return super().on_configure(state)
+
+    def _local_worker(self, config: RuntimeConfig, model_dir: Path) -> InferenceWorker:
+        return InferenceWorker(
             str(self.get_parameter("policy_factory").value),
             {"model": str(model_dir), "tokenizer": self.get_parameter("tokenizer_path").value or None,
              "dtype": self.get_parameter("dtype").value, "backend": self.get_parameter("backend").value,
@@ -145,19 +174,6 @@ class PolicyNode(AnsweringLifecycleNode):
              "threads": int(self.get_parameter("inference_threads").value),
              "cameras": {camera.name: camera.slot for camera in config.cameras}},
             threads=int(self.get_parameter("inference_threads").value))
-        try:
-            info = worker.start(timeout_s=float(self.get_parameter("startup_timeout_s").value))
-        except PolicyRuntimeError as err:
-            return self._failed(f"configure failed: {err}")
-        finally:
-            self._starting_worker = None
-        self.get_logger().info(f"inference worker ready: {info}")
-        with self._lock:  # from here on, on_error releases what a failure leaves behind
-            self._runtime, self._worker = runtime, worker
-            self._reporter.health = HealthMonitor()
-            self._create_interfaces(config)
-            self._configured, self._failure = True, ""
-        return super().on_configure(state)
 
     def _failed(self, reason: str) -> TransitionCallbackReturn:
         self.get_logger().error(reason)
@@ -447,6 +463,7 @@ class PolicyNode(AnsweringLifecycleNode):
                 invalid_inputs=self._invalid_inputs,
                 inference_timeouts=driver.inference_timeouts if driver else 0,
                 worker_restarts=driver.worker_restarts if driver else 0,
+                endpoint=self._worker.report() if isinstance(self._worker, RemoteInference) else None,
                 controllers=tuple(ControllerLink(c.name, self._outputs[c.name].topic_name,
                                                  self._outputs[c.name].get_subscription_count())
                                   for c in (runtime.config.controllers if runtime else ()) if c.name in self._outputs))

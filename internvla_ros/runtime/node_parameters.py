@@ -46,6 +46,10 @@ NODE_PARAMETERS: dict[str, NodeParameter] = {
     "inference_timeout_s": NodeParameter(30.0, "how long one inference may take before the worker counts as "
                                                "hung and is restarted (the robot holds meanwhile); above the "
                                                "slowest inference (3B on a CPU: ~9 s) [s]", low=0.1, high=3600.0),
+    "inference_endpoint": NodeParameter("", "URL of an inference server (`internvla serve`), e.g. "
+                                            "http://127.0.0.1:8000; empty: a local inference worker process"),
+    "inference_token_file": NodeParameter("", "file holding the inference server's bearer token (needed when "
+                                              "the server has one); empty: none"),
     "control_priority": NodeParameter(DEFAULT_CONTROL_PRIORITY, "SCHED_FIFO priority of the control thread; "
                                                                 "0 = normal scheduling", low=0, high=99),
 }

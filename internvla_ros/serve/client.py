@@ -22,6 +22,7 @@ import threading
 import time
 import uuid
 from collections import deque
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -252,6 +253,14 @@ class RemoteInference:
             round_trip_ms_p50=ms(self._round_trip_ns, 50), round_trip_ms_p99=ms(self._round_trip_ns, 99),
             server_inference_ms_p50=ms(self._inference_ns, 50), server_queue_ms_p50=ms(self._queue_ns, 50),
             batch_size_mean=round(float(np.mean(self._batch_sizes)), 2) if self._batch_sizes else 0.0)
+
+
+def remote_inference(endpoint: str, robot_type: str, token_file: str = "") -> RemoteInference:
+    """The client for the node's ``inference_endpoint`` and ``inference_token_file`` parameters; ValueError
+    or ServeError names a parameter that cannot work."""
+    from internvla_ros.serve.server import read_token
+
+    return RemoteInference(endpoint, robot_type, read_token(Path(token_file)) if token_file else None)
 
 
 def _reason(body: bytes) -> str:

@@ -112,7 +112,8 @@ def serve_until_stopped(settings: ServerSettings, ready: Callable[[str], None] =
                  object_store_memory=LOCAL_OBJECT_STORE_BYTES, logging_level="WARNING")
     _stop_on_signals(stop)  # again: ray.init installs handlers of its own
     try:
-        serve.start(http_options={"host": settings.host, "port": settings.port})
+        serve.start(http_options={"host": settings.host, "port": settings.port},
+                    logging_config={"log_level": "WARNING"})  # no line per request from the proxy
         options = ServeOptions(settings.policy, policy_kwargs(settings), metadata, token, settings.max_batch_size,
                                settings.batch_wait_ms / 1000.0, settings.threads, settings.max_request_bytes)
         serve.run(build_app(options, settings.replicas, settings.replica_cpus, settings.replica_gpus),
