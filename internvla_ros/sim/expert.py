@@ -6,8 +6,10 @@ parcel it can still catch, moves the gripper (open) to a point on that parcel's 
 it, closes as the parcel arrives under the tip, carries it to the bin the rule names, opens, and
 repeats. Arm motions are rest-to-rest minimum-jerk moves in joint space whose duration keeps every
 joint under 70 % of its velocity and acceleration limits; a move is sent only once the previous one
-has ended, so no trajectory ever replaces a running one. Gripper and belt get targets; the node
-limits them per control period (runtime.safety.MotionLimiter), like the policy node's forward streams.
+has ended, so no trajectory ever replaces a running one. The gripper closes or opens only once the
+measured tip (ground truth) is where the move was to end: on a loaded machine the sim may execute a
+move later than planned. Gripper and belt get targets; the node limits them per control period
+(runtime.safety.MotionLimiter), like the policy node's forward streams.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ TRAJECTORY_LEAD_S = 0.1  # a move is stamped this far ahead of its sending (it a
 WAIT_MARGIN_S = 0.6  # the parcel reaches the intercept point this long after the arm
 CLOSE_TIMEOUT_S = 1.0
 RELEASE_TIMEOUT_S = 1.5
+ARRIVAL_TOLERANCE_PX = 6.0  # the measured tip this close to a move's goal counts as arrived
+ARRIVAL_TIMEOUT_S = 3.0  # a loaded machine delays the measured arm; give up waiting after this
 READY_POINT = (PICK_ZONE_X[0] + 20.0, BELT_CENTRE_Y)
 
 
@@ -123,6 +127,13 @@ class SortingExpert:
     def _set(self, state: str, now_s: float) -> None:
         self._state, self._since = state, now_s
 
+    def _arrived(self, now_s: float, snapshot: dict[str, Any]) -> bool:
+        """The measured tip (in a snapshot taken after the move's planned end) is at the move's goal."""
+        goal = self._arm.chain.tip(self._goal)
+        fresh = float(snapshot["stamp_s"]) >= self._busy_until
+        near = np.hypot(*np.subtract(snapshot["tip"], goal)) <= ARRIVAL_TOLERANCE_PX
+        return (fresh and near) or now_s - self._busy_until > ARRIVAL_TIMEOUT_S
+
     def act(self, now_s: float, snapshot: dict[str, Any] | None, positions: np.ndarray) -> ExpertCommand:
         """One control tick: ``positions`` measured (config order), ``snapshot`` the newest ground truth."""
         if self._goal is None:
@@ -148,7 +159,7 @@ class SortingExpert:
             passed = x > self._intercept[0] + 0.5 * self._task.grasp_radius_m * PIXELS_PER_METRE
             if target["status"] != "belt" or passed:
                 self._set("idle", now_s)  # gone, or passed the tip: try another
-            elif x + speed_px * self._close_s >= self._intercept[0]:
+            elif x + speed_px * self._close_s >= self._intercept[0] and self._arrived(now_s, snapshot):
                 self._gripper = self._arm.closed
                 self._set("close", now_s)
             return None
@@ -161,6 +172,8 @@ class SortingExpert:
                 self._set("release", now_s)
             return None
         if self._state == "place":
+            if not self._arrived(now_s, snapshot):
+                return None
             self._gripper = self._arm.open
             self._set("release", now_s)
             return None
