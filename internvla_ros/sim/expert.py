@@ -28,7 +28,7 @@ LIMIT_SHARE = 0.7  # of each joint's velocity and acceleration limit
 MIN_MOVE_S = 0.3
 TRAJECTORY_LEAD_S = 0.1  # a move is stamped this far ahead of its sending (it arrives before it starts)
 WAIT_MARGIN_S = 0.6  # the parcel reaches the intercept point this long after the arm
-CLOSE_TIMEOUT_S = 1.0
+CLOSE_TIMEOUT_S = 2.0
 RELEASE_TIMEOUT_S = 1.5
 ARRIVAL_TOLERANCE_PX = 6.0  # the measured tip this close to a move's goal counts as arrived
 ARRIVAL_TIMEOUT_S = 3.0  # a loaded machine delays the measured arm; give up waiting after this
@@ -164,10 +164,13 @@ class SortingExpert:
                 self._set("close", now_s)
             return None
         if self._state == "close":
-            if snapshot["holding"] == self._target["id"] and float(snapshot["stamp_s"]) > self._since:
+            stamp = float(snapshot["stamp_s"])
+            if snapshot["holding"] is not None and stamp > self._since:  # whichever parcel it caught
+                self._target = parcels[snapshot["holding"]]
                 self._set("place", now_s)
                 return self._go(now_s, positions, bin_centre(snapshot["rule"][self._target["colour"]]))
-            if now_s - self._since > CLOSE_TIMEOUT_S:
+            # Open again only on ground truth taken well after the gripper must have closed.
+            if now_s - self._since > CLOSE_TIMEOUT_S and stamp > self._since + self._close_s + 0.5:
                 self._gripper = self._arm.open
                 self._set("release", now_s)
             return None
