@@ -255,6 +255,55 @@ def _depth_to_space(x: Tensor, p: int) -> Tensor:
     return x.reshape(b, cpp // (p * p), h * p, w * p)
 
 
+def _group_norm_silu(norm: nn.GroupNorm, x: Tensor, silu: bool) -> Tensor:
+    """GroupNorm (then SiLU) in any memory layout; float32 statistics in two passes.
+
+    The channels-last GroupNorm kernel of torch computes the variance as E[x^2] - E[x]^2 and loses
+    about 1e-5 per call, which the network amplifies to ~3e-4 on the latents; two passes keep float32
+    parity with the NCHW kernel (~1e-6) while the convolutions run channels-last.
+    """
+    if x.dtype != torch.float32 or not x.is_contiguous(memory_format=torch.channels_last):
+        out = norm(x)
+        return F.silu(out, inplace=True) if silu else out
+    b, c, h, w = x.shape
+    g = norm.num_groups
+    grouped = x.permute(0, 2, 3, 1).reshape(b, h * w, g, c // g)
+    mean = grouped.mean(dim=(1, 3), keepdim=True)
+    var = (grouped - mean).square_().mean(dim=(1, 3))
+    scale = torch.rsqrt(var + norm.eps).repeat_interleave(c // g, dim=1) * norm.weight
+    shift = norm.bias - mean.reshape(b, g).repeat_interleave(c // g, dim=1) * scale
+    out = torch.addcmul(shift[:, :, None, None], x, scale[:, :, None, None])
+    return F.silu(out, inplace=True) if silu else out
+
+
+def _pointwise(conv: nn.Conv2d, x: Tensor) -> Tensor:
+    """A 1x1 convolution as a matmul over channels (channels-last input stays channels-last)."""
+    if not x.is_contiguous(memory_format=torch.channels_last):
+        return conv(x)
+    out = F.linear(x.permute(0, 2, 3, 1), conv.weight.flatten(1), conv.bias)
+    return out.permute(0, 3, 1, 2)
+
+
+def _fold_pointwise(outer: nn.Conv2d, inner: nn.Conv2d) -> tuple[Tensor, Tensor]:
+    """Weight and bias of ``outer(inner(x))`` as one convolution, for a 1x1 ``outer``."""
+    mix = outer.weight.flatten(1)
+    weight = torch.einsum("oh,hikl->oikl", mix, inner.weight)
+    return weight, outer.bias + mix @ inner.bias
+
+
+def _haar_matrix(config: CosmosConfig, dtype: torch.dtype) -> Tensor:
+    """(patch channels, space-to-depth channels): the haar patching as a linear map on each p x p patch.
+
+    Wavelet patching is linear and local, so ``haar(x) == matrix @ space_to_depth(x)`` per patch;
+    folding it into ``conv_in`` turns two passes over the frame into one convolution.
+    """
+    p = config.patch_size
+    n = config.in_channels * p * p
+    basis = _depth_to_space(torch.eye(n, dtype=torch.float64).reshape(n, n, 1, 1), p)
+    bands = _haar_forward(basis, _patch_levels(config), _haar_tap(config.haar_bf16_taps))
+    return bands[:, :, 0, 0].T.to(dtype)
+
+
 class ResnetBlock(nn.Module):
     """Pre-activation residual block (GroupNorm, SiLU, 3x3 conv; twice), 1x1 shortcut on width change."""
 
@@ -270,12 +319,12 @@ class ResnetBlock(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = F.silu(self.norm2(h))
+        h = self.conv1(_group_norm_silu(self.norm1, x, silu=True))
+        h = _group_norm_silu(self.norm2, h, silu=True)
         h = F.dropout(h, p=self.dropout, training=self.training)
         h = self.conv2(h)
-        shortcut = x if self.nin_shortcut is None else self.nin_shortcut(x)
-        return shortcut + h
+        shortcut = x if self.nin_shortcut is None else _pointwise(self.nin_shortcut, x)
+        return h.add_(shortcut)
 
 
 class AttnBlock(nn.Module):
@@ -291,17 +340,17 @@ class AttnBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         b, c, h, w = x.shape
-        normed = self.norm(x)
-
-        def tokens(t: Tensor) -> Tensor:
-            return t.reshape(b, 1, c, h * w).transpose(-1, -2)
-
+        normed = _group_norm_silu(self.norm, x, silu=False)
+        # Tokens (b, 1, h*w, c) with the channel axis innermost: the layout SDPA's fused kernels need
+        # (a transposed NCHW view falls back to the slow math path). q, k, v come from one matmul.
+        tokens = normed.permute(0, 2, 3, 1).reshape(b, h * w, c)
+        weight = torch.cat([self.q.weight, self.k.weight, self.v.weight]).flatten(1)
+        bias = torch.cat([self.q.bias, self.k.bias, self.v.bias])
+        q, k, v = F.linear(tokens, weight, bias)[:, None].split(c, dim=-1)
         # softmax(q k^T / sqrt(c)) v: the default SDPA scale is 1/sqrt(head width) = 1/sqrt(c).
-        out = F.scaled_dot_product_attention(
-            tokens(self.q(normed)), tokens(self.k(normed)), tokens(self.v(normed))
-        )
-        out = out.transpose(-1, -2).reshape(b, c, h, w)
-        return x + self.proj_out(out)
+        out = F.linear(F.scaled_dot_product_attention(q, k, v)[:, 0], self.proj_out.weight.flatten(1),
+                       self.proj_out.bias)
+        return x + out.reshape(b, h, w, c).permute(0, 3, 1, 2)
 
 
 class Downsample(nn.Module):
@@ -399,16 +448,29 @@ class Encoder(nn.Module):
         self.norm_out = _group_norm(config, block_in)
         self.conv_out = nn.Conv2d(block_in, config.z_factor * config.z_channels, kernel_size=3, padding=1)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def patches(self, x: Tensor) -> Tensor:
+        """Space-to-depth in channels-last memory (the layout the convolutions are fastest in)."""
+        b, c, height, width = x.shape
+        p = self.config.patch_size
+        x = x.reshape(b, c, height // p, p, width // p, p).permute(0, 2, 4, 1, 3, 5)
+        return x.reshape(b, height // p, width // p, c * p * p).permute(0, 3, 1, 2)
+
+    def stem(self, x: Tensor) -> Tensor:
+        """Patching + ``conv_in`` as one convolution over the space-to-depth patches."""
+        weight = self.conv_in.weight
         if self.config.patch_method == "haar":
-            x = _haar_forward(x, _patch_levels(self.config), _haar_tap(self.config.haar_bf16_taps))
-        else:
-            x = _space_to_depth(x, self.config.patch_size)
-        h = self.conv_in(x)
+            weight = torch.einsum("oikl,is->oskl", weight, _haar_matrix(self.config, weight.dtype))
+        return F.conv2d(self.patches(x), weight, self.conv_in.bias, padding=1)
+
+    def trunk(self, x: Tensor) -> Tensor:
+        """Everything up to ``norm_out`` + SiLU (the input of ``conv_out``)."""
+        h = self.stem(x)
         for level in self.down:
             h = level(h)
-        h = self.mid(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return _group_norm_silu(self.norm_out, self.mid(h), silu=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv_out(self.trunk(x))
 
 
 class Decoder(nn.Module):
@@ -462,7 +524,8 @@ class _EncoderModel(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.quant_conv(self.encoder(x))
+        weight, bias = _fold_pointwise(self.quant_conv, self.encoder.conv_out)
+        return F.conv2d(self.encoder.trunk(x), weight, bias, padding=1).contiguous()
 
 
 class _DecoderModel(nn.Module):

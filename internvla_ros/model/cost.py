@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from internvla_ros.model.config import ExpertConfig, InternVLAConfig
-from internvla_ros.model.cosmos import CosmosImageTokenizer
+from internvla_ros.model.cosmos import AttnBlock, CosmosImageTokenizer
 
 
 def _numel(module: nn.Module) -> int:
@@ -75,14 +75,35 @@ def vit_flops(config: InternVLAConfig) -> int:
     return config.n_views * per_image
 
 
-def cosmos_encode_flops(config: InternVLAConfig) -> int:
-    """Cosmos encoder FLOPs for one frame, counted on the meta device."""
+def _cosmos_encode_counts(config: InternVLAConfig) -> tuple[int, int]:
+    """(all FLOPs, self-attention FLOPs) of the Cosmos encoder for one frame, on the meta device."""
     with torch.device("meta"):
         cosmos = CosmosImageTokenizer(config.cosmos)
     frame = torch.empty(1, config.cosmos.in_channels, *config.cosmos_resolution, device="meta")
+    attention = 0
+
+    def count(_: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        nonlocal attention
+        b, c, h, w = args[0].shape
+        attention += 4 * b * (h * w) ** 2 * c  # scores and weighted sum over N = h * w tokens
+
+    hooks = [m.register_forward_pre_hook(count) for m in cosmos._enc_model.modules() if isinstance(m, AttnBlock)]
     with FlopCounterMode(display=False) as counter:
         cosmos.encode(frame)
-    return int(counter.get_total_flops())
+    for hook in hooks:
+        hook.remove()
+    return int(counter.get_total_flops()), attention
+
+
+def cosmos_encode_flops(config: InternVLAConfig) -> int:
+    """Cosmos encoder FLOPs for one frame, counted on the meta device."""
+    return _cosmos_encode_counts(config)[0]
+
+
+def cosmos_attention_flops(config: InternVLAConfig) -> int:
+    """The part of :func:`cosmos_encode_flops` spent in self-attention (a fused kernel on real CPUs,
+    which the FLOP counter sees only on the meta device)."""
+    return _cosmos_encode_counts(config)[1]
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from internvla_ros.model.checkpoint import load_checkpoint
 from internvla_ros.model.config import internvla_a1_3b_config
-from internvla_ros.model.cost import chunk_flops, cosmos_encode_flops
+from internvla_ros.model.cost import chunk_flops, cosmos_attention_flops, cosmos_encode_flops
 from internvla_ros.model.inputs import ModelInputs
 
 torch.set_num_threads(1)
@@ -49,6 +49,7 @@ def test_analytic_chunk_flops_match_the_counter() -> None:
         + attention_flops(prefix, prefix, width, layers)
         + attention_flops(generation, prefix + generation, width, layers)
         + config.num_inference_steps * attention_flops(suffix, prefix + generation + suffix, width, layers)
+        + config.n_views * config.frames_per_view * cosmos_attention_flops(config)
     )
     counted = counter.get_total_flops()
     assert abs(flops.total - unseen - counted) <= FLOP_RTOL * counted
