@@ -1,0 +1,206 @@
+"""Fine-tuning InternVLA-A1 on a LeRobot v3.0 dataset, with the reference's objective and optimiser.
+
+Loss (the reference ``QwenA1Policy.forward``): flow-matching MSE on the dataset's action dims (the
+model's own :meth:`~internvla_ros.model.modeling.InternVLAModel.forward`: t ~ Beta(1.5, 1) * 0.999 +
+0.001, x_t = t noise + (1 - t) action, target noise - action) + ``lambda_gen`` (0.01, the reference's
+``lambda_gen``) x the foresight MSE against the Cosmos latents of the frames t + 15. Optimiser: AdamW
+(betas 0.9/0.95, eps 1e-8, weight decay 0.01), gradient norm clipped at 1.0, linear warm-up then cosine
+decay as the reference's ``CosineDecayWithWarmupSchedulerConfig`` (warm-up 2000 of 60000 decay steps,
+scaled down to shorter runs; 5e-5 -> 5e-6, its fine-tuning script's values). The Cosmos tokenizer is
+frozen (it only makes latents). bf16 autocast on a GPU, float32 on the CPU; the same code.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from internvla_ros.learning.dataset_layout import ACTION_KEY, STATE_KEY
+from internvla_ros.learning.dataset_reader import open_dataset
+from internvla_ros.learning.dataset_stats import dataset_model_stats
+from internvla_ros.learning.training_checkpoint import (
+    STATE_FILE,
+    TrainingState,
+    load_state,
+    save_model,
+    save_state,
+    stats_with,
+)
+from internvla_ros.learning.training_data import TrainingBatch, TrainingSamples
+from internvla_ros.model.checkpoint import load_checkpoint
+from internvla_ros.model.modeling import InternVLAModel
+from internvla_ros.model.normalization import NormalizationStats
+from internvla_ros.model.preprocessing import load_tokenizer
+
+
+@dataclass(frozen=True)
+class TrainingOptions:
+    steps: int = 1000
+    batch_size: int = 8
+    lr: float = 5e-5
+    decay_lr: float = 5e-6
+    warmup_steps: int = 2000
+    decay_steps: int = 60000
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.95)
+    adam_eps: float = 1e-8
+    grad_clip_norm: float = 1.0
+    lambda_gen: float = 0.01
+    seed: int = 42
+    save_every: int = 500
+    device: str = "auto"
+    robot_type: str | None = None  # default: the dataset's
+
+    def schedule(self) -> Callable[[int], float]:
+        """Learning-rate factor per step: the reference's warm-up + cosine, auto-scaled to ``steps``."""
+        warmup, decay = self.warmup_steps, self.decay_steps
+        if self.steps < decay:
+            warmup, decay = int(warmup * self.steps / decay), self.steps
+        alpha = self.decay_lr / self.lr
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return 1 / (warmup + 1) if step <= 0 else (1 / (warmup + 1) - 1) * (1 - step / warmup) + 1
+            return (1 - alpha) * 0.5 * (1 + math.cos(math.pi * min(step, decay) / decay)) + alpha
+
+        return factor
+
+
+@dataclass(frozen=True)
+class StepReport:
+    step: int
+    loss: float
+    action: float
+    foresight: float
+    lr: float
+    seconds: float
+
+
+def losses(model: InternVLAModel, batch: TrainingBatch, noise: torch.Tensor, time_: torch.Tensor,
+           lambda_gen: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(total, action, foresight) on one batch at the given noise and flow times."""
+    frames, views = batch.inputs.frames, batch.inputs.view_mask.bool()
+    assert frames is not None
+    cfg = model.config
+    latent = (cfg.cosmos_latent_channels, *cfg.cosmos_latent_hw)
+    with torch.no_grad():  # Cosmos is frozen: it only makes latents, of the cameras present (the rest are masked)
+        future = frames.new_zeros(*views.shape, *latent)
+        future[views] = model.encode_frames(batch.future_frames[views])
+        history = frames.new_zeros(*frames.shape[:3], *latent)
+        history[views] = model.encode_frames(frames[views])
+    inputs = replace(batch.inputs, frames=None, cosmos_latents=history)
+    out = model(inputs, batch.actions, future, noise, time_)
+    action = out.action[:, :, : batch.action_dim].mean()
+    return action + lambda_gen * out.foresight, action, out.foresight
+
+
+def _device(name: str) -> torch.device:
+    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
+
+
+class Trainer:
+    def __init__(self, dataset: Path, init: Path, out: Path, options: TrainingOptions, resume: bool = False) -> None:
+        self.options, self.init, self.out = options, Path(init), Path(out)
+        self.dataset = open_dataset(dataset)
+        self.robot_type = options.robot_type or self.dataset.schema.robot_type
+        if resume and not (self.out / STATE_FILE).is_file():
+            msg = f"{self.out / STATE_FILE}: no training state to resume from; run without --resume first"
+            raise FileNotFoundError(msg)
+        source = self.out if resume else self.init
+        checkpoint = load_checkpoint(source)
+        self.config = checkpoint.config
+        self.model = checkpoint.model.train()
+        self.model.model.cosmos.requires_grad_(False)
+        self.device = _device(options.device)
+        self.model.to(self.device)
+        entry = dataset_model_stats(self.dataset, self.config.chunk_size)
+        self.stats_json = stats_with(self.init, self.robot_type, entry, self.config)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.stats = NormalizationStats(self.robot_type, *(np.asarray(entry[key][field], np.float32)
+                                                           for key in (STATE_KEY, ACTION_KEY)
+                                                           for field in ("mean", "std")))
+        self.samples = TrainingSamples(self.dataset, self.config, self.stats, load_tokenizer(None), self.out / "cache")
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=options.lr, betas=options.betas, eps=options.adam_eps,
+                                           weight_decay=options.weight_decay)
+        self.factor = options.schedule()
+        self.generator = torch.Generator().manual_seed(options.seed)
+        torch.manual_seed(options.seed)
+        self.state = TrainingState(0, {}, torch.get_rng_state(), [], self.generator.get_state(),
+                                   torch.randperm(len(self.samples), generator=self.generator), 0, [])
+        if resume:
+            self._restore(load_state(self.out))
+
+    def _restore(self, state: TrainingState) -> None:
+        self.state = state
+        self.optimizer.load_state_dict(state.optimizer)
+        torch.set_rng_state(state.torch_rng)
+        if state.cuda_rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state.cuda_rng)
+        self.generator.set_state(state.generator)
+
+    def _indices(self) -> list[int]:
+        picked: list[int] = []
+        while len(picked) < self.options.batch_size:
+            if self.state.position >= len(self.state.order):
+                self.state.order = torch.randperm(len(self.samples), generator=self.generator)
+                self.state.position = 0
+            take = self.state.order[self.state.position:self.state.position + self.options.batch_size - len(picked)]
+            picked += take.tolist()
+            self.state.position += len(take)
+        return picked
+
+    def step(self) -> StepReport:
+        started = time.monotonic()
+        step = self.state.step
+        lr = self.options.lr * self.factor(step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        batch = self.samples.batch(self._indices())
+        batch = TrainingBatch(batch.inputs.to(self.device), batch.actions.to(self.device),
+                              batch.future_frames.to(self.device))
+        cfg = self.config
+        noise = torch.randn(len(batch.actions), cfg.chunk_size, cfg.max_action_dim, generator=self.generator)
+        time_ = self.model.sample_time(len(batch.actions))
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            total, action, foresight = losses(self.model, batch, noise.to(self.device), time_.to(self.device),
+                                              self.options.lambda_gen)
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.options.grad_clip_norm)
+        self.optimizer.step()
+        self.state.step += 1
+        report = StepReport(self.state.step, total.item(), action.item(), foresight.item(), lr,
+                            time.monotonic() - started)
+        self.state.losses.append({k: v for k, v in asdict(report).items() if k != "seconds"})
+        return report
+
+    def save(self) -> None:
+        train_config = {**asdict(self.options), "dataset": str(self.dataset.root), "init": str(self.init),
+                        "robot_type": self.robot_type, "step": self.state.step}
+        save_model(self.model, self.out, self.init, self.stats_json, train_config)
+        self.state.optimizer = self.optimizer.state_dict()
+        self.state.torch_rng = torch.get_rng_state()
+        self.state.cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+        self.state.generator = self.generator.get_state()
+        save_state(self.state, self.out)
+
+    def run(self, on_step: Callable[[StepReport], None] | None = None, stop_at: int | None = None) -> list[StepReport]:
+        """Steps until ``options.steps`` (or ``stop_at``: the schedule still spans ``steps``), saving every
+        ``save_every`` steps and at the end; continue a stopped run with ``resume=True``."""
+        last = min(self.options.steps, stop_at or self.options.steps)
+        reports = []
+        while self.state.step < last:
+            report = self.step()
+            reports.append(report)
+            if on_step is not None:
+                on_step(report)
+            if self.state.step % self.options.save_every == 0 or self.state.step == last:
+                self.save()
+        return reports

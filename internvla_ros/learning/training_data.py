@@ -1,0 +1,90 @@
+"""Training samples from a dataset, built exactly as the node builds its model inputs.
+
+A sample at frame t of an episode: each camera's frames t - h and t (h = the model's
+``image_history_interval``, 15), the state normalised with the checkpoint's statistics, the task as the
+prompt (all through :class:`~internvla_ros.model.preprocessing.ObservationPreprocessor`, the node's own
+preprocessing), the chunk of the next ``chunk_size`` actions (the last one repeated past the episode's
+end), as deltas to the state on the delta dims and normalised, and the frames t + h, whose Cosmos latents
+are the foresight target. Frame indices outside the episode are clamped to it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from internvla_ros.learning.dataset_reader import RobotDataset, frame_cache
+from internvla_ros.learning.dataset_stats import action_chunks, model_actions
+from internvla_ros.model.config import InternVLAConfig
+from internvla_ros.model.inputs import ModelInputs
+from internvla_ros.model.normalization import NormalizationStats
+from internvla_ros.model.preprocessing import ObservationPreprocessor, PreprocessorConfig, PromptTokenizer
+
+
+@dataclass(frozen=True)
+class TrainingBatch:
+    inputs: ModelInputs
+    actions: torch.Tensor  # (B, chunk, dim) normalised, not padded
+    future_frames: torch.Tensor  # (B, n_views, 3, H, W) in [0, 1], the frames t + h
+
+    @property
+    def action_dim(self) -> int:
+        return int(self.actions.shape[-1])
+
+
+def stack_inputs(items: Sequence[ModelInputs]) -> ModelInputs:
+    """Batches of one -> one batch (every field concatenated along the batch axis)."""
+    values = {}
+    for f in fields(ModelInputs):
+        tensors = [getattr(item, f.name) for item in items]
+        values[f.name] = None if tensors[0] is None else torch.cat(tensors)
+    return ModelInputs(**values)
+
+
+class TrainingSamples:
+    def __init__(self, dataset: RobotDataset, config: InternVLAConfig, stats: NormalizationStats,
+                 tokenizer: PromptTokenizer, cache_dir: Path) -> None:
+        if stats.state_dim != dataset.schema.dim or stats.action_dim != dataset.schema.dim:
+            raise ValueError(f"statistics of {stats.state_dim}/{stats.action_dim} dims for a "
+                             f"{dataset.schema.dim}-joint dataset")
+        self.dataset = dataset
+        self.config = config
+        self.stats = stats
+        preprocessor_config = PreprocessorConfig.from_model_config(config)
+        self.preprocessor = ObservationPreprocessor(preprocessor_config, tokenizer, stats)
+        size = (config.processor.resize_height, config.processor.resize_width)
+        self.frames = {camera: frame_cache(dataset, camera, cache_dir, size) for camera in dataset.schema.cameras}
+        self.history = config.image_history_interval
+        self.mask = np.asarray(dataset.schema.absolute_mask, dtype=bool)
+        self._bounds = [(e.start, e.stop, e.task) for e in dataset.episodes]
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def _actions(self, index: int, start: int, stop: int) -> np.ndarray:
+        actions = self.dataset.actions[start:stop]
+        chunk = action_chunks(actions[index - start:], self.config.chunk_size)[:1]
+        delta = model_actions(chunk, self.dataset.states[index][None], self.mask)[0]
+        eps = np.float32(self.stats.eps)
+        return ((delta - self.stats.action_mean) / (self.stats.action_std + eps)).astype(np.float32)
+
+    def _slots(self, index: int) -> dict[int, np.ndarray]:
+        return {slot: np.asarray(self.frames[camera][index]) for camera, slot in self.dataset.schema.cameras.items()}
+
+    def batch(self, indices: Sequence[int]) -> TrainingBatch:
+        items, actions, futures = [], [], []
+        cfg = self.config
+        for index in indices:
+            start, stop, task = self._bounds[int(self.dataset.episode_of[index])]
+            past, future = max(index - self.history, start), min(index + self.history, stop - 1)
+            items.append(self.preprocessor(self._slots(index), self.dataset.states[index], task, self._slots(past)))
+            actions.append(self._actions(index, start, stop))
+            frames = torch.zeros(cfg.n_views, 3, *self.frames[next(iter(self.frames))].shape[1:3])
+            for slot, rgb in self._slots(future).items():
+                frames[slot] = torch.from_numpy(rgb.copy()).permute(2, 0, 1).float() / 255.0
+            futures.append(frames)
+        return TrainingBatch(stack_inputs(items), torch.from_numpy(np.stack(actions)), torch.stack(futures))

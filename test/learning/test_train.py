@@ -1,0 +1,91 @@
+"""`internvla train` on a tiny dataset with the shrunk reference model: loss, checkpoint round trip, resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from internvla_ros.cli import train as train_cli
+from internvla_ros.learning.dataset_convert import ConversionOptions, convert_bags
+from internvla_ros.learning.training import Trainer, TrainingOptions, losses
+from internvla_ros.learning.training_checkpoint import STATE_FILE
+from internvla_ros.model.checkpoint import WEIGHTS_FILE, load_checkpoint, read_tensors
+from internvla_ros.model.normalization import NormalizationStats
+from internvla_ros.paths import share_dir
+from test.learning.bagfactory import ARM_YAML, Spec, write_bag
+
+TINY_MODEL = share_dir() / "test" / "fixtures" / "internvla_a1_reference" / "case_a"  # 2.3 M parameters
+OPTIONS = TrainingOptions(steps=3, batch_size=2, lr=2e-3, seed=7, save_every=100, device="cpu")
+EVAL_INDICES = [3, 17]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("train")
+    config = root / "arm6.yaml"
+    config.write_text(ARM_YAML)
+    bag = write_bag(root / "bag", config, Spec(duration_s=1.0, teleop_topic="/leader/joint_states", commands=False,
+                                               image_size=(32, 40)))
+    convert_bags([bag], config, root / "ds", ConversionOptions(action_topic="/leader/joint_states"))
+    return root / "ds"
+
+
+def fixed_loss(trainer: Trainer) -> float:
+    """The loss on fixed samples, noise and flow times (so two models are compared on the same draw)."""
+    generator = torch.Generator().manual_seed(0)
+    batch = trainer.samples.batch(EVAL_INDICES)
+    cfg = trainer.config
+    noise = torch.randn(len(EVAL_INDICES), cfg.chunk_size, cfg.max_action_dim, generator=generator)
+    time = torch.rand(len(EVAL_INDICES), generator=generator) * 0.9 + 0.05
+    with torch.no_grad():
+        return losses(trainer.model, batch, noise, time, OPTIONS.lambda_gen)[0].item()
+
+
+def train(dataset: Path, out: Path, resume: bool = False, stop_at: int | None = None) -> int:
+    return train_cli.command(dataset, TINY_MODEL, out, OPTIONS, resume=resume, progress=False, stop_at=stop_at)
+
+
+def test_training_lowers_the_loss_and_resumes_identically(dataset: Path, tmp_path: Path) -> None:
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    trainer = Trainer(dataset, TINY_MODEL, straight, OPTIONS)
+    before = fixed_loss(trainer)
+    reports = trainer.run()
+    assert fixed_loss(trainer) < before
+    assert [r.step for r in reports] == [1, 2, 3]
+    losses_run = json.loads((straight / "losses.json").read_text())
+
+    # the checkpoint loads with the project's loader; stats.json gained the dataset's robot type
+    checkpoint = load_checkpoint(straight)
+    stats = NormalizationStats.load(checkpoint.stats_path, "test_arm6")
+    assert stats.state_dim == 6 and "aloha" in json.loads(checkpoint.stats_path.read_text())
+    assert json.loads((straight / "train_config.json").read_text())["step"] == 3
+    loaded = checkpoint.model.state_dict()
+    assert all(torch.equal(loaded[name], t.detach()) for name, t in trainer.model.state_dict().items())
+
+    # stopped after 2 steps, then --resume: the same losses and weights as 3 steps at once
+    assert train(dataset, split, stop_at=2) == 0
+    assert (split / "loss_curve.png").stat().st_size > 0
+    assert train(dataset, split, resume=True) == 0
+    assert json.loads((split / "losses.json").read_text()) == losses_run
+    a, b = read_tensors(straight / WEIGHTS_FILE), read_tensors(split / WEIGHTS_FILE)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[name], b[name]) for name in a)
+    assert not all(torch.equal(a[name], t) for name, t in read_tensors(TINY_MODEL / WEIGHTS_FILE).items())
+
+
+def test_resume_without_a_saved_run_is_refused(dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert train(dataset, tmp_path / "none", resume=True) == 2
+    assert "run without --resume first" in capsys.readouterr().err
+    assert not (tmp_path / "none" / STATE_FILE).exists()
+
+
+def test_schedule_warms_up_then_decays_to_the_floor() -> None:
+    factor = TrainingOptions(steps=60000).schedule()
+    values = np.asarray([factor(step) for step in (0, 1000, 2000, 31000, 60000, 70000)])
+    assert values[0] == pytest.approx(1 / 2001) and values[1] == pytest.approx(0.5 + 0.5 / 2001, rel=1e-3)
+    assert values[2] == pytest.approx(1.0, abs=1e-2) and values[3] < values[2]
+    assert values[4] == pytest.approx(0.1) == values[5]
