@@ -22,6 +22,9 @@ COMMAND_MODULES = [
     "internvla_ros.cli.export",
     "internvla_ros.cli.replay",
     "internvla_ros.cli.serve",
+    "internvla_ros.cli.dataset",
+    "internvla_ros.cli.model_stats",
+    "internvla_ros.cli.train",
     "internvla_ros.cli.regress",
 ]
 
