@@ -25,10 +25,10 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray, String
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
+from internvla_ros.learning.expert_loop import Agent, CommandStreamer
 from internvla_ros.ros.conversions import ns_to_duration, ns_to_time
 from internvla_ros.runtime.config import DEFAULT_NODE_NAME, NS_PER_S, RuntimeConfig
 from internvla_ros.runtime.errors import RuntimeConfigError
-from internvla_ros.sim.episode import Agent, CommandStreamer
 from internvla_ros.sim.expert import RandomAgent, SortingExpert
 from internvla_ros.sim.task import task_config_from_yaml
 from internvla_ros.sim.trajectory import Trajectory

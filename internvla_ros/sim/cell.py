@@ -157,8 +157,9 @@ class SimulatedCell:
             self._desired[index] = executor.sample(now_ns)[0]
         for judge in self._trajectory_judges.values():
             judge.advance(now_ns)
+        # A step longer than the time constant (a starved sim) lands on the desired position, never past it.
         target_velocity = np.where(self._speed_joint, self._desired,
-                                   (self._desired - self._measured) / TRACKING_TIME_CONSTANT_S)
+                                   (self._desired - self._measured) / max(TRACKING_TIME_CONSTANT_S, dt_s))
         target_velocity = np.clip(target_velocity, -self._max_velocity, self._max_velocity)
         # Belt speed follows its command with the same lag; arm joints move at the capped velocity.
         alpha = min(1.0, dt_s / TRACKING_TIME_CONSTANT_S)

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from internvla_ros.learning.expert_loop import run_offline
 from internvla_ros.runtime.config import RuntimeConfig
 from internvla_ros.sim.cell import SimulatedCell
-from internvla_ros.sim.episode import run_offline
 from internvla_ros.sim.expert import SortingExpert
 from internvla_ros.sim.layout import BELT_EXIT_X, PIXELS_PER_METRE, arm_layouts, bin_centre, solve_chain
 from internvla_ros.sim.render import CellRenderer
