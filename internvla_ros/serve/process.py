@@ -83,8 +83,12 @@ class ServerProcess:
         return int(process.returncode)
 
     def kill(self) -> None:
-        """SIGKILL to the server and every process of its group (its local Ray), at once."""
+        """SIGKILL to the server and every process under it (its local Ray and Ray's workers, which run in
+        process groups of their own), at once."""
         if self.process is not None:
+            for pid in _descendants(self.process.pid):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
             self._end_group()
             self.process.wait()
 
@@ -92,3 +96,16 @@ class ServerProcess:
         assert self.process is not None
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.process.pid, signal.SIGKILL)
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (from /proc/<pid>/task/*/children), children before their parents."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            children = [int(child) for child in (task / "children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+        for child in children:
+            found += [*_descendants(child), child]
+    return found
