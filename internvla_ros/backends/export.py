@@ -34,6 +34,7 @@ from internvla_ros.backends.manifest import (
 from internvla_ros.model.checkpoint import TORCH_DTYPES, load_checkpoint
 from internvla_ros.model.errors import ModelError
 from internvla_ros.model.modeling import InternVLAModel
+from internvla_ros.model.pipeline import cosmos_dtype
 
 OPSET = 23
 """Emits native RMSNormalization / Attention ops (ONNX Runtime >= 1.23 runs them)."""
@@ -151,16 +152,19 @@ def export_model(model_dir: Path, out_dir: Path, dtype: str = "float32", opset: 
     """Export ``model_dir`` into ``out_dir`` (replacing any export there); returns the manifest written.
 
     ``dtype`` is the precision of the experts and the ViT (norms and heads stay float32, as in
-    :meth:`InternVLAModel.to_precision`); Cosmos stays float32. A lower ``opset`` (e.g. 19, for
-    TensorRT parsers without the opset-23 Attention / RMSNormalization ops) decomposes those ops.
+    :meth:`InternVLAModel.to_precision`); Cosmos follows :func:`~internvla_ros.model.pipeline.cosmos_dtype`,
+    its GroupNorms exported in two passes (:class:`~internvla_ros.backends.graphs.TwoPassGroupNorm`).
+    A lower ``opset`` (e.g. 19, for TensorRT parsers without the opset-23 Attention / RMSNormalization
+    ops) decomposes those ops.
     """
     if dtype not in DTYPES:
         raise BackendError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     hashes = source_hashes(model_dir)
     try:
-        checkpoint = load_checkpoint(model_dir, dtype=DTYPES[dtype], cosmos_dtype=torch.float32)
+        checkpoint = load_checkpoint(model_dir, dtype=DTYPES[dtype], cosmos_dtype=cosmos_dtype(DTYPES[dtype]))
     except ModelError as err:
         raise BackendError(f"cannot export {model_dir}: {err}") from err
+    graphs.stabilize_group_norms(checkpoint.model.model.cosmos)  # this checkpoint serves the export only
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / MANIFEST_FILE).unlink(missing_ok=True)
     for stale in out_dir.glob("*.onnx.data"):

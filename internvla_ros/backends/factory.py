@@ -13,14 +13,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from internvla_ros.backends import onnxruntime_backend, tensorrt_backend, torch_backend
-from internvla_ros.backends.base import InferenceBackend
 from internvla_ros.backends.errors import BackendError, BackendUnavailable
 from internvla_ros.backends.export import DTYPES, ensure_export
-from internvla_ros.model.checkpoint import load_checkpoint
-from internvla_ros.model.errors import ModelError
+from internvla_ros.model.pipeline import InferencePipeline
 
 LOG = logging.getLogger(__name__)
 BACKEND_NAMES = (torch_backend.NAME, torch_backend.NAME_UNCACHED, onnxruntime_backend.NAME, tensorrt_backend.NAME)
@@ -41,7 +37,7 @@ class BackendOptions:
 
 @dataclass(frozen=True)
 class BackendChoice:
-    backend: InferenceBackend
+    backend: InferencePipeline
     skipped: tuple[tuple[str, str], ...]
     """(name, reason) of every backend tried before it."""
 
@@ -50,17 +46,12 @@ def _engine_dir(options: BackendOptions) -> Path:
     return options.engine_dir or ensure_export(options.model_dir, options.dtype, options.cache_root)
 
 
-def create_one(name: str, options: BackendOptions) -> InferenceBackend:
+def create_one(name: str, options: BackendOptions) -> InferencePipeline:
+    """The pipeline over backend ``name``'s stages (the same for every backend; only the stages differ)."""
     if options.dtype not in DTYPES:
         raise BackendError(f"unknown dtype {options.dtype!r}; choose one of {', '.join(DTYPES)}")
     if name in (torch_backend.NAME, torch_backend.NAME_UNCACHED):
-        torch.set_num_threads(options.threads)
-        try:
-            checkpoint = load_checkpoint(options.model_dir, dtype=DTYPES[options.dtype], cosmos_dtype=torch.float32)
-        except ModelError as err:
-            raise BackendError(str(err)) from err
-        return torch_backend.TorchBackend(checkpoint.model, kv_reuse=name == torch_backend.NAME,
-                                          compile=options.compile)
+        return torch_backend.create(name, options.model_dir, options.dtype, options.threads, options.compile)
     if name == onnxruntime_backend.NAME:
         onnxruntime_backend.available_providers()  # before an export is made for it
         return onnxruntime_backend.create(options.model_dir, _engine_dir(options), options.threads)

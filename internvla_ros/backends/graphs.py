@@ -20,8 +20,7 @@ from transformers.models.qwen3_vl.modeling_qwen3_vl import apply_rotary_pos_emb_
 
 from internvla_ros.model.attention import GENERATION_BLOCK, PREFIX_BLOCK, LayerKV, mrope_prefix_positions
 from internvla_ros.model.config import InternVLAConfig
-from internvla_ros.model.errors import PreprocessingError
-from internvla_ros.model.modeling import BlockCache, InternVLAModel, TokenBlock
+from internvla_ros.model.modeling import BlockCache, InternVLAModel
 
 VISION = "vision"
 PREFIX = "prefix"
@@ -83,7 +82,7 @@ class Layout:
 
 
 # ------------------------------------------------------------------------------------------------
-# Shared between the export wrappers and the staged torch backend.
+# Shared by the export wrappers and the graph stages.
 # ------------------------------------------------------------------------------------------------
 def stack_kv(layers: tuple[LayerKV, ...]) -> tuple[Tensor, Tensor]:
     """Per-layer K/V -> ``(layers, B, kv_heads, L, head_dim)`` keys and values."""
@@ -105,28 +104,6 @@ def prefix_positions(config: InternVLAConfig, input_ids: Tensor, attention_mask:
     """M-RoPE ids ``(3, B, L)`` of the prefix (host side: depends on where the prompt's tokens are)."""
     return mrope_prefix_positions(input_ids, attention_mask, image_grid_thw, config.tokens.image,
                                   config.vision.spatial_merge_size)
-
-
-def check_image_tokens(config: InternVLAConfig, input_ids: Tensor, image_embeds: int) -> None:
-    found = int((input_ids == config.tokens.image).sum())
-    if found != image_embeds:
-        raise PreprocessingError(f"{found} image tokens in input_ids but the ViT produced {image_embeds} embeddings")
-
-
-def prefix_block(model: InternVLAModel, input_ids: Tensor, attention_mask: Tensor, image_embeds: Tensor,
-                 positions: Tensor) -> TokenBlock:
-    """Token embeddings with the image tokens replaced, in order, by ``image_embeds``.
-
-    Same result as ``masked_scatter`` when the counts match (see :func:`check_image_tokens`), but
-    with a gather that export can trace.
-    """
-    embeds = model.experts.language_model.embed_tokens(input_ids)
-    is_image = input_ids == model.config.tokens.image
-    index = (torch.cumsum(is_image.long(), dim=1) - 1).clamp(min=0)
-    scattered = image_embeds.to(embeds.dtype)[index]
-    embeds = torch.where(is_image[..., None], scattered, embeds)
-    ids = torch.full((input_ids.shape[1],), PREFIX_BLOCK, device=input_ids.device)
-    return TokenBlock(embeds, attention_mask.bool(), positions, ids)
 
 
 def vision_inputs(model: InternVLAModel, image_grid_thw: Tensor) -> dict[str, Tensor]:
@@ -163,6 +140,39 @@ def vision_embed(model: InternVLAModel, patches: Tensor, images: int, grid: dict
     return visual.merger(hidden)
 
 
+class TwoPassGroupNorm(nn.GroupNorm):
+    """GroupNorm whose variance is the mean of the centred squares, for export.
+
+    ONNX Runtime's GroupNormalization kernel (CPU, 1.31) takes the variance as E[x^2] - E[x]^2, which
+    cancels on near-constant groups: an all-black (missing) camera frame gave Cosmos latents 3.9e-3
+    away from torch's, and a constant 3.0 with noise 1e-4 gives NaN (a negative variance). Computed
+    in float32 whatever the weights' dtype; shares the weights of the norm it replaces.
+    """
+
+    def __init__(self, norm: nn.GroupNorm) -> None:
+        super().__init__(norm.num_groups, norm.num_channels, eps=norm.eps, affine=norm.affine)
+        self.weight, self.bias = norm.weight, norm.bias
+
+    def forward(self, x: Tensor) -> Tensor:
+        grouped = x.float().reshape(x.shape[0], self.num_groups, -1)
+        centred = grouped - grouped.mean(dim=-1, keepdim=True)
+        variance = (centred * centred).mean(dim=-1, keepdim=True)
+        y = (centred * torch.rsqrt(variance + self.eps)).reshape(x.shape)
+        if self.affine:
+            shape = (1, -1, *([1] * (x.ndim - 2)))
+            y = y * self.weight.float().reshape(shape) + self.bias.float().reshape(shape)
+        return y.to(x.dtype)
+
+
+def stabilize_group_norms(module: nn.Module) -> None:
+    """Replace every ``nn.GroupNorm`` under ``module`` by :class:`TwoPassGroupNorm` (same weights), in place."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.GroupNorm) and not isinstance(child, TwoPassGroupNorm):
+            setattr(module, name, TwoPassGroupNorm(child))
+        else:
+            stabilize_group_norms(child)
+
+
 # ------------------------------------------------------------------------------------------------
 # Export wrappers: one per graph.
 # ------------------------------------------------------------------------------------------------
@@ -191,7 +201,7 @@ class PrefixGraph(nn.Module):
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, image_embeds: Tensor,
                 position_ids: Tensor) -> tuple[Tensor, Tensor]:
-        block = prefix_block(self.model, input_ids, attention_mask, image_embeds, position_ids)
+        block = self.model.prefix_tokens(input_ids, attention_mask, image_embeds, position_ids)
         _, cache = self.model.run_prefix(block)
         return stack_kv(cache.layers)
 

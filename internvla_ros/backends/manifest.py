@@ -17,8 +17,11 @@ from internvla_ros.model.checkpoint import WEIGHTS_FILE
 from internvla_ros.model.config import ARCH_FILE, CONFIG_FILE
 
 MANIFEST_FILE = "manifest.json"
-FORMAT_VERSION = 1
-"""Bumped whenever the graphs' inputs/outputs change; an older export is then refused."""
+FORMAT_VERSION = 2
+"""Bumped whenever the graphs' inputs/outputs or numerics change; an older export is then refused.
+
+2: Cosmos GroupNorms in two passes, Cosmos in the experts' precision.
+"""
 REQUIRED_SOURCE_FILES = (WEIGHTS_FILE, CONFIG_FILE)
 OPTIONAL_SOURCE_FILES = (ARCH_FILE,)
 HASH_BLOCK = 1 << 22

@@ -8,10 +8,11 @@ from typing import Any
 import numpy as np
 
 from internvla_ros.backends.errors import BackendError, BackendUnavailable
+from internvla_ros.backends.graph_stages import graph_pipeline
 from internvla_ros.backends.manifest import Manifest, load_export
-from internvla_ros.backends.pipeline import GraphPipeline
 from internvla_ros.model.config import load_config
 from internvla_ros.model.errors import ModelError
+from internvla_ros.model.pipeline import InferencePipeline
 
 NAME = "onnxruntime"
 PROVIDER_PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
@@ -94,7 +95,7 @@ class OrtRunner:
         return np.concatenate(parts, axis=axis)
 
 
-def create(model_dir: Path, engine_dir: Path, threads: int = 1) -> GraphPipeline:
+def create(model_dir: Path, engine_dir: Path, threads: int = 1) -> InferencePipeline:
     """The ONNX Runtime backend over the export in ``engine_dir`` of ``model_dir``."""
     providers = available_providers()
     manifest = load_export(engine_dir, model_dir)
@@ -107,4 +108,4 @@ def create(model_dir: Path, engine_dir: Path, threads: int = 1) -> GraphPipeline
         raise BackendError(str(err)) from err
     runner = OrtRunner(engine_dir, manifest, providers, threads)
     used = sorted(set(runner.providers.values()))
-    return GraphPipeline(NAME, f"{NAME} {'+'.join(used)}, {threads} thread(s), {manifest.dtype}", config, runner)
+    return graph_pipeline(NAME, f"{NAME} {'+'.join(used)}, {threads} thread(s), {manifest.dtype}", config, runner)

@@ -16,10 +16,11 @@ import numpy as np
 import torch
 
 from internvla_ros.backends.errors import BackendError, BackendUnavailable
+from internvla_ros.backends.graph_stages import graph_pipeline
 from internvla_ros.backends.manifest import Manifest, load_export
-from internvla_ros.backends.pipeline import GraphPipeline
 from internvla_ros.model.config import load_config
 from internvla_ros.model.errors import ModelError
+from internvla_ros.model.pipeline import InferencePipeline
 
 NAME = "tensorrt"
 TIMING_CACHE = "timing.cache"
@@ -99,7 +100,7 @@ class TensorRTRunner:
         return torch.cat(parts, dim=axis)
 
 
-def create(model_dir: Path, engine_dir: Path) -> GraphPipeline:
+def create(model_dir: Path, engine_dir: Path) -> InferencePipeline:
     """The TensorRT backend over the export in ``engine_dir``; engines are built on first use and cached."""
     trt = import_tensorrt()
     manifest = load_export(engine_dir, model_dir)
@@ -117,4 +118,4 @@ def create(model_dir: Path, engine_dir: Path) -> GraphPipeline:
             path.write_bytes(build_engine(trt, engine_dir / spec.file, cache_dir / TIMING_CACHE))
         engines[name] = path.read_bytes()
     runner = TensorRTRunner(trt, engines, manifest)
-    return GraphPipeline(NAME, f"{NAME} {trt.__version__} on {gpu}, {manifest.dtype}", config, runner)
+    return graph_pipeline(NAME, f"{NAME} {trt.__version__} on {gpu}, {manifest.dtype}", config, runner)

@@ -5,13 +5,17 @@ Usage examples::
     internvla bench model --model test/fixtures/internvla_a1_reference/case_a
     internvla bench model --compare --repeats 20 --json bench.json
     internvla bench model --backend torch,onnxruntime --threads 2
+    internvla bench model --dtype bfloat16 --reference-ms 2500
 
 Stages: ViT, prefix pass, Cosmos encode (both frames, and the current frames only, with the t-15
 frames encoded ahead of time), generation pass, K/V join, each action step, and the totals with and
 without the t-15 frames pre-encoded. Medians after warm-up, thread counts pinned (torch and ONNX
 Runtime intra-op threads = --threads). ``--compare`` runs the backends interleaved in one process
 (default: torch, torch-uncached (no K/V reuse), onnxruntime) and prints each one's speed-up over
-the first. The batch is DIR's ``inputs.safetensors`` when it has one, else a synthetic batch.
+the first. Every backend runs the one staged pipeline the node runs; its stage hook gives the rows.
+``--reference-ms X`` prints each backend's speed-up over a reference implementation's median X ms
+for the same chunk (e.g. the public reference, timed with tools/reference_bench). The batch is DIR's
+``inputs.safetensors`` when it has one, else a synthetic batch.
 """
 
 from __future__ import annotations
@@ -27,8 +31,8 @@ from pathlib import Path
 
 import torch
 
-from internvla_ros.backends.base import STAGE_TOTAL, InferenceBackend, step_stage
 from internvla_ros.backends.errors import BackendError
+from internvla_ros.backends.export import DTYPES
 from internvla_ros.backends.factory import BACKEND_NAMES, BackendOptions, create_backend
 from internvla_ros.backends.graphs import Layout
 from internvla_ros.cli.check_parity import INPUTS_FILE, _load, batch_to_inputs
@@ -36,6 +40,7 @@ from internvla_ros.cli.groups import add_verb, verb_group
 from internvla_ros.model.config import InternVLAConfig, load_config
 from internvla_ros.model.errors import ModelError
 from internvla_ros.model.inputs import ModelInputs
+from internvla_ros.model.pipeline import STAGE_COSMOS, STAGE_TOTAL, InferencePipeline, StageTimings, step_stage
 from internvla_ros.paths import default_model_dir
 
 GROUP = "bench"
@@ -86,12 +91,13 @@ def load_batch(model_dir: Path, config: InternVLAConfig) -> tuple[ModelInputs, t
     return inputs, noise, "synthetic"
 
 
-def measure(backend: InferenceBackend, inputs: ModelInputs, noise: torch.Tensor, steps: int) -> dict[str, int]:
+def measure(backend: InferencePipeline, inputs: ModelInputs, noise: torch.Tensor, steps: int) -> dict[str, int]:
     """One observation twice: every frame encoded on the critical path, then only the current ones."""
-    timings = dict(backend.predict(inputs, noise).timings_ns)
+    timings = StageTimings()
+    backend.run(inputs, noise, hook=timings)
     timings[TOTAL_BOTH] = timings.pop(STAGE_TOTAL)
-    if "cosmos_encode" in timings:
-        timings[ENCODE_BOTH] = timings.pop("cosmos_encode")
+    if STAGE_COSMOS in timings:
+        timings[ENCODE_BOTH] = timings.pop(STAGE_COSMOS)
     step_names = [step_stage(i) for i in range(steps)]
     if all(name in timings for name in step_names):
         timings[STEPS_SUM] = sum(timings[name] for name in step_names)
@@ -102,10 +108,10 @@ def measure(backend: InferenceBackend, inputs: ModelInputs, noise: torch.Tensor,
     current = backend.encode_frames(inputs.frames[:, :, -1])
     encoded = time.perf_counter_ns()
     latents = torch.stack([history, current], dim=2)
-    backend.predict(replace(inputs, frames=None, cosmos_latents=latents), noise)
+    backend.run(replace(inputs, frames=None, cosmos_latents=latents), noise)
     timings[ENCODE_CURRENT] = encoded - start
     timings[TOTAL_PRE] = time.perf_counter_ns() - start
-    return timings
+    return dict(timings)
 
 
 def stage_order(steps: int) -> list[str]:
@@ -114,7 +120,7 @@ def stage_order(steps: int) -> list[str]:
 
 
 def bench(model_dir: Path, names: Sequence[str], options: BackendOptions, repeats: int, warmup: int,
-          interleave: bool, json_path: Path | None) -> int:
+          interleave: bool, json_path: Path | None, reference_ms: float | None = None) -> int:
     config = load_config(model_dir)
     inputs, noise, source = load_batch(model_dir, config)
     backends = [create_backend([name], options).backend for name in names]
@@ -131,7 +137,8 @@ def bench(model_dir: Path, names: Sequence[str], options: BackendOptions, repeat
                 samples[backend.name].append(timing)
     medians = {name: {stage: statistics.median(s[stage] for s in runs) / 1e6 for stage in runs[0]}
                for name, runs in samples.items()}
-    print(f"model: {model_dir}  batch: {source}  threads: {options.threads} (torch + onnxruntime intra-op)  "
+    print(f"model: {model_dir}  batch: {source}  dtype: {options.dtype}  "
+          f"threads: {options.threads} (torch + onnxruntime intra-op)  "
           f"warm-up: {warmup}  repeats: {repeats}  {'interleaved' if interleave else 'one backend after another'}")
     for backend in backends:
         print(f"  {backend.name}: {backend.description}")
@@ -156,6 +163,13 @@ def bench(model_dir: Path, names: Sequence[str], options: BackendOptions, repeat
         print(row)
     if interleave and len(backends) > 1:
         print(f"x NAME = speed-up over {base} (its median / NAME's median), same process, interleaved")
+    versus_reference = {}
+    if reference_ms is not None:
+        for b in backends:
+            ours = medians[b.name][TOTAL_BOTH]
+            versus_reference[b.name] = reference_ms / ours
+            print(f"speed-up over the reference ({reference_ms:.2f} ms median, {TOTAL_BOTH}): {b.name} "
+                  f"{ours:.2f} ms -> x {versus_reference[b.name]:.2f}")
     if json_path is not None:
         report = {
             "model": str(model_dir), "batch": source, "threads": options.threads, "warmup": warmup,
@@ -163,6 +177,7 @@ def bench(model_dir: Path, names: Sequence[str], options: BackendOptions, repeat
             "backends": {b.name: {"description": b.description, "median_ms": medians[b.name],
                                   "samples_ns": samples[b.name]} for b in backends},
             "speedup_over": base if interleave else None, "speedup": speedups if interleave else {},
+            "dtype": options.dtype, "reference_ms": reference_ms, "speedup_over_reference": versus_reference,
         }
         json_path.write_text(json.dumps(report, indent=1) + "\n")
     return 0
@@ -173,8 +188,10 @@ def command(args: argparse.Namespace) -> int:
     names = [n.strip() for n in args.backend.split(",") if n.strip()] if args.backend else (
         list(COMPARE_DEFAULT) if args.compare else ["torch"])
     unknown = [n for n in names if n not in BACKEND_NAMES]
-    if unknown or args.repeats < 1 or args.warmup < 0 or args.threads < 1:
+    bad_reference = args.reference_ms is not None and not args.reference_ms > 0
+    if unknown or args.repeats < 1 or args.warmup < 0 or args.threads < 1 or bad_reference:
         problem = (f"unknown backend(s) {', '.join(unknown)}; choose from {', '.join(BACKEND_NAMES)}" if unknown
+                   else f"--reference-ms must be a positive median in ms, got {args.reference_ms}" if bad_reference
                    else "--repeats and --threads must be >= 1, --warmup >= 0")
         print(f"ERROR: {problem}", file=sys.stderr)
         return 2
@@ -182,9 +199,9 @@ def command(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)
     options = BackendOptions(model_dir, engine_dir=args.engine_dir, cache_root=args.cache, threads=args.threads,
-                             compile=args.compile)
+                             compile=args.compile, dtype=args.dtype)
     try:
-        return bench(model_dir, names, options, args.repeats, args.warmup, args.compare, args.json)
+        return bench(model_dir, names, options, args.repeats, args.warmup, args.compare, args.json, args.reference_ms)
     except (ModelError, BackendError) as err:
         print(f"ERROR: {err}", file=sys.stderr)
         return 2
@@ -204,4 +221,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--engine-dir", type=Path, help="export to use (default: cached export of --model)")
     parser.add_argument("--cache", type=Path, help="export cache (default: ~/.cache/internvla_ros/exports)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the torch backend's stages")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
+                        help="expert precision (Cosmos follows it); default float32")
+    parser.add_argument("--reference-ms", type=float, metavar="X",
+                        help="a reference implementation's median ms per chunk: print our speed-up over it")
     parser.set_defaults(func=command)

@@ -9,21 +9,23 @@ Inference does each piece of work once per chunk:
 3. :meth:`InternVLAModel.sample_actions` — each Euler step runs only the state + action tokens
    through the act expert against the cached K/V (:meth:`InternVLAModel.action_context`).
 
-:meth:`InternVLAModel.predict_uncached` recomputes all blocks jointly at every step (the layout the
-model is trained with, also used by :meth:`InternVLAModel.forward`); every path goes through
+:meth:`InternVLAModel.predict` and :meth:`InternVLAModel.predict_uncached` (all blocks recomputed
+jointly at every step, the layout the model is trained with, also used by :meth:`InternVLAModel.forward`)
+run the one staged pipeline (:mod:`internvla_ros.model.pipeline`) over :class:`TorchStages
+<internvla_ros.model.torch_stages.TorchStages>`; every pass goes through
 :func:`~internvla_ros.model.attention.mixed_layer`.
 
 Precision: float32 everywhere gives parity with the reference. With :meth:`InternVLAModel.to_precision`
 (bfloat16) the experts and the ViT run in bf16 while every RMSNorm weight, the RoPE tables and all
 projection heads (state/action/time/foresight, including ``action_out_proj``) stay float32, as in the
-reference; Cosmos runs in the dtype asked for (the reference forces bf16; float32 is exact).
+reference; Cosmos runs in the dtype asked for (the rule every loader applies is
+:func:`~internvla_ros.model.pipeline.cosmos_dtype`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +48,7 @@ from internvla_ros.model.cosmos import CosmosImageTokenizer
 from internvla_ros.model.errors import ModelError, PreprocessingError
 from internvla_ros.model.experts import MixtureOfExperts, TextExpert
 from internvla_ros.model.inputs import ModelInputs
+from internvla_ros.model.pipeline import SamplerTrace, euler
 from internvla_ros.model.preprocessing import cosmos_frames
 
 
@@ -62,6 +65,13 @@ def pad_last_dim(x: Tensor, size: int, what: str) -> Tensor:
     if x.shape[-1] > size:
         raise PreprocessingError(f"{what} has {x.shape[-1]} dims, more than the model's {size}")
     return F.pad(x, (0, size - x.shape[-1]))
+
+
+def check_image_tokens(config: InternVLAConfig, input_ids: Tensor, image_embeds: int) -> None:
+    """As many image tokens in the prompt as the ViT gave embeddings, or a PreprocessingError."""
+    found = int((input_ids == config.tokens.image).sum())
+    if found != image_embeds:
+        raise PreprocessingError(f"{found} image tokens in input_ids but the ViT produced {image_embeds} embeddings")
 
 
 @dataclass(frozen=True)
@@ -96,15 +106,6 @@ class TokenBlock:
     valid: Tensor
     positions: Tensor
     block_ids: Tensor
-
-
-@dataclass
-class SamplerTrace:
-    """What each Euler step consumed and produced: ``x_t``, the velocity, and the time ``(1,)``."""
-
-    x_t: list[Tensor] = field(default_factory=list)
-    v_t: list[Tensor] = field(default_factory=list)
-    t: list[Tensor] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -216,23 +217,36 @@ class InternVLAModel(nn.Module):
         patches = pixel_values.reshape(-1, pixel_values.shape[-1]).to(visual.patch_embed.proj.weight.dtype)
         return visual.embed(patches, image_grid_thw.reshape(-1, 3))
 
+    def prefix_positions(self, input_ids: Tensor, attention_mask: Tensor, image_grid_thw: Tensor) -> Tensor:
+        """M-RoPE ids ``(3, B, L)`` of the prefix (host side: they depend on where the prompt's tokens are)."""
+        return mrope_prefix_positions(input_ids, attention_mask, image_grid_thw, self.config.tokens.image,
+                                      self.config.vision.spatial_merge_size)
+
+    def check_image_tokens(self, input_ids: Tensor, image_embeds: int) -> None:
+        check_image_tokens(self.config, input_ids, image_embeds)
+
+    def prefix_tokens(self, input_ids: Tensor, attention_mask: Tensor, image_embeds: Tensor,
+                      positions: Tensor) -> TokenBlock:
+        """Token embeddings with the image tokens replaced, in order, by ``image_embeds``.
+
+        A gather rather than ``masked_scatter`` (same result when the counts match, see
+        :meth:`check_image_tokens`), so that ONNX export can trace it.
+        """
+        embeds = self.experts.language_model.embed_tokens(input_ids)
+        is_image = input_ids == self.config.tokens.image
+        index = (torch.cumsum(is_image.long().flatten(), dim=0) - 1).clamp(min=0).reshape(is_image.shape)
+        embeds = torch.where(is_image[..., None], image_embeds.to(embeds.dtype)[index], embeds)
+        block_ids = torch.full((input_ids.shape[1],), PREFIX_BLOCK, device=input_ids.device)
+        return TokenBlock(embeds, attention_mask.bool(), positions, block_ids)
+
     def embed_prefix(
         self, pixel_values: Tensor, image_grid_thw: Tensor, input_ids: Tensor, attention_mask: Tensor
     ) -> tuple[TokenBlock, Tensor]:
         """Token embeddings with the image tokens replaced by ViT outputs; also returns the ViT outputs."""
         image_embeds = self.embed_images(pixel_values, image_grid_thw)
-        embeds = self.experts.language_model.embed_tokens(input_ids)
-        is_image = input_ids == self.config.tokens.image
-        image_tokens = int(is_image.sum())
-        if image_tokens != image_embeds.shape[0]:
-            raise PreprocessingError(
-                f"{image_tokens} image tokens in input_ids but the ViT produced {image_embeds.shape[0]} embeddings"
-            )
-        embeds = embeds.masked_scatter(is_image[..., None], image_embeds.to(embeds.dtype))
-        positions = mrope_prefix_positions(input_ids, attention_mask, image_grid_thw, self.config.tokens.image,
-                                           self.config.vision.spatial_merge_size)
-        block_ids = torch.full((input_ids.shape[1],), PREFIX_BLOCK, device=input_ids.device)
-        return TokenBlock(embeds, attention_mask.bool(), positions, block_ids), image_embeds
+        self.check_image_tokens(input_ids, image_embeds.shape[0])
+        positions = self.prefix_positions(input_ids, attention_mask, image_grid_thw)
+        return self.prefix_tokens(input_ids, attention_mask, image_embeds, positions), image_embeds
 
     def run_prefix(self, prefix: TokenBlock) -> tuple[Tensor, BlockCache]:
         """The und expert over the prefix; returns its final-norm output and per-layer K/V."""
@@ -345,33 +359,14 @@ class InternVLAModel(nn.Module):
         (prefix_out, middle_out, suffix_out), _ = self._run(experts, [prefix, generation, suffix], None)
         return prefix_out, middle_out, self.velocity(suffix_out)
 
-    def _euler(self, noise: Tensor, velocity: Callable[[Tensor, Tensor], Tensor], trace: SamplerTrace | None) -> Tensor:
-        """Euler integration from ``noise`` (t = 1) to actions (t = 0) of ``velocity(x_t, time (B,))``.
-
-        ``dt`` and the time are float32 tensors and the time is accumulated (1.0, 0.9, 0.79999995, ...),
-        as the reference does.
-        """
-        steps = self.config.num_inference_steps
-        dt = torch.tensor(-1.0 / steps, dtype=torch.float32, device=noise.device)
-        time = torch.tensor(1.0, dtype=torch.float32, device=noise.device)
-        x_t = noise.float()
-        for _ in range(steps):
-            v_t = velocity(x_t, time.expand(x_t.shape[0]))
-            if trace is not None:
-                trace.x_t.append(x_t)
-                trace.v_t.append(v_t)
-                trace.t.append(time.reshape(1))
-            x_t = x_t + dt * v_t
-            time = time + dt
-        return x_t
-
     def sample_actions(
         self, context: BlockCache, state: Tensor, noise: Tensor, trace: SamplerTrace | None = None
     ) -> Tensor:
         """Actions ``(B, chunk, max_action_dim)`` from ``noise``, reading the cached prefix + generation K/V."""
-        return self._euler(noise, lambda x_t, time: self.denoise_step(context, state, x_t, time), trace)
+        return euler(noise, self.config.num_inference_steps,
+                     lambda x_t, time: self.denoise_step(context, state, x_t, time), trace=trace)
 
-    # ---------------------------------------------------------------- whole chunk
+    # ---------------------------------------------------------------- whole chunk (the staged pipeline)
     def latents_for(self, inputs: ModelInputs) -> Tensor:
         if inputs.cosmos_latents is not None:
             return inputs.cosmos_latents.float()
@@ -392,40 +387,17 @@ class InternVLAModel(nn.Module):
 
     @torch.no_grad()
     def predict(self, inputs: ModelInputs, noise: Tensor) -> Prediction:
-        """One chunk with K/V reuse: prefix once, generation once, then the action steps."""
-        self._check_noise(noise, inputs.input_ids.shape[0])
-        prefix, vit, generation, latents = self._embed(inputs)
-        prefix_out, prefix_cache = self.run_prefix(prefix)
-        middle_out, generation_cache = self.run_generation(prefix_cache, generation)
-        context = self.action_context(prefix_cache, generation_cache)
-        trace = SamplerTrace()
-        actions = self.sample_actions(context, inputs.state, noise, trace=trace)
-        return Prediction(
-            actions=actions, prefix_out=prefix_out, middle_out=middle_out, cosmos_latents=latents,
-            prefix_position_ids=prefix.positions, middle_position_ids=generation.positions, vit_image_embeds=vit,
-            prefix_embs=prefix.embeds, middle_embs=generation.embeds, trace=trace,
-        )
+        """One chunk with K/V reuse (prefix once, generation once, then the action steps), with intermediates."""
+        from internvla_ros.model.torch_stages import predict  # torch_stages builds on this module
+
+        return predict(self, inputs, noise, kv_reuse=True)
 
     @torch.no_grad()
     def predict_uncached(self, inputs: ModelInputs, noise: Tensor) -> Prediction:
         """One chunk recomputing all three experts over all blocks at every step (no K/V reuse)."""
-        self._check_noise(noise, inputs.input_ids.shape[0])
-        prefix, vit, generation, latents = self._embed(inputs)
-        outputs: list[Tensor] = []
+        from internvla_ros.model.torch_stages import predict
 
-        def velocity(x_t: Tensor, time: Tensor) -> Tensor:
-            prefix_out, middle_out, v_t = self._joint_pass(prefix, generation, inputs.state, x_t, time)
-            outputs[:] = [prefix_out, middle_out]
-            return v_t
-
-        trace = SamplerTrace()
-        actions = self._euler(noise, velocity, trace)
-        prefix_out, middle_out = outputs
-        return Prediction(
-            actions=actions, prefix_out=prefix_out, middle_out=middle_out, cosmos_latents=latents,
-            prefix_position_ids=prefix.positions, middle_position_ids=generation.positions, vit_image_embeds=vit,
-            prefix_embs=prefix.embeds, middle_embs=generation.embeds, trace=trace,
-        )
+        return predict(self, inputs, noise, kv_reuse=False)
 
     # ---------------------------------------------------------------- training objective
     def sample_time(self, batch: int, device: torch.device | str = "cpu") -> Tensor:

@@ -1,87 +1,84 @@
-"""The InternVLA-A1 model behind the runtime's Policy interface.
+"""The InternVLA-A1 model behind the runtime's Policy interface, over the one staged pipeline.
 
-One `infer` call: preprocess the observation (cameras at t and t-15, normalised state, prompt), run the
-prefix once, run the generation (foresight) pass when the runtime asks for it and otherwise reuse its
-cached K/V, then sample the chunk with 10 action steps that only read the cached K/V. Cosmos latents
-are cached per camera frame, so the t-15 frame, which was the current frame of an earlier request, is
-not encoded again. Noise comes from a seeded generator, so a replay of the same observations gives
-the same chunks.
+One `infer` call: preprocess the observation (cameras at t and t-15, normalised state, prompt) and run
+the pipeline (:mod:`internvla_ros.model.pipeline`) of the chosen backend: the prefix once, the
+generation (foresight) pass when the runtime asks for it and otherwise its cached K/V again, then the
+action steps over the cached K/V. Cosmos latents are cached per camera frame, so the t-15 frame, which
+was the current frame of an earlier request, is not encoded again. Noise comes from a seeded
+generator, so a replay of the same observations gives the same chunks.
+
+`infer_batch` runs B observations (e.g. of several robots) as one batch: each one is independent
+(its own generation pass, no cached K/V or latents read or kept), noise drawn in order as B calls
+of `infer` would, so element i equals what `infer` returns for it when it recomputes foresight.
 
     policy = load_policy(model="models/default")       # the factory the inference worker calls
 """
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from internvla_ros.backends.base import InferenceBackend
-from internvla_ros.model.checkpoint import TORCH_DTYPES, Checkpoint, load_checkpoint
-from internvla_ros.model.config import InternVLAConfig, load_config
+from internvla_ros.model.config import InternVLAConfig
 from internvla_ros.model.inputs import ModelInputs
-from internvla_ros.model.modeling import BlockCache
+from internvla_ros.model.pipeline import (
+    COSMOS_PRECISION_RULE,
+    ChunkResult,
+    InferencePipeline,
+    StageTimings,
+    stack_inputs,
+)
 from internvla_ros.model.preprocessing import ObservationPreprocessor, PreprocessorConfig, load_tokenizer
 from internvla_ros.runtime.observation import CameraFrames, Observation
 from internvla_ros.runtime.policy import PolicyResult
 
-DTYPES = ("float32", "bfloat16")  # of TORCH_DTYPES, the precisions the policy is run and tested in
+DTYPES = ("float32", "bfloat16")  # the precisions the policy is run and tested in
 LATENT_CACHE_SIZE = 64  # frames; a few seconds of history for three cameras
 WARMUP_CALLS = 2
 
 
-def _now() -> int:
-    return time.monotonic_ns()
-
-
 class InternVLAPolicy:
-    """Observation -> normalised action chunk (chunk_size, max_action_dim).
+    """Observation(s) -> normalised action chunk (chunk_size, max_action_dim) each."""
 
-    With the eager model (``checkpoint``) the foresight K/V is reused between recomputations; with a
-    compiled ``backend`` (ONNX Runtime, TensorRT) each chunk runs the backend's whole pipeline, the
-    Cosmos latents still cached per frame.
-    """
-
-    def __init__(self, checkpoint: Checkpoint | None, preprocessor: ObservationPreprocessor, seed: int = 0,
-                 backend: InferenceBackend | None = None, config: InternVLAConfig | None = None,
-                 directory: Path | None = None) -> None:
-        if (checkpoint is None) == (backend is None):
-            raise ValueError("give either an eager checkpoint or a compiled backend")
-        self.model = checkpoint.model if checkpoint is not None else None
-        self.config = checkpoint.config if checkpoint is not None else config
-        self.backend = backend
+    def __init__(self, pipeline: InferencePipeline, preprocessor: ObservationPreprocessor, seed: int = 0,
+                 info: Mapping[str, Any] | None = None) -> None:
+        self.pipeline = pipeline
         self.preprocessor = preprocessor
         self._seed = seed
         self._generator = torch.Generator().manual_seed(seed)
-        self._generation: BlockCache | None = None
-        self._middle_out: torch.Tensor | None = None
+        self._generation: Any = None
         self._generation_prompt: str | None = None
         self._latents: OrderedDict[tuple[str, int], torch.Tensor] = OrderedDict()
-        self.info: dict[str, Any] = {"model": str(checkpoint.directory if checkpoint else directory)}
-        if self.model is not None:
-            self.info.update(backend="torch", dtype=str(self.model.compute_dtype), foresight_kv_reuse=True,
-                             parameters=sum(p.numel() for p in self.model.parameters()))
-        else:
-            self.info.update(backend=backend.description, foresight_kv_reuse=False)
+        self.info: dict[str, Any] = {"backend": pipeline.name, "backend_description": pipeline.description,
+                                     "foresight_kv_reuse": True, "cosmos_precision": COSMOS_PRECISION_RULE,
+                                     **(info or {})}
+
+    @property
+    def config(self) -> InternVLAConfig:
+        return self.pipeline.config
 
     def reset(self) -> None:
         self._generator.manual_seed(self._seed)
-        self._generation = self._middle_out = self._generation_prompt = None
+        self._generation = self._generation_prompt = None
         self._latents.clear()
 
-    def _encode(self, frames: torch.Tensor) -> torch.Tensor:
-        """Latents (1, n_views, C, h, w) of one frame per view (1, n_views, 3, H, W)."""
-        if self.backend is not None:
-            return self.backend.encode_frames(frames).float()
-        return self.model.encode_frames(frames)
+    def _noise(self, batch: int) -> torch.Tensor:
+        shape = (1, self.config.chunk_size, self.config.max_action_dim)
+        return torch.cat([torch.randn(shape, generator=self._generator) for _ in range(batch)])
 
-    def _cosmos_latents(self, cameras: Mapping[str, CameraFrames], frames: torch.Tensor) -> torch.Tensor:
+    def _preprocess(self, observation: Observation) -> ModelInputs:
+        current = {camera.slot: camera.current for camera in observation.cameras.values()}
+        history = {camera.slot: camera.history for camera in observation.cameras.values()}
+        return self.preprocessor(current, observation.normalized_state, observation.instruction, history)
+
+    def _cached_latents(self, cameras: Mapping[str, CameraFrames], frames: torch.Tensor) -> torch.Tensor:
         """(1, n_views, 2, C, h, w): each camera's [t-15, t] latents, each frame encoded once.
 
         A frame index (t-15 or t) is encoded for all views at once when any camera's frame is new.
@@ -92,7 +89,7 @@ class InternVLAPolicy:
         for index, stamp_of in enumerate((lambda c: c.history_stamp_ns, lambda c: c.current_stamp_ns)):
             keys = {name: (name, stamp_of(camera)) for name, camera in cameras.items()}
             if any(key not in self._latents for key in keys.values()):
-                encoded = self._encode(frames[:, :, index])
+                encoded = self.pipeline.encode_frames(frames[:, :, index]).cpu()
                 for name, camera in cameras.items():
                     self._latents.setdefault(keys[name], encoded[0, camera.slot])
             for name, camera in cameras.items():
@@ -103,103 +100,80 @@ class InternVLAPolicy:
 
     @torch.inference_mode()
     def infer(self, observation: Observation) -> PolicyResult:
-        timing: dict[str, int] = {}
-        start = mark = _now()
-
-        def lap(stage: str) -> None:
-            nonlocal mark
-            now = _now()
-            timing[stage] = now - mark
-            mark = now
-
-        current = {camera.slot: camera.current for camera in observation.cameras.values()}
-        history = {camera.slot: camera.history for camera in observation.cameras.values()}
-        inputs = self.preprocessor(current, observation.normalized_state, observation.instruction, history)
-        lap("preprocess")
-        if self.backend is not None:
-            return self._infer_compiled(observation, inputs, timing, start)
-        model = self.model
-        prefix, _ = model.embed_prefix(inputs.pixel_values, inputs.image_grid_thw, inputs.input_ids,
-                                       inputs.attention_mask)
-        lap("vision")
-        _, prefix_cache = model.run_prefix(prefix)
-        lap("prefix")
+        start = time.perf_counter_ns()
+        timings = StageTimings()
+        inputs = self._preprocess(observation)
+        timings("preprocess", time.perf_counter_ns() - start)
         stale = observation.instruction != self._generation_prompt
-        if observation.recompute_foresight or self._generation is None or stale:
-            latents = self._cosmos_latents(observation.cameras, inputs.frames)
-            lap("cosmos_encode")
-            generation = model.embed_generation(latents, inputs.view_mask, prefix.positions)
-            self._middle_out, self._generation = model.run_generation(prefix_cache, generation)
-            self._generation_prompt = observation.instruction
-            lap("generation")
-        context = model.action_context(prefix_cache, self._generation)
-        noise = torch.randn(1, self.config.chunk_size, self.config.max_action_dim, generator=self._generator)
-        actions = model.sample_actions(context, inputs.state, noise)
-        lap("actions")
-        preview: dict[str, np.ndarray] = {}
-        if observation.decode_preview and self._middle_out is not None:
-            images = model.decode_foresight(model.foresight_latents(self._middle_out))[0]
-            preview = self._preview_images(observation, images)
-            lap("foresight_decode")
-        timing["total"] = _now() - start
-        return PolicyResult(actions=actions[0].float().numpy(), timing_ns=timing, preview=preview)
+        reuse = None if observation.recompute_foresight or self._generation is None or stale else self._generation
+        if reuse is None:
+            mark = time.perf_counter_ns()
+            assert inputs.frames is not None
+            inputs = replace(inputs, frames=None, cosmos_latents=self._cached_latents(observation.cameras,
+                                                                                      inputs.frames))
+            timings("cosmos_encode", time.perf_counter_ns() - mark)
+        result = self.pipeline.run(inputs, self._noise(1), generation=reuse, decode=observation.decode_preview,
+                                   hook=timings)
+        self._generation = result.generation
+        self._generation_prompt = observation.instruction
+        timings["total"] = time.perf_counter_ns() - start
+        return self._result(observation, result, 0, timings)
 
-
-    def _infer_compiled(self, observation: Observation, inputs: ModelInputs, timing: dict[str, int],
-                        start: int) -> PolicyResult:
-        assert self.backend is not None
-        latents = self._cosmos_latents(observation.cameras, inputs.frames)
-        inputs = dataclasses.replace(inputs, frames=None, cosmos_latents=latents)
-        noise = torch.randn(1, self.config.chunk_size, self.config.max_action_dim, generator=self._generator)
-        result = self.backend.predict(inputs, noise, foresight=observation.decode_preview)
-        timing.update(result.timings_ns)
-        preview = {}
-        if observation.decode_preview and result.foresight_latents is not None:
-            preview = self._preview_images(observation, self.backend.decode_foresight(result.foresight_latents)[0])
-        timing["total"] = _now() - start
-        return PolicyResult(actions=result.actions[0].float().numpy(), timing_ns=timing, preview=preview)
+    @torch.inference_mode()
+    def infer_batch(self, observations: Sequence[Observation]) -> list[PolicyResult]:
+        """One chunk per observation, computed as one batch (see the module docstring)."""
+        if not observations:
+            return []
+        start = time.perf_counter_ns()
+        timings = StageTimings()
+        inputs = stack_inputs([self._preprocess(observation) for observation in observations])
+        timings("preprocess", time.perf_counter_ns() - start)
+        decode = any(observation.decode_preview for observation in observations)
+        result = self.pipeline.run(inputs, self._noise(len(observations)), decode=decode, hook=timings)
+        timings["total"] = time.perf_counter_ns() - start
+        return [self._result(observation, result, index, timings) for index, observation in enumerate(observations)]
 
     @staticmethod
-    def _preview_images(observation: Observation, images: torch.Tensor) -> dict[str, np.ndarray]:
-        """(n_views, 3, H, W) in about [-1, 1] -> uint8 HxWx3 per camera."""
-        preview = {}
-        for name, camera in observation.cameras.items():
-            pixels = ((images[camera.slot].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-            preview[name] = pixels.permute(1, 2, 0).contiguous().numpy()
-        return preview
+    def _result(observation: Observation, result: ChunkResult, index: int,
+                timings: Mapping[str, int]) -> PolicyResult:
+        preview: dict[str, np.ndarray] = {}
+        if observation.decode_preview and result.foresight_images is not None:
+            images = result.foresight_images[index].cpu()
+            for name, camera in observation.cameras.items():
+                pixels = ((images[camera.slot].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+                preview[name] = pixels.permute(1, 2, 0).contiguous().numpy()
+        actions = result.actions[index].float().cpu().numpy()
+        return PolicyResult(actions=actions, timing_ns=dict(timings), preview=preview)
 
 
 def load_policy(model: str, tokenizer: str | None = None, dtype: str = "float32",
                 cameras: Mapping[str, int] | None = None, seed: int = 0, backend: str = "torch",
-                fallback: bool = False, threads: int = 1, export_cache: str | None = None) -> InternVLAPolicy:
+                fallback: bool = False, threads: int | None = None,
+                export_cache: str | None = None) -> InternVLAPolicy:
     """The inference worker's factory: load the checkpoint strictly and warm the policy up.
 
-    ``backend``: "torch" (eager, foresight K/V reuse) or a comma-separated preference list of compiled
-    backends ("tensorrt,onnxruntime"); the next one is tried only with ``fallback`` (never silently:
-    the info says which one runs and why others were skipped). A compiled backend uses the model's ONNX
-    export in ``export_cache`` (default ~/.cache/internvla_ros/exports), made there when missing or stale.
+    ``backend``: one of ``internvla_ros.backends.factory.BACKEND_NAMES`` ("torch": eager with K/V reuse)
+    or a comma-separated preference list ("tensorrt,onnxruntime"); the next one is tried only with
+    ``fallback`` (never silently: the info says which one runs and why others were skipped). A compiled
+    backend uses the model's ONNX export in ``export_cache`` (default ~/.cache/internvla_ros/exports),
+    made there when missing or stale. ``threads``: torch and ONNX Runtime threads (default: torch's
+    current setting).
     """
+    from internvla_ros.backends.factory import BackendOptions, create_backend
+
     if dtype not in DTYPES:
         raise ValueError(f"dtype '{dtype}' is not supported; use one of {sorted(DTYPES)}")
     started = time.monotonic()
     directory = Path(model)
-    tokenizer_ = load_tokenizer(Path(tokenizer) if tokenizer else None)
-    if backend == "torch":
-        checkpoint = load_checkpoint(directory, dtype=TORCH_DTYPES[dtype])
-        preprocessor = ObservationPreprocessor(PreprocessorConfig.from_model_config(checkpoint.config), tokenizer_,
-                                               stats=None)
-        policy = InternVLAPolicy(checkpoint, preprocessor, seed=seed)
-    else:
-        from internvla_ros.backends.factory import BackendOptions, create_backend
-
-        config = load_config(directory)
-        choice = create_backend([name.strip() for name in backend.split(",")],
-                                BackendOptions(model_dir=directory, dtype=dtype, threads=threads, fallback=fallback,
-                                               cache_root=Path(export_cache) if export_cache else None))
-        preprocessor = ObservationPreprocessor(PreprocessorConfig.from_model_config(config), tokenizer_, stats=None)
-        policy = InternVLAPolicy(None, preprocessor, seed=seed, backend=choice.backend, config=config,
-                                 directory=directory)
-        policy.info["skipped_backends"] = [f"{name}: {why}" for name, why in choice.skipped]
+    choice = create_backend([name.strip() for name in backend.split(",")],
+                            BackendOptions(model_dir=directory, dtype=dtype, fallback=fallback,
+                                           threads=threads or torch.get_num_threads(),
+                                           cache_root=Path(export_cache) if export_cache else None))
+    pipeline = choice.backend
+    preprocessor = ObservationPreprocessor(PreprocessorConfig.from_model_config(pipeline.config),
+                                           load_tokenizer(Path(tokenizer) if tokenizer else None), stats=None)
+    policy = InternVLAPolicy(pipeline, preprocessor, seed=seed, info={
+        "model": str(directory), "dtype": dtype, "skipped_backends": [f"{n}: {why}" for n, why in choice.skipped]})
     loaded = time.monotonic()
     warmup = warmup_observation(policy.config.n_views, cameras)
     for _ in range(WARMUP_CALLS):

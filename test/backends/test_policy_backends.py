@@ -1,4 +1,5 @@
-"""The runtime's policy on a compiled backend computes what it computes on the eager model."""
+"""The runtime's policy computes the same chunks on every backend, with and without K/V reuse, one by one
+or as a batch."""
 
 from __future__ import annotations
 
@@ -12,6 +13,9 @@ from internvla_ros.backends.errors import BackendError
 from internvla_ros.runtime.internvla_policy import load_policy, warmup_observation
 
 ACTIONS_ATOL = 1e-4
+KV_REUSE_ATOL = 1e-5
+"""Cached prefix/generation K/V vs all blocks recomputed at every step: same math, other summation order."""
+BATCH_ATOL = 1e-5
 CAMERAS = {"head": 0, "left_wrist": 1, "right_wrist": 2}
 
 
@@ -35,7 +39,7 @@ def observations(count: int) -> list:
 def test_onnxruntime_policy_matches_the_eager_policy(model_dir: Path, export_cache: Path) -> None:
     eager = load_policy(str(model_dir), cameras=CAMERAS)
     compiled = load_policy(str(model_dir), cameras=CAMERAS, backend="onnxruntime", export_cache=str(export_cache))
-    assert compiled.info["foresight_kv_reuse"] is False and "onnxruntime" in compiled.info["backend"]
+    assert compiled.info["foresight_kv_reuse"] is True and compiled.info["backend"] == "onnxruntime"
     for observation in observations(3):
         expected, got = eager.infer(observation), compiled.infer(observation)
         np.testing.assert_allclose(got.actions, expected.actions, atol=ACTIONS_ATOL)
@@ -49,3 +53,54 @@ def test_an_unavailable_backend_is_refused_unless_fallback_is_allowed(model_dir:
                          export_cache=str(export_cache))
     assert "onnxruntime" in policy.info["backend"]
     assert policy.info["skipped_backends"] and policy.info["skipped_backends"][0].startswith("tensorrt:")
+
+
+def varied_observations() -> list:
+    """A full set of cameras, a missing wrist camera, one camera only; short and long prompts."""
+    base = observations(3)
+    cameras = [dict(base[0].cameras), {k: v for k, v in base[1].cameras.items() if k != "left_wrist"},
+               {"head": base[2].cameras["head"]}]
+    prompts = ["go", "pick up the red block and put it in the blue bowl next to the green cup, then wait",
+               "sort the parcel"]
+    return [dataclasses.replace(o, cameras=c, instruction=p, recompute_foresight=True, decode_preview=True)
+            for o, c, p in zip(base, cameras, prompts, strict=True)]
+
+
+def test_kv_reuse_matches_recomputing_every_block(model_dir: Path) -> None:
+    """The node's default path (K/V reuse, foresight reused between recomputations) against the baseline."""
+    cached = load_policy(str(model_dir), cameras=CAMERAS)
+    uncached = load_policy(str(model_dir), cameras=CAMERAS, backend="torch-uncached")
+    assert uncached.info["backend"] == "torch-uncached"
+    sequence = varied_observations()
+    sequence[1] = dataclasses.replace(sequence[1], instruction=sequence[0].instruction, recompute_foresight=False)
+    for observation in sequence:
+        expected, got = cached.infer(observation), uncached.infer(observation)
+        np.testing.assert_allclose(got.actions, expected.actions, atol=KV_REUSE_ATOL, rtol=0)
+        assert np.abs(got.actions).max() > 10 * KV_REUSE_ATOL
+
+
+def test_a_batch_equals_the_observations_one_by_one(model_dir: Path) -> None:
+    policy = load_policy(str(model_dir), cameras=CAMERAS)
+    sequence = varied_observations()
+    batched = policy.infer_batch(sequence)
+    policy.reset()
+    single = [policy.infer(observation) for observation in sequence]
+    assert len(batched) == len(sequence)
+    for got, expected, observation in zip(batched, single, sequence, strict=True):
+        np.testing.assert_allclose(got.actions, expected.actions, atol=BATCH_ATOL, rtol=0)
+        assert set(got.preview) == set(observation.cameras)
+        for name in got.preview:  # uint8 previews: rounding may differ by one level
+            assert np.abs(got.preview[name].astype(int) - expected.preview[name].astype(int)).max() <= 1
+    assert np.abs(single[0].actions - single[1].actions).max() > 10 * BATCH_ATOL
+    assert policy.infer_batch([]) == []
+
+
+@pytest.mark.slow
+def test_onnxruntime_batch_runs_element_by_element(model_dir: Path, export_cache: Path) -> None:
+    """The exported graphs have batch 1: the pipeline runs a batch one element after another."""
+    compiled = load_policy(str(model_dir), cameras=CAMERAS, backend="onnxruntime", export_cache=str(export_cache))
+    sequence = varied_observations()
+    batched = compiled.infer_batch(sequence)
+    compiled.reset()
+    for got, observation in zip(batched, sequence, strict=True):
+        np.testing.assert_array_equal(got.actions, compiled.infer(observation).actions)
