@@ -26,6 +26,7 @@ COMMAND_MODULES = [
     "internvla_ros.cli.model_stats",
     "internvla_ros.cli.train",
     "internvla_ros.cli.regress",
+    "internvla_ros.cli.bench_serve",
 ]
 
 

@@ -30,6 +30,7 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from internvla_ros.cli.groups import add_verb
 from internvla_ros.paths import config_path
@@ -40,6 +41,7 @@ EXIT_PASSED, EXIT_FAILED, EXIT_UNUSABLE = 0, 1, 2
 DEFAULT_GOLDEN = "golden"
 LOCAL = "local"  # a new Ray instance of our own, even when another one runs on this machine
 LOCAL_OBJECT_STORE_BYTES = 128 * 1024**2  # results are a few KiB: keep the local store small
+LOCAL_START_ATTEMPTS = 2
 
 
 def find_bags(directory: Path, skip: Path) -> list[Path]:
@@ -142,7 +144,7 @@ def _run_on_ray(jobs: list[BagJob], settings: RegressSettings, address: str | No
         options: dict[str, object] = {"log_to_driver": False, "include_dashboard": False}
         if address is None:
             options["object_store_memory"] = LOCAL_OBJECT_STORE_BYTES
-        ray.init(address=address or LOCAL, **options)
+        _start_ray(ray, address, options)
     try:
         task = ray.remote(replay_bag).options(
             num_cpus=1, max_retries=0,
@@ -162,6 +164,21 @@ def _run_on_ray(jobs: list[BagJob], settings: RegressSettings, address: str | No
     finally:
         if own:
             ray.shutdown()
+
+
+def _start_ray(ray: Any, address: str | None, options: dict[str, object]) -> None:
+    """ray.init; a local start is tried twice (on a loaded machine the raylet may miss Ray's 30 s deadline)."""
+    attempts = 1 if address else LOCAL_START_ATTEMPTS
+    for attempt in range(1, attempts + 1):
+        try:
+            ray.init(address=address or LOCAL, **options)
+            return
+        except (ConnectionError, RuntimeError, ValueError):
+            raise
+        except Exception as err:  # Ray raises a bare Exception when its node does not come up in time
+            if attempt == attempts:
+                raise RuntimeError(f"Ray did not start: {err}") from err
+            print(f"regress: Ray did not start ({err}); trying again", file=sys.stderr, flush=True)
 
 
 def _first_line(text: str) -> str:
