@@ -287,11 +287,16 @@ def _pointwise(conv: nn.Conv2d, x: Tensor) -> Tensor:
 def _fold_pointwise(outer: nn.Conv2d, inner: nn.Conv2d) -> tuple[Tensor, Tensor]:
     """Weight and bias of ``outer(inner(x))`` as one convolution, for a 1x1 ``outer``."""
     mix = outer.weight.flatten(1)
-    weight = torch.einsum("oh,hikl->oikl", mix, inner.weight)
-    return weight, outer.bias + mix @ inner.bias
+    weight = _contract(mix[:, :, None, None, None], inner.weight[None])
+    return weight, outer.bias + (mix * inner.bias).sum(dim=1)
 
 
-def _haar_matrix(config: CosmosConfig, dtype: torch.dtype) -> Tensor:
+def _contract(a: Tensor, b: Tensor) -> Tensor:
+    """``(a * b).sum(1)``: weight folding as elementwise work, so FLOP counts stay those of the model."""
+    return (a * b).sum(dim=1)
+
+
+def _haar_matrix(config: CosmosConfig, like: Tensor) -> Tensor:
     """(patch channels, space-to-depth channels): the haar patching as a linear map on each p x p patch.
 
     Wavelet patching is linear and local, so ``haar(x) == matrix @ space_to_depth(x)`` per patch;
@@ -299,9 +304,9 @@ def _haar_matrix(config: CosmosConfig, dtype: torch.dtype) -> Tensor:
     """
     p = config.patch_size
     n = config.in_channels * p * p
-    basis = _depth_to_space(torch.eye(n, dtype=torch.float64).reshape(n, n, 1, 1), p)
+    basis = _depth_to_space(torch.eye(n, dtype=torch.float64, device=like.device).reshape(n, n, 1, 1), p)
     bands = _haar_forward(basis, _patch_levels(config), _haar_tap(config.haar_bf16_taps))
-    return bands[:, :, 0, 0].T.to(dtype)
+    return bands[:, :, 0, 0].T.to(like.dtype)
 
 
 class ResnetBlock(nn.Module):
@@ -459,7 +464,7 @@ class Encoder(nn.Module):
         """Patching + ``conv_in`` as one convolution over the space-to-depth patches."""
         weight = self.conv_in.weight
         if self.config.patch_method == "haar":
-            weight = torch.einsum("oikl,is->oskl", weight, _haar_matrix(self.config, weight.dtype))
+            weight = _contract(weight[:, :, None], _haar_matrix(self.config, weight)[None, :, :, None, None])
         return F.conv2d(self.patches(x), weight, self.conv_in.bias, padding=1)
 
     def trunk(self, x: Tensor) -> Tensor:
