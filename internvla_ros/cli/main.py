@@ -27,6 +27,7 @@ COMMAND_MODULES = [
     "internvla_ros.cli.train",
     "internvla_ros.cli.regress",
     "internvla_ros.cli.bench_serve",
+    "internvla_ros.cli.bench_replay",
     "internvla_ros.cli.record",
     "internvla_ros.cli.eval",
 ]
