@@ -17,6 +17,11 @@ RUNTIME_MODULES = [
     "internvla_ros.runtime.safety",
     "internvla_ros.runtime.scheduler",
     "internvla_ros.runtime.status",
+    "internvla_ros.runtime.chunks",
+    "internvla_ros.runtime.command_output",
+    "internvla_ros.runtime.execution",
+    "internvla_ros.runtime.runtime_status",
+    "internvla_ros.runtime.supervisor",
 ]
 
 
