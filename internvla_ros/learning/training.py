@@ -7,7 +7,12 @@ model's own :meth:`~internvla_ros.model.modeling.InternVLAModel.forward`: t ~ Be
 (betas 0.9/0.95, eps 1e-8, weight decay 0.01), gradient norm clipped at 1.0, linear warm-up then cosine
 decay as the reference's ``CosineDecayWithWarmupSchedulerConfig`` (warm-up 2000 of 60000 decay steps,
 scaled down to shorter runs; 5e-5 -> 5e-6, its fine-tuning script's values). The Cosmos tokenizer is
-frozen (it only makes latents). bf16 autocast on a GPU, float32 on the CPU; the same code.
+frozen (it only makes latents), so each frame's latent is encoded once and cached
+(:mod:`~internvla_ros.learning.training_latents`). The und expert's token embedding (tied to
+``lm_head``) is frozen too unless ``train_embeddings``: in a small model it is most of the parameters
+(19.4 M of the default model's 21.3 M: the Qwen vocabulary), only the prompt's few tokens receive a
+gradient, and AdamW's weight decay would rewrite every row at every step. bf16 autocast on a GPU,
+float32 on the CPU; the same code.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from internvla_ros.learning.training_checkpoint import (
     stats_with,
 )
 from internvla_ros.learning.training_data import TrainingBatch, TrainingSamples
+from internvla_ros.learning.training_latents import LatentCache, weights_digest
 from internvla_ros.model.checkpoint import load_checkpoint
 from internvla_ros.model.modeling import InternVLAModel
 from internvla_ros.model.normalization import NormalizationStats
@@ -56,6 +62,9 @@ class TrainingOptions:
     save_every: int = 500
     device: str = "auto"
     robot_type: str | None = None  # default: the dataset's
+    threads: int | None = None  # torch intra-op threads (default: torch's choice)
+    cache_latents: bool = True  # encode each frame's Cosmos latent once (training_latents)
+    train_embeddings: bool = False  # the und expert's token embedding (tied lm_head) is frozen by default
 
     def schedule(self) -> Callable[[int], float]:
         """Learning-rate factor per step: the reference's warm-up + cosine, auto-scaled to ``steps``."""
@@ -83,21 +92,31 @@ class StepReport:
 
 
 def losses(model: InternVLAModel, batch: TrainingBatch, noise: torch.Tensor, time_: torch.Tensor,
-           lambda_gen: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(total, action, foresight) on one batch at the given noise and flow times."""
-    frames, views = batch.inputs.frames, batch.inputs.view_mask.bool()
-    assert frames is not None
-    cfg = model.config
-    latent = (cfg.cosmos_latent_channels, *cfg.cosmos_latent_hw)
-    with torch.no_grad():  # Cosmos is frozen: it only makes latents, of the cameras present (the rest are masked)
-        future = frames.new_zeros(*views.shape, *latent)
-        future[views] = model.encode_frames(batch.future_frames[views])
-        history = frames.new_zeros(*frames.shape[:3], *latent)
-        history[views] = model.encode_frames(frames[views])
+           lambda_gen: float, latents: tuple[torch.Tensor, torch.Tensor] | None = None,
+           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(total, action, foresight) on one batch at the given noise and flow times; ``latents`` (history
+    ``(B, N, 2, C, h, w)``, future ``(B, N, C, h, w)``) from a cache, or encoded here from the frames."""
+    if latents is None:
+        latents = frame_latents(model, batch)
+    history, future = latents
     inputs = replace(batch.inputs, frames=None, cosmos_latents=history)
     out = model(inputs, batch.actions, future, noise, time_)
     action = out.action[:, :, : batch.action_dim].mean()
     return action + lambda_gen * out.foresight, action, out.foresight
+
+
+def frame_latents(model: InternVLAModel, batch: TrainingBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cosmos latents of the batch's [t - h, t] and t + h frames, of the cameras present (the rest zero)."""
+    frames, views = batch.inputs.frames, batch.inputs.view_mask.bool()
+    assert frames is not None
+    cfg = model.config
+    latent = (cfg.cosmos_latent_channels, *cfg.cosmos_latent_hw)
+    with torch.no_grad():  # Cosmos is frozen: it only makes latents
+        future = frames.new_zeros(*views.shape, *latent)
+        future[views] = model.encode_frames(batch.future_frames[views])
+        history = frames.new_zeros(*frames.shape[:3], *latent)
+        history[views] = model.encode_frames(frames[views])
+    return history, future
 
 
 def _device(name: str) -> torch.device:
@@ -107,6 +126,8 @@ def _device(name: str) -> torch.device:
 class Trainer:
     def __init__(self, dataset: Path, init: Path, out: Path, options: TrainingOptions, resume: bool = False) -> None:
         self.options, self.init, self.out = options, Path(init), Path(out)
+        if options.threads is not None:
+            torch.set_num_threads(options.threads)
         self.dataset = open_dataset(dataset)
         self.robot_type = options.robot_type or self.dataset.schema.robot_type
         if resume and not (self.out / STATE_FILE).is_file():
@@ -117,6 +138,8 @@ class Trainer:
         self.config = checkpoint.config
         self.model = checkpoint.model.train()
         self.model.model.cosmos.requires_grad_(False)
+        if not options.train_embeddings:
+            self.model.experts.language_model.embed_tokens.requires_grad_(False)
         self.device = _device(options.device)
         self.model.to(self.device)
         entry = dataset_model_stats(self.dataset, self.config.chunk_size)
@@ -126,6 +149,12 @@ class Trainer:
                                                            for key in (STATE_KEY, ACTION_KEY)
                                                            for field in ("mean", "std")))
         self.samples = TrainingSamples(self.dataset, self.config, self.stats, load_tokenizer(None), self.out / "cache")
+        self.latents = None
+        if options.cache_latents:
+            cosmos = self.model.model.cosmos
+            shape = (self.config.cosmos_latent_channels, *self.config.cosmos_latent_hw)
+            self.latents = LatentCache(self.out / "cache", self.samples.frames, self.dataset.schema.cameras, shape,
+                                       {"frames": self.samples.frames_tag, "cosmos": weights_digest(cosmos)})
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=options.lr, betas=options.betas, eps=options.adam_eps,
                                            weight_decay=options.weight_decay)
@@ -164,13 +193,17 @@ class Trainer:
             group["lr"] = lr
         batch = self.samples.batch(self._indices())
         batch = TrainingBatch(batch.inputs.to(self.device), batch.actions.to(self.device),
-                              batch.future_frames.to(self.device))
+                              batch.future_frames.to(self.device), batch.frame_indices)
+        latents = None
+        if self.latents is not None and batch.frame_indices is not None:
+            cached = self.latents.lookup(batch.frame_indices, batch.inputs.view_mask, self._encode).to(self.device)
+            latents = (cached[:, :, :2], cached[:, :, 2])
         cfg = self.config
         noise = torch.randn(len(batch.actions), cfg.chunk_size, cfg.max_action_dim, generator=self.generator)
         time_ = self.model.sample_time(len(batch.actions))
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
             total, action, foresight = losses(self.model, batch, noise.to(self.device), time_.to(self.device),
-                                              self.options.lambda_gen)
+                                              self.options.lambda_gen, latents)
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.options.grad_clip_norm)
@@ -180,6 +213,11 @@ class Trainer:
                             time.monotonic() - started)
         self.state.losses.append({k: v for k, v in asdict(report).items() if k != "seconds"})
         return report
+
+    def _encode(self, frames: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16,
+                                             enabled=self.device.type == "cuda"):
+            return self.model.encode_frames(frames.to(self.device)).float()
 
     def save(self) -> None:
         train_config = {**asdict(self.options), "dataset": str(self.dataset.root), "init": str(self.init),

@@ -10,6 +10,7 @@ are the foresight target. Frame indices outside the episode are clamped to it.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -30,6 +31,7 @@ class TrainingBatch:
     inputs: ModelInputs
     actions: torch.Tensor  # (B, chunk, dim) normalised, not padded
     future_frames: torch.Tensor  # (B, n_views, 3, H, W) in [0, 1], the frames t + h
+    frame_indices: np.ndarray | None = None  # (B, 3) dataset frames t - h, t, t + h (clamped to the episode)
 
     @property
     def action_dim(self) -> int:
@@ -58,6 +60,8 @@ class TrainingSamples:
         self.preprocessor = ObservationPreprocessor(preprocessor_config, tokenizer, stats)
         size = (config.processor.resize_height, config.processor.resize_width)
         self.frames = {camera: frame_cache(dataset, camera, cache_dir, size) for camera in dataset.schema.cameras}
+        self.frames_tag = {camera: json.loads((cache_dir / f"frames_{camera}.json").read_text())
+                           for camera in dataset.schema.cameras}
         self.history = config.image_history_interval
         self.mask = np.asarray(dataset.schema.absolute_mask, dtype=bool)
         self._bounds = [(e.start, e.stop, e.task) for e in dataset.episodes]
@@ -76,15 +80,17 @@ class TrainingSamples:
         return {slot: np.asarray(self.frames[camera][index]) for camera, slot in self.dataset.schema.cameras.items()}
 
     def batch(self, indices: Sequence[int]) -> TrainingBatch:
-        items, actions, futures = [], [], []
+        items, actions, futures, frame_indices = [], [], [], []
         cfg = self.config
         for index in indices:
             start, stop, task = self._bounds[int(self.dataset.episode_of[index])]
             past, future = max(index - self.history, start), min(index + self.history, stop - 1)
+            frame_indices.append((past, index, future))
             items.append(self.preprocessor(self._slots(index), self.dataset.states[index], task, self._slots(past)))
             actions.append(self._actions(index, start, stop))
             frames = torch.zeros(cfg.n_views, 3, *self.frames[next(iter(self.frames))].shape[1:3])
             for slot, rgb in self._slots(future).items():
                 frames[slot] = torch.from_numpy(rgb.copy()).permute(2, 0, 1).float() / 255.0
             futures.append(frames)
-        return TrainingBatch(stack_inputs(items), torch.from_numpy(np.stack(actions)), torch.stack(futures))
+        return TrainingBatch(stack_inputs(items), torch.from_numpy(np.stack(actions)), torch.stack(futures),
+                             np.asarray(frame_indices, dtype=np.int64))

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from internvla_ros.cli import train as train_cli
 from internvla_ros.learning.dataset_convert import ConversionOptions, convert_bags
-from internvla_ros.learning.training import Trainer, TrainingOptions, losses
+from internvla_ros.learning.training import Trainer, TrainingOptions, frame_latents, losses
 from internvla_ros.learning.training_checkpoint import STATE_FILE
 from internvla_ros.model.checkpoint import WEIGHTS_FILE, load_checkpoint, read_tensors
 from internvla_ros.model.normalization import NormalizationStats
@@ -89,3 +91,47 @@ def test_schedule_warms_up_then_decays_to_the_floor() -> None:
     assert values[0] == pytest.approx(1 / 2001) and values[1] == pytest.approx(0.5 + 0.5 / 2001, rel=1e-3)
     assert values[2] == pytest.approx(1.0, abs=1e-2) and values[3] < values[2]
     assert values[4] == pytest.approx(0.1) == values[5]
+
+
+def test_cached_latents_equal_the_encoded_ones_and_are_encoded_once(dataset: Path, tmp_path: Path) -> None:
+    trainer = Trainer(dataset, TINY_MODEL, tmp_path / "run", OPTIONS)
+    assert trainer.latents is not None and trainer.latents.encoded() == 0
+    batch = trainer.samples.batch(EVAL_INDICES)
+    history, future = frame_latents(trainer.model, batch)
+    calls: list[int] = []
+
+    def encode(frames: torch.Tensor) -> torch.Tensor:
+        calls.append(len(frames))
+        return trainer.model.encode_frames(frames)
+
+    cached = trainer.latents.lookup(batch.frame_indices, batch.inputs.view_mask, encode)
+    torch.testing.assert_close(cached[:, :, :2], history, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(cached[:, :, 2], future, rtol=1e-5, atol=1e-5)
+    unique = len(np.unique(batch.frame_indices))
+    assert sum(calls) == unique * len(trainer.dataset.schema.cameras) == trainer.latents.encoded()
+    assert torch.equal(trainer.latents.lookup(batch.frame_indices, batch.inputs.view_mask, encode), cached)
+    assert sum(calls) == trainer.latents.encoded()  # nothing encoded twice
+
+    # a new run in the same directory reuses the cache; other Cosmos weights invalidate it
+    assert Trainer(dataset, TINY_MODEL, tmp_path / "run", OPTIONS).latents.encoded() == trainer.latents.encoded()
+    altered = tmp_path / "altered"
+    altered.mkdir()
+    for item in TINY_MODEL.iterdir():
+        if item.is_file():
+            (altered / item.name).write_bytes(item.read_bytes())
+    tensors = read_tensors(TINY_MODEL / WEIGHTS_FILE)
+    name = next(n for n in tensors if n.startswith("model.cosmos._enc"))
+    tensors[name] = tensors[name] + 0.5
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(altered / WEIGHTS_FILE))
+    assert Trainer(dataset, altered, tmp_path / "run", OPTIONS).latents.encoded() == 0
+
+
+def test_token_embedding_is_frozen_unless_asked(dataset: Path, tmp_path: Path) -> None:
+    key = "model.qwen3_vl_with_expert.und_expert.lm_head.weight"
+    frozen = Trainer(dataset, TINY_MODEL, tmp_path / "frozen", replace(OPTIONS, steps=1))
+    frozen.run()
+    trained = Trainer(dataset, TINY_MODEL, tmp_path / "trained", replace(OPTIONS, steps=1, train_embeddings=True))
+    trained.run()
+    initial = read_tensors(TINY_MODEL / WEIGHTS_FILE)[key]
+    assert torch.equal(frozen.model.state_dict()[key], initial)
+    assert not torch.equal(trained.model.state_dict()[key], initial)
