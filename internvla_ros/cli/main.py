@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "internvla_ros.cli.demo",
     "internvla_ros.cli.bench_runtime",
     "internvla_ros.cli.bench_model",
+    "internvla_ros.cli.gpu_bench",
     "internvla_ros.cli.export",
     "internvla_ros.cli.replay",
     "internvla_ros.cli.serve",
