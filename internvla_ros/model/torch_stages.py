@@ -2,6 +2,7 @@
 
 ``kv_reuse=False`` is the recompute-everything baseline: the prefix and generation stages only embed
 their tokens, and every action step runs all three experts over all blocks (what K/V reuse saves).
+It never reuses a generation across chunks either (the policy recomputes foresight every chunk).
 """
 
 from __future__ import annotations

@@ -57,7 +57,8 @@ class InternVLAPolicy:
         self._generation_prompt: str | None = None
         self._latents: OrderedDict[tuple[str, int], torch.Tensor] = OrderedDict()
         self.info: dict[str, Any] = {"backend": pipeline.name, "backend_description": pipeline.description,
-                                     "foresight_kv_reuse": True, "cosmos_precision": COSMOS_PRECISION_RULE,
+                                     "foresight_kv_reuse": getattr(pipeline.stages, "kv_reuse", True),
+                                     "cosmos_precision": COSMOS_PRECISION_RULE,
                                      **(info or {})}
 
     @property
@@ -104,7 +105,7 @@ class InternVLAPolicy:
         timings = StageTimings()
         inputs = self._preprocess(observation)
         timings("preprocess", time.perf_counter_ns() - start)
-        stale = observation.instruction != self._generation_prompt
+        stale = observation.instruction != self._generation_prompt or not self.info["foresight_kv_reuse"]
         reuse = None if observation.recompute_foresight or self._generation is None or stale else self._generation
         if reuse is None:
             mark = time.perf_counter_ns()

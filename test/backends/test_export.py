@@ -43,3 +43,40 @@ def test_batched_vit_equals_the_transformers_vit(model_dir: Path) -> None:
         ours = graphs.VisionGraph(model, lay)(pixels[0])
         expected = model.embed_images(pixels, grid)
     assert (ours - expected).abs().max().item() <= VIT_ATOL
+
+
+class _GroupNormOfNearConstant(torch.nn.Module):
+    """A GroupNorm the way the exported Cosmos computes it (stabilized), over a whole 64x64 map."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm = torch.nn.GroupNorm(4, 32, eps=1e-6)
+        graphs.stabilize_group_norms(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x), x.mean(dim=(1, 3))
+
+
+NEAR_CONSTANT_ATOL = 1e-4
+"""Without the two-pass GroupNorm and the corrected mean ONNX Runtime is ~5e-2 (GroupNorm) and
+4.5e-4 (mean) off here, or NaN (a negative variance)."""
+
+
+def test_reductions_of_near_constant_maps_stay_exact(tmp_path: Path) -> None:
+    """An all-black (missing) camera gives near-constant Cosmos feature maps: their statistics must not cancel."""
+    from internvla_ros.backends.manifest import TensorSpec
+
+    module = _GroupNormOfNearConstant()
+    inputs = [TensorSpec("x", (1, 32, 64, 64), "float32")]
+    outputs = [TensorSpec("y", (1, 32, 64, 64), "float32"), TensorSpec("m", (1, 64), "float32")]
+    path = tmp_path / "norm.onnx"
+    export._export_one(module, inputs, outputs, path, export.OPSET)
+    session = load_graph(path, ["CPUExecutionProvider"], 1)
+    generator = torch.Generator().manual_seed(0)
+    for level, noise in ((0.7, 1e-5), (3.0, 1e-4)):
+        x = level + noise * torch.randn(1, 32, 64, 64, generator=generator)
+        normed, mean = session.run(None, {"x": x.numpy()})
+        exact = torch.nn.functional.group_norm(x.double(), 4, eps=1e-6)
+        assert np.isfinite(normed).all()
+        assert np.abs(normed - exact.numpy()).max() <= NEAR_CONSTANT_ATOL
+        assert np.abs(mean - x.double().mean(dim=(1, 3)).numpy()).max() <= 1e-6
