@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 import lifecycle_msgs.msg
 import lifecycle_msgs.srv
 from rclpy.callback_groups import ReentrantCallbackGroup
+from rclpy.exceptions import InvalidHandle
 from rclpy.executors import ConditionReachedException, ShutdownException, SingleThreadedExecutor, TimeoutException
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.lifecycle.node import LifecycleNodeMixin
@@ -125,11 +126,19 @@ class TransitionExecutor(SingleThreadedExecutor):
 
     def _spin_once_impl(self, timeout_sec: float | None = None,
                         wait_condition: Callable[[], bool] = lambda: False) -> None:
-        """What SingleThreadedExecutor does, except that lifecycle callbacks go to the pool."""
+        """What SingleThreadedExecutor does, except that lifecycle callbacks go to the pool.
+
+        A transition (cleanup, shutdown) destroys subscriptions and services on its pool thread while this
+        thread builds a wait set or walks the ready entities: rclpy then raises InvalidHandle for an entity
+        destroyed in between, which would end the spin loop (and the node). That spin is abandoned instead;
+        the next one waits on the entities that still exist.
+        """
         try:
             handler, entity, node = self.wait_for_ready_callbacks(timeout_sec, None, wait_condition)
         except (ShutdownException, TimeoutException, ConditionReachedException):
             pass
+        except InvalidHandle:
+            self._cb_iter = None  # that wait set held a destroyed entity: build a new one next time
         else:
             if entity is not None and entity.callback_group is getattr(node, "lifecycle_group", None):
                 self._pending.append(self._pool.submit(_run, handler))
