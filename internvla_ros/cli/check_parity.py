@@ -50,7 +50,8 @@ DTYPES = ("float32", "bfloat16")
 # the fixture's README (independent fp32 implementation: 1e-4, decoded images 5e-4, ids exact).
 # bfloat16 experts drift from the float32 reference by ~5e-2 per hidden state; the table is loose
 # enough for that and still catches a wrong layout (which moves values by O(1)). Cosmos runs in bf16
-# then too (``cosmos_dtype``), which moves its latents by up to ~0.2 (fixture README).
+# then too (``cosmos_dtype``), which moves its latents by up to ~0.2 (fixture README) and the decoded
+# images (values span about +-15) by ~0.7 on case_a: 1.5 is 10% of that span.
 TOLERANCES: dict[str, dict[str, float]] = {
     "float32": {
         "prefix_position_ids": 0.0,
@@ -84,8 +85,9 @@ TOLERANCES: dict[str, dict[str, float]] = {
         "v_t_all": 0.2,
         "v_t_step0": 0.2,
         "foresight_latent_pred": 0.3,
-        "foresight_recon_images_view0": 0.5,
+        "foresight_recon_images_view0": 1.5,
         "actions_unnormalized": 0.5,
+        "actions_cosmos_bf16": 0.5,
     },
 }
 """Which outputs are compared: a recorded name missing from this table is reported and skipped."""

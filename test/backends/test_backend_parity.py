@@ -27,10 +27,10 @@ from .conftest import CASE_A, THREADS, copy_dir
 
 ATOL = {
     "torch-uncached": {"actions": 1e-5, "foresight_latents": 1e-5, "foresight_images": 1e-4},
-    "onnxruntime": {"actions": 1e-4, "foresight_latents": 5e-4, "foresight_images": 1e-3},
+    "onnxruntime": {"actions": 1e-4, "foresight_latents": 5e-4, "foresight_images": 2e-3},
 }
-"""Measured on these cases: uncached <= 2e-6; ONNX Runtime actions ~1e-5, latents ~1e-4 (Cosmos
-convolutions sum in another order), images ~3e-4."""
+"""Measured on these cases: uncached actions <= 1e-6, latents 2e-6, images 3e-5; ONNX Runtime actions
+<= 1.6e-5, latents <= 1.8e-4, images (values span about +-15) <= 9.6e-4."""
 BATCH_ATOL = 1e-5
 NON_SQUARE = (224, 288)
 SHORT_PROMPT = "go"
