@@ -67,7 +67,8 @@ def _run(args: argparse.Namespace) -> int:
     options = TrainingOptions(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                               save_every=args.save_every, device=args.device, robot_type=args.robot_type,
                               warmup_steps=args.warmup_steps, decay_steps=args.decay_steps, decay_lr=args.lr / 10,
-                              threads=args.threads, train_embeddings=args.train_embeddings)
+                              threads=args.threads, train_embeddings=args.train_embeddings,
+                              embedding_bf16=args.embedding_bf16)
     return command(Path(args.dataset), Path(args.init), Path(args.out), options, resume=args.resume,
                    progress=not args.no_progress, stop_at=args.stop_at)
 
@@ -90,6 +91,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--train-embeddings", action="store_true",
                         help="also train the token embedding (tied lm_head; frozen by default)")
+    parser.add_argument("--embedding-bf16", action="store_true",
+                        help="round the frozen token embedding to bf16 and store it so (about half the file)")
     parser.add_argument("--robot-type", default=None, help="stats.json key (default: the dataset's robot_type)")
     parser.add_argument("--stop-at", type=int, default=None, metavar="STEP",
                         help="save and stop at this step (the schedule still spans --steps); continue with --resume")

@@ -30,6 +30,7 @@ from internvla_ros.learning.dataset_layout import ACTION_KEY, STATE_KEY
 from internvla_ros.learning.dataset_reader import open_dataset
 from internvla_ros.learning.dataset_stats import dataset_model_stats
 from internvla_ros.learning.training_checkpoint import (
+    EMBEDDING_KEY,
     STATE_FILE,
     TrainingState,
     load_state,
@@ -65,6 +66,7 @@ class TrainingOptions:
     threads: int | None = None  # torch intra-op threads (default: torch's choice)
     cache_latents: bool = True  # encode each frame's Cosmos latent once (training_latents)
     train_embeddings: bool = False  # the und expert's token embedding (tied lm_head) is frozen by default
+    embedding_bf16: bool = False  # the frozen embedding rounded to bf16 before training, stored as bf16
 
     def schedule(self) -> Callable[[int], float]:
         """Learning-rate factor per step: the reference's warm-up + cosine, auto-scaled to ``steps``."""
@@ -138,8 +140,13 @@ class Trainer:
         self.config = checkpoint.config
         self.model = checkpoint.model.train()
         self.model.model.cosmos.requires_grad_(False)
+        embedding = self.model.experts.language_model.embed_tokens.weight
+        if options.embedding_bf16 and options.train_embeddings:
+            raise ValueError("--embedding-bf16 stores the frozen embedding: it cannot be used with --train-embeddings")
         if not options.train_embeddings:
-            self.model.experts.language_model.embed_tokens.requires_grad_(False)
+            embedding.requires_grad_(False)
+        if options.embedding_bf16:  # training sees the values the smaller checkpoint will hold
+            embedding.data = embedding.data.to(torch.bfloat16).float()
         self.device = _device(options.device)
         self.model.to(self.device)
         entry = dataset_model_stats(self.dataset, self.config.chunk_size)
@@ -222,7 +229,8 @@ class Trainer:
     def save(self) -> None:
         train_config = {**asdict(self.options), "dataset": str(self.dataset.root), "init": str(self.init),
                         "robot_type": self.robot_type, "step": self.state.step}
-        save_model(self.model, self.out, self.init, self.stats_json, train_config)
+        save_model(self.model, self.out, self.init, self.stats_json, train_config,
+                   bf16=(EMBEDDING_KEY,) if self.options.embedding_bf16 else ())
         self.state.optimizer = self.optimizer.state_dict()
         self.state.torch_rng = torch.get_rng_state()
         self.state.cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []

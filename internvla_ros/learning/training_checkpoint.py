@@ -27,6 +27,7 @@ from internvla_ros.model.modeling import InternVLAModel
 STATE_FILE = "training_state.pt"
 TRAIN_CONFIG_FILE = "train_config.json"
 LOSSES_FILE = "losses.json"
+EMBEDDING_KEY = "model.qwen3_vl_with_expert.und_expert.lm_head.weight"  # the tied token embedding, stored once
 
 
 @dataclass
@@ -49,10 +50,11 @@ def stats_with(init: Path, robot_type: str, entry: dict[str, Any], config: Inter
 
 
 def save_model(model: InternVLAModel, out: Path, init: Path, stats: dict[str, Any],
-               train_config: dict[str, Any]) -> None:
+               train_config: dict[str, Any], bf16: tuple[str, ...] = ()) -> None:
+    """The released format; the tensors named in ``bf16`` stored as bf16 (the loader makes them float32)."""
     out.mkdir(parents=True, exist_ok=True)
-    state = {name: t.detach().float().cpu().contiguous() for name, t in model.state_dict().items()
-             if name not in TIED_KEYS}
+    state = {name: t.detach().to(torch.bfloat16 if name in bf16 else torch.float32).cpu().contiguous()
+             for name, t in model.state_dict().items() if name not in TIED_KEYS}
     partial = out / f"{WEIGHTS_FILE}.partial"
     save_file(state, str(partial), metadata={"format": "pt"})
     partial.replace(out / WEIGHTS_FILE)

@@ -15,7 +15,7 @@ from internvla_ros.cli import train as train_cli
 from internvla_ros.learning.dataset_convert import ConversionOptions, convert_bags
 from internvla_ros.learning.training import Trainer, TrainingOptions, frame_latents, losses
 from internvla_ros.learning.training_checkpoint import STATE_FILE
-from internvla_ros.model.checkpoint import WEIGHTS_FILE, load_checkpoint, read_tensors
+from internvla_ros.model.checkpoint import WEIGHTS_FILE, load_checkpoint, read_header, read_tensors
 from internvla_ros.model.normalization import NormalizationStats
 from internvla_ros.paths import share_dir
 from test.learning.bagfactory import ARM_YAML, Spec, write_bag
@@ -135,3 +135,20 @@ def test_token_embedding_is_frozen_unless_asked(dataset: Path, tmp_path: Path) -
     initial = read_tensors(TINY_MODEL / WEIGHTS_FILE)[key]
     assert torch.equal(frozen.model.state_dict()[key], initial)
     assert not torch.equal(trained.model.state_dict()[key], initial)
+
+
+def test_bf16_embedding_checkpoint_is_smaller_and_loads_as_trained(dataset: Path, tmp_path: Path) -> None:
+    key = "model.qwen3_vl_with_expert.und_expert.lm_head.weight"
+    full, half = tmp_path / "full", tmp_path / "half"
+    assert train_cli.command(dataset, TINY_MODEL, full, replace(OPTIONS, steps=1), progress=False) == 0
+    trainer = Trainer(dataset, TINY_MODEL, half, replace(OPTIONS, steps=1, embedding_bf16=True))
+    trainer.run()
+    assert read_header(half / WEIGHTS_FILE)[key][1] == "BF16" and read_header(full / WEIGHTS_FILE)[key][1] == "F32"
+    embedding = read_tensors(TINY_MODEL / WEIGHTS_FILE)[key]
+    saved = (full / WEIGHTS_FILE).stat().st_size - (half / WEIGHTS_FILE).stat().st_size
+    assert saved == embedding.numel() * 2
+    loaded = load_checkpoint(half).model.state_dict()
+    assert all(torch.equal(loaded[name], t) for name, t in trainer.model.state_dict().items())
+    assert torch.equal(loaded[key], embedding.to(torch.bfloat16).float())
+    assert train_cli.command(dataset, TINY_MODEL, tmp_path / "bad",
+                             replace(OPTIONS, embedding_bf16=True, train_embeddings=True), progress=False) == 2
