@@ -68,7 +68,7 @@ def _run(args: argparse.Namespace) -> int:
                               save_every=args.save_every, device=args.device, robot_type=args.robot_type,
                               warmup_steps=args.warmup_steps, decay_steps=args.decay_steps, decay_lr=args.lr / 10,
                               threads=args.threads, train_embeddings=args.train_embeddings,
-                              embedding_bf16=args.embedding_bf16)
+                              embedding_bf16=args.embedding_bf16, sample_stride=args.sample_stride)
     return command(Path(args.dataset), Path(args.init), Path(args.out), options, resume=args.resume,
                    progress=not args.no_progress, stop_at=args.stop_at)
 
@@ -93,6 +93,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="also train the token embedding (tied lm_head; frozen by default)")
     parser.add_argument("--embedding-bf16", action="store_true",
                         help="round the frozen token embedding to bf16 and store it so (about half the file)")
+    parser.add_argument("--sample-stride", type=int, default=defaults.sample_stride, metavar="N",
+                        help="train on every N-th frame of each episode (N divides 15; default 1: every frame)")
     parser.add_argument("--robot-type", default=None, help="stats.json key (default: the dataset's robot_type)")
     parser.add_argument("--stop-at", type=int, default=None, metavar="STEP",
                         help="save and stop at this step (the schedule still spans --steps); continue with --resume")

@@ -67,6 +67,7 @@ class TrainingOptions:
     cache_latents: bool = True  # encode each frame's Cosmos latent once (training_latents)
     train_embeddings: bool = False  # the und expert's token embedding (tied lm_head) is frozen by default
     embedding_bf16: bool = False  # the frozen embedding rounded to bf16 before training, stored as bf16
+    sample_stride: int = 1  # train on every n-th frame of each episode (n divides 15: fewer latents to encode)
 
     def schedule(self) -> Callable[[int], float]:
         """Learning-rate factor per step: the reference's warm-up + cosine, auto-scaled to ``steps``."""
@@ -155,7 +156,8 @@ class Trainer:
         self.stats = NormalizationStats(self.robot_type, *(np.asarray(entry[key][field], np.float32)
                                                            for key in (STATE_KEY, ACTION_KEY)
                                                            for field in ("mean", "std")))
-        self.samples = TrainingSamples(self.dataset, self.config, self.stats, load_tokenizer(None), self.out / "cache")
+        self.samples = TrainingSamples(self.dataset, self.config, self.stats, load_tokenizer(None), self.out / "cache",
+                                       options.sample_stride)
         self.latents = None
         if options.cache_latents:
             cosmos = self.model.model.cosmos
@@ -188,7 +190,7 @@ class Trainer:
                 self.state.order = torch.randperm(len(self.samples), generator=self.generator)
                 self.state.position = 0
             take = self.state.order[self.state.position:self.state.position + self.options.batch_size - len(picked)]
-            picked += take.tolist()
+            picked += self.samples.frame_index[take.numpy()].tolist()
             self.state.position += len(take)
         return picked
 

@@ -49,7 +49,7 @@ def stack_inputs(items: Sequence[ModelInputs]) -> ModelInputs:
 
 class TrainingSamples:
     def __init__(self, dataset: RobotDataset, config: InternVLAConfig, stats: NormalizationStats,
-                 tokenizer: PromptTokenizer, cache_dir: Path) -> None:
+                 tokenizer: PromptTokenizer, cache_dir: Path, stride: int = 1) -> None:
         if stats.state_dim != dataset.schema.dim or stats.action_dim != dataset.schema.dim:
             raise ValueError(f"statistics of {stats.state_dim}/{stats.action_dim} dims for a "
                              f"{dataset.schema.dim}-joint dataset")
@@ -65,9 +65,15 @@ class TrainingSamples:
         self.history = config.image_history_interval
         self.mask = np.asarray(dataset.schema.absolute_mask, dtype=bool)
         self._bounds = [(e.start, e.stop, e.task) for e in dataset.episodes]
+        if stride < 1 or self.history % stride:
+            raise ValueError(f"sample stride {stride} must divide the frame history interval ({self.history}), "
+                             "so that the t - h and t + h frames are samples' frames too")
+        # The frames that are samples: every stride-th of each episode (their latents are then the only ones needed).
+        self.frame_index = np.concatenate([np.arange(e.start, e.stop, stride) for e in dataset.episodes])
 
     def __len__(self) -> int:
-        return len(self.dataset)
+        """Samples (frames at a multiple of the stride from their episode's start)."""
+        return len(self.frame_index)
 
     def _actions(self, index: int, start: int, stop: int) -> np.ndarray:
         actions = self.dataset.actions[start:stop]

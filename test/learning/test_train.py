@@ -152,3 +152,20 @@ def test_bf16_embedding_checkpoint_is_smaller_and_loads_as_trained(dataset: Path
     assert torch.equal(loaded[key], embedding.to(torch.bfloat16).float())
     assert train_cli.command(dataset, TINY_MODEL, tmp_path / "bad",
                              replace(OPTIONS, embedding_bf16=True, train_embeddings=True), progress=False) == 2
+
+
+def test_sample_stride_trains_on_every_nth_frame_and_encodes_only_theirs(dataset: Path, tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture) -> None:
+    trainer = Trainer(dataset, TINY_MODEL, tmp_path / "stride", replace(OPTIONS, steps=2, sample_stride=5))
+    trainer.run()
+    starts = {e.start: e for e in trainer.dataset.episodes}
+    ends = {e.stop - 1 for e in trainer.dataset.episodes}
+    episode_start = np.asarray([trainer.dataset.episodes[int(i)].start for i in trainer.dataset.episode_of])
+    assert len(trainer.samples) == sum(len(range(e.start, e.stop, 5)) for e in starts.values()) < len(trainer.dataset)
+    assert trainer.latents is not None and trainer.latents.encoded() > 0
+    for done in trainer.latents.done.values():
+        encoded = np.flatnonzero(done)
+        assert all((i - episode_start[i]) % 5 == 0 or i in ends for i in encoded)
+    assert train_cli.command(dataset, TINY_MODEL, tmp_path / "bad", replace(OPTIONS, sample_stride=4),
+                             progress=False) == 2
+    assert "must divide the frame history interval" in capsys.readouterr().err
