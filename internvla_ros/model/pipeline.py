@@ -33,6 +33,7 @@ from torch import Tensor
 from internvla_ros.model.config import InternVLAConfig
 from internvla_ros.model.errors import ModelError, PreprocessingError
 from internvla_ros.model.inputs import ModelInputs
+from internvla_ros.model.rtc import RtcGuidance, guided_velocity
 
 STAGE_VISION = "vision"
 STAGE_PREFIX = "prefix"
@@ -239,12 +240,14 @@ class InferencePipeline:
                            dim=2)
 
     def run(self, inputs: ModelInputs, noise: Tensor, *, generation: Any = None, foresight: bool = False,
-            decode: bool = False, hook: StageHook | None = None, trace: SamplerTrace | None = None) -> ChunkResult:
+            decode: bool = False, hook: StageHook | None = None, trace: SamplerTrace | None = None,
+            rtc: RtcGuidance | None = None) -> ChunkResult:
         """One chunk for every batch element from ``noise`` ``(B, chunk, max_action_dim)``.
 
         ``generation``: the state of an earlier chunk's generation pass, reused instead of running it
         (the caller decides when foresight is stale). ``foresight`` adds the t+15 latents, ``decode``
-        also their images.
+        also their images. ``rtc``: real-time chunking guidance (:mod:`internvla_ros.model.rtc`); needs
+        stages with a ``guidance(context, state)`` method.
         """
         expected = (inputs.batch_size, self.config.chunk_size, self.config.max_action_dim)
         if tuple(noise.shape) != expected:
@@ -253,13 +256,18 @@ class InferencePipeline:
         if limit is not None and inputs.batch_size > limit:
             if generation is not None:
                 raise ModelError(f"{self.name} runs batches of {limit}: a generation cannot be reused across a batch")
-            parts = [self.run(select(inputs, i), noise[i:i + 1], foresight=foresight, decode=decode, hook=hook)
-                     for i in range(inputs.batch_size)]
+            parts = [self.run(select(inputs, i), noise[i:i + 1], foresight=foresight, decode=decode, hook=hook,
+                              rtc=rtc) for i in range(inputs.batch_size)]
             return _concat(parts)
+        if rtc is not None and rtc.beta > 0:
+            if not hasattr(self.stages, "guidance"):
+                raise ModelError(f"the {self.name} backend cannot run real-time chunking guidance")
+            with torch.inference_mode(False), torch.no_grad():  # the guidance's autograd needs normal tensors
+                return self._run(inputs, noise, generation, foresight or decode, decode, hook, trace, rtc)
         return self._run(inputs, noise, generation, foresight or decode, decode, hook, trace)
 
     def _run(self, inputs: ModelInputs, noise: Tensor, generation: Any, foresight: bool, decode: bool,
-             hook: StageHook | None, trace: SamplerTrace | None) -> ChunkResult:
+             hook: StageHook | None, trace: SamplerTrace | None, rtc: RtcGuidance | None = None) -> ChunkResult:
         stages, clock = self.stages, _Clock(hook)
         image_embeds = stages.vision(inputs)
         clock.mark(STAGE_VISION)
@@ -273,8 +281,10 @@ class InferencePipeline:
             clock.mark(STAGE_GENERATION)
         context = stages.context(prefix, generation)
         clock.mark(STAGE_CONTEXT)
-        actions = euler(noise, self.config.num_inference_steps,
-                        lambda x_t, t: stages.velocity(context, inputs.state, x_t, t),
+        velocity = lambda x_t, t: stages.velocity(context, inputs.state, x_t, t)  # noqa: E731
+        if rtc is not None:
+            velocity = guided_velocity(velocity, stages.guidance(context, inputs.state), rtc)  # type: ignore[attr-defined]
+        actions = euler(noise, self.config.num_inference_steps, velocity,
                         on_step=lambda index: clock.mark(step_stage(index)), trace=trace)
         predicted = images = None
         if foresight:

@@ -17,6 +17,7 @@ from torch import Tensor
 from internvla_ros.model.inputs import ModelInputs
 from internvla_ros.model.modeling import BlockCache, InternVLAModel, Prediction, TokenBlock
 from internvla_ros.model.pipeline import InferencePipeline, SamplerTrace
+from internvla_ros.model.rtc import GuidanceStep, autograd_guidance
 
 NAME = "torch"
 NAME_UNCACHED = "torch-uncached"
@@ -113,6 +114,10 @@ class TorchStages:
                                                                        time)
             return v_t
         return self._denoise_step(context, state, x_t, time)
+
+    def guidance(self, context: BlockCache | _Joint, state: Tensor) -> GuidanceStep:
+        """Real-time chunking's guidance step by autograd through the action expert."""
+        return autograd_guidance(lambda x_t, time: self.velocity(context, state, x_t, time))
 
     def foresight(self, generation: TorchGeneration) -> Tensor:
         if generation.middle_out is None:

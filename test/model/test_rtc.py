@@ -1,0 +1,134 @@
+"""Real-time chunking: the soft mask, the guidance weight, and guided sampling (toy field and the model)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from internvla_ros.model.checkpoint import load_checkpoint
+from internvla_ros.model.pipeline import euler
+from internvla_ros.model.rtc import (
+    RtcError,
+    RtcGuidance,
+    autograd_guidance,
+    delay_steps,
+    guidance_weight,
+    guided_velocity,
+    prefix_weights,
+    shift_chunk,
+)
+from internvla_ros.model.torch_stages import torch_pipeline
+
+torch.set_num_threads(1)
+CASE_A = Path(__file__).resolve().parents[1] / "fixtures" / "internvla_a1_reference" / "case_a"
+
+
+def test_exp_mask_values_for_given_d_and_s() -> None:
+    weights = prefix_weights(delay=3, horizon=4, chunk=12, schedule="exp")  # H - s = 8
+    assert weights[:3].tolist() == [1.0, 1.0, 1.0]
+    for i in range(3, 8):
+        c = (8 - i) / (8 - 3 + 1)
+        assert weights[i] == pytest.approx(c * math.expm1(c) / (math.e - 1), rel=1e-6)
+    assert weights[8:].tolist() == [0.0] * 4
+    assert np.all(np.diff(weights) <= 0) and np.all(np.diff(weights[2:9]) < 0)  # strictly decaying in the window
+
+
+def test_linear_and_hard_masks() -> None:
+    linear = prefix_weights(2, 3, 10, "linear")  # end 7: c_i = (7 - i) / 6
+    np.testing.assert_allclose(linear, [1, 1, 5 / 6, 4 / 6, 3 / 6, 2 / 6, 1 / 6, 0, 0, 0], rtol=1e-6)
+    assert prefix_weights(2, 3, 10, "hard").tolist() == [1, 1, 0, 0, 0, 0, 0, 0, 0, 0]
+
+
+def test_mask_edge_cases() -> None:
+    no_delay = prefix_weights(0, 5, 50, "exp")
+    assert 0 < no_delay[0] < 1 and no_delay[45:].sum() == 0 and np.all(np.diff(no_delay) <= 0)
+    # s = H - d: the soft window is empty, the mask is hard
+    assert prefix_weights(6, 44, 50, "exp").tolist() == [1.0] * 6 + [0.0] * 44
+    assert prefix_weights(9, 44, 50, "linear").tolist() == [1.0] * 6 + [0.0] * 44  # d clipped to H - s
+    with pytest.raises(RtcError, match="schedule"):
+        prefix_weights(1, 1, 10, "cosine")
+    with pytest.raises(RtcError, match="horizon"):
+        prefix_weights(1, 10, 10)
+    with pytest.raises(RtcError, match="negative"):
+        prefix_weights(-1, 1, 10)
+
+
+def test_guidance_weight_is_clipped_and_symmetric() -> None:
+    assert guidance_weight(1.0, 5.0) == 5.0 and guidance_weight(0.0, 5.0) == 5.0
+    assert guidance_weight(0.5, 5.0) == pytest.approx(2.0)  # (0.25 + 0.25) / 0.25
+    assert guidance_weight(0.3, 100.0) == pytest.approx(guidance_weight(0.7, 100.0))
+    assert guidance_weight(0.9, 5.0) == 5.0
+
+
+def test_target_shift_and_delay_estimate() -> None:
+    previous = np.arange(10, dtype=np.float32).reshape(5, 2)
+    np.testing.assert_array_equal(shift_chunk(previous, 2), [[4, 5], [6, 7], [8, 9], [0, 0], [0, 0]])
+    assert delay_steps([], 0.02) == 0
+    assert delay_steps([0.05] * 9 + [1.0], 0.02, quantile=0.8) == 3  # one outlier ignored
+    assert delay_steps([0.04, 0.041], 0.02) == 3
+
+
+def gaussian_velocity(x_t: torch.Tensor, time: torch.Tensor) -> torch.Tensor:
+    """The exact flow velocity of data N(0, I): x_t = t n + (1 - t) a, v = E[n - a | x_t], linear in x_t."""
+    t = time.reshape(-1, 1, 1)
+    return (2 * t - 1) / (t * t + (1 - t) ** 2) * x_t
+
+
+def test_beta_zero_equals_plain_sampling_exactly() -> None:
+    noise = torch.randn(1, 8, 3, generator=torch.Generator().manual_seed(1))
+    target = np.ones((8, 3), np.float32)
+    plain = euler(noise, 10, gaussian_velocity)
+    off = euler(noise, 10, guided_velocity(gaussian_velocity, autograd_guidance(gaussian_velocity),
+                                           RtcGuidance.build(target, 3, 2, beta=0.0)))
+    on = euler(noise, 10, guided_velocity(gaussian_velocity, autograd_guidance(gaussian_velocity),
+                                          RtcGuidance.build(target, 3, 2, beta=5.0)))
+    assert torch.equal(plain, off)
+    assert not torch.allclose(plain, on, atol=1e-2)
+
+
+def test_linear_field_guided_sample_reproduces_the_target_prefix() -> None:
+    horizon, chunk, delay = 4, 16, 5
+    target = np.random.default_rng(0).normal(size=(chunk, 2)).astype(np.float32)
+    target[chunk - horizon:] = 0
+    guidance = RtcGuidance.build(target, delay, horizon, beta=10.0)
+    step = autograd_guidance(gaussian_velocity)
+    errors, plain_errors = [], []
+    for seed in range(5):
+        noise = torch.randn(1, chunk, 2, generator=torch.Generator().manual_seed(seed))
+        guided = euler(noise, 10, guided_velocity(gaussian_velocity, step, guidance))[0].numpy()
+        plain = euler(noise, 10, gaussian_velocity)[0].numpy()
+        errors.append(np.abs(guided[:delay] - target[:delay]).max())
+        plain_errors.append(np.abs(plain[:delay] - target[:delay]).max())
+    assert max(errors) < 0.1, errors
+    assert min(plain_errors) > 0.5, plain_errors  # without guidance the prefix is wherever the noise led
+
+
+@pytest.fixture(scope="module")
+def case_a():
+    from safetensors.torch import load_file
+
+    from test.model.test_modeling import make_inputs  # the reference fixture's inputs as ModelInputs
+
+    batch = load_file(CASE_A / "inputs.safetensors")
+    return load_checkpoint(CASE_A).model, make_inputs(batch), batch["noise"]
+
+
+def test_model_guided_chunk_follows_the_previous_chunk(case_a) -> None:
+    model, inputs, noise = case_a
+    pipeline = torch_pipeline(model)
+    dim = noise.shape[2]
+    with torch.inference_mode():  # as the policy runs it: the guidance leaves inference mode itself
+        plain = pipeline.run(inputs, noise).actions
+        other = torch.randn(noise.shape, generator=torch.Generator().manual_seed(7))
+        previous = pipeline.run(inputs, other).actions[0].numpy()
+        target = shift_chunk(previous, 2)
+        off = pipeline.run(inputs, noise, rtc=RtcGuidance.build(target, 4, 10, beta=0.0, dim=dim)).actions
+        guided = pipeline.run(inputs, noise, rtc=RtcGuidance.build(target, 4, 10, beta=5.0, dim=dim)).actions
+    assert torch.equal(off, plain)
+    before = np.abs(plain[0, :4].numpy() - target[:4]).mean()
+    after = np.abs(guided[0, :4].numpy() - target[:4]).mean()
+    assert after < 0.5 * before, (before, after)
