@@ -10,8 +10,9 @@ Start it with ``internvla serve --model models/default`` (a local Ray unless ``-
     GET  /metadata JSON: robot types, cameras, chunk size, backend, model hash, limits
     GET  /stats    JSON: requests, rejections by status, batch sizes seen, queue and inference durations
 
-Requests reach ``PolicyServer`` replicas; ``serve.batch`` gathers those arriving within the batch wait
-into one call of the policy's ``infer_batch`` (a loop over ``infer`` for a policy without it), run on a
+Requests reach ``PolicyServer`` replicas; serve/batcher.py gathers those arriving within the batch wait
+(longer while another request's body is still being read) into one call of the policy's ``infer_batch``
+(a loop over ``infer`` for a policy without it), run on a
 thread so the replica keeps answering health checks and refusing bad requests meanwhile. A bad request
 gets a 4xx with its reason and never reaches the policy; a policy error fails only its own request.
 Durations are measured on the replica's monotonic clock; no absolute time leaves the server.
@@ -22,9 +23,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
+import inspect
 import os
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +43,7 @@ from internvla_ros.runtime.observation import Observation
 from internvla_ros.runtime.policy import PolicyResult
 from internvla_ros.runtime.policy_registry import load_policy_factory
 from internvla_ros.runtime.wire import CONTENT_TYPE, FrameError, encode_result, frame_from_bytes, frame_to_bytes
+from internvla_ros.serve.batcher import ArrivalBatcher
 from internvla_ros.serve.errors import RequestRejected
 from internvla_ros.serve.protocol import (
     PATH_HEALTH,
@@ -116,6 +121,16 @@ class BatchRecord:
                 "inference_ms_p50": ms(self.inference_ns, 50), "inference_ms_p99": ms(self.inference_ns, 99)}
 
 
+def _batched_call(policy: Any) -> Callable[[list[Observation]], Any] | None:
+    """The policy's ``infer_batch``, through its Cosmos latent cache where it has one: the t-15 frame of
+    each robot was that robot's current frame a request ago, so a batch encodes only the new frames, each
+    observation's on its own (batched convolutions were slower than one after another on a 2-core CPU)."""
+    infer_batch = getattr(policy, "infer_batch", None)
+    if infer_batch is not None and "cache_latents" in inspect.signature(infer_batch).parameters:
+        return functools.partial(infer_batch, cache_latents=True)
+    return infer_batch
+
+
 def _error(status: int, reason: str) -> JSONResponse:
     return JSONResponse({"error": reason, "status": status}, status_code=status)
 
@@ -138,9 +153,10 @@ class PolicyServer:
         self._metadata = {**options.metadata, "backend": str(info.get("backend", options.metadata["backend"])),
                           "policy_info": {k: str(v) for k, v in info.items()}}
         self._foresight_owner = ""  # the client whose foresight the policy has cached
+        self._infer_batch = _batched_call(self._policy)
         self._tasks: set[asyncio.Task[Any]] = set()
-        self.infer_batch.set_max_batch_size(options.max_batch_size)
-        self.infer_batch.set_batch_wait_timeout_s(options.batch_wait_s)
+        self._batcher: ArrivalBatcher[Pending, Outcome] = ArrivalBatcher(self._run_batch, options.max_batch_size,
+                                                                           options.batch_wait_s)
 
     async def __call__(self, request: Request) -> Response:
         path = request.url.path.rstrip("/") or "/"
@@ -181,12 +197,13 @@ class PolicyServer:
         content_type = request.headers.get("content-type", CONTENT_TYPE)
         if content_type != CONTENT_TYPE:
             raise RequestRejected(415, f"content type {content_type!r}: send {CONTENT_TYPE!r}")
-        try:
-            header, arrays = frame_from_bytes(await self._body(request))
-        except FrameError as err:
-            raise RequestRejected(400, f"malformed frame: {err}") from err
-        _, client, observation = check_observation(header, arrays, self._metadata)
-        outcome: Outcome = await self.infer_batch(Pending(observation, client, arrived))
+        with self._batcher.arriving():
+            try:
+                header, arrays = frame_from_bytes(await self._body(request))
+            except FrameError as err:
+                raise RequestRejected(400, f"malformed frame: {err}") from err
+            _, client, observation = check_observation(header, arrays, self._metadata)
+        outcome = await self._batcher.submit(Pending(observation, client, arrived))
         if outcome.result is None:
             raise RequestRejected(outcome.status, outcome.error)
         out_header, out_arrays = encode_result(outcome.result)
@@ -194,8 +211,7 @@ class PolicyServer:
                           batch_size=outcome.batch_size)
         return Response(frame_to_bytes(out_header, out_arrays), media_type=CONTENT_TYPE)
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
-    async def infer_batch(self, batch: list[Pending]) -> list[Outcome]:
+    async def _run_batch(self, batch: list[Pending]) -> list[Outcome]:
         started = time.monotonic_ns()
         results = await asyncio.to_thread(self._run, batch)
         inference_ns = time.monotonic_ns() - started
@@ -214,7 +230,7 @@ class PolicyServer:
     def _run(self, batch: list[Pending]) -> list[tuple[PolicyResult | None, str, int]]:
         """Each request's (result, error, status); one request's failure never fails the others."""
         observations = [self._own(item) for item in batch]
-        infer_batch = getattr(self._policy, "infer_batch", None)
+        infer_batch = self._infer_batch
         if infer_batch is not None and len(batch) > 1:
             observations = [dataclasses.replace(o, recompute_foresight=True) for o in observations]
             try:
