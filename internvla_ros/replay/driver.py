@@ -30,6 +30,7 @@ from internvla_ros.runtime.timeutil import stamp_to_ns
 MS = 1_000_000
 DEFAULT_INFERENCE_LATENCY_NS = 100 * MS
 DEFAULT_STATUS_PERIOD_NS = 500 * MS  # the node's status_rate_hz default, 2 Hz
+DEFAULT_BATCH = 8  # observations per inference batch (replay/lookahead.py); 1: each inline, one thread
 LATENCY_WINDOW = 200  # the node's window for the status latency percentiles
 MEASURED_PERIOD_NS = 10 * MS  # measured joint states kept for the plots, at most this often
 RUNNING = "running"
@@ -51,6 +52,7 @@ class DriverOptions:
     status_period_ns: int = DEFAULT_STATUS_PERIOD_NS
     instruction: str = ""  # fixed for the whole replay; empty: the bag's instruction topic, each at its bag time
     keep_measured: bool = True  # keep measured joint states (at most every MEASURED_PERIOD_NS) for plots
+    control: bool = True  # False: only plan the observations; no chunk is adopted, so no motion is planned
 
 
 @dataclass(frozen=True)
@@ -96,7 +98,13 @@ class _Pending:
 
 
 class ReplayDriver:
-    """Feeds one bag's inputs to a fresh PolicyRuntime and fans its outputs out to the sinks."""
+    """Feeds one bag's inputs to a fresh PolicyRuntime and fans its outputs out to the sinks.
+
+    With ``options.control`` off it only plans (a look-ahead for batching inference): every chunk is handed
+    back as a failed inference, which frees the request as an arrival does, so the runtime asks for the same
+    observations at the same bag times (in the delay-compensated and uncompensated modes) without planning
+    any motion, the costly part of a tick.
+    """
 
     def __init__(self, runtime: PolicyRuntime, mapper: ActionMapper, policy: Policy, topics: TopicMap,
                  camera_topics: dict[str, str], options: DriverOptions, sinks: Sequence[ReplaySink],
@@ -256,6 +264,9 @@ class ReplayDriver:
         pending, self._pending = self._pending, None
         assert pending is not None
         observation = pending.observation
+        if not self._options.control:
+            self._runtime.report_inference_failure(observation.stamp_ns, "planning only")
+            return
         outcome = self._runtime.submit_chunk(pending.result.actions, observation.stamp_ns, now_ns)
         self._latencies.append(now_ns - observation.request_ns)
         if not outcome.accepted:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import resource
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -18,8 +18,9 @@ from internvla_ros.model.checkpoint import STATS_FILE
 from internvla_ros.model.errors import ModelError
 from internvla_ros.model.normalization import NormalizationStats
 from internvla_ros.replay.compare import CommandRecorder, Comparison, Tolerance, compare, load_golden
-from internvla_ros.replay.driver import DriverOptions, ReplayDriver, ReplaySink, ReplayStats
+from internvla_ros.replay.driver import DEFAULT_BATCH, DriverOptions, ReplayDriver, ReplaySink, ReplayStats
 from internvla_ros.replay.errors import ReplayError
+from internvla_ros.replay.lookahead import LookaheadInference, SequentialInference
 from internvla_ros.replay.messages import COMPRESSED_IMAGE, IMAGE, JOINT_STATE, STRING, MessageFactory, make_typestore
 from internvla_ros.replay.reader import BagInfo, BagReader
 from internvla_ros.replay.topics import TopicMap, input_namespaces
@@ -29,7 +30,7 @@ from internvla_ros.runtime.config import NS_PER_S
 from internvla_ros.runtime.errors import RuntimeConfigError
 from internvla_ros.runtime.node_parameters import NOT_ROBOT_CONFIG
 
-INFERENCE_THREADS = 1  # reproducible float results, and the documented speed numbers
+INFERENCE_THREADS = 1  # torch threads per op: reproducible float results; 2 spin-wait on a shared CPU
 KIB = 1024  # ru_maxrss is in KiB on Linux
 
 
@@ -51,6 +52,7 @@ class ReplayRequest:
     dtype: str = "float32"
     tokenizer: Path | None = None
     overwrite: bool = False
+    batch: int = DEFAULT_BATCH
 
 
 @dataclass
@@ -68,6 +70,9 @@ class ReplayOutcome:
     out: Path | None = None
     comparison: Comparison | None = None
     notes: list[str] = field(default_factory=list)
+    threads: int = 1  # the replay loop, and the look-ahead thread when batching
+    batch: int = 1  # as run (1 when the request's batch could not be used)
+    precomputed: int = 0  # chunks found computed ahead (the others were computed inline)
 
     @property
     def speed(self) -> float:
@@ -167,6 +172,9 @@ def run_replay(request: ReplayRequest, progress: Callable[[BagInfo], Callable[[i
 
     ``announce`` hears choices made for the user before the model loads (the namespace found in the bag).
     """
+    if request.batch < 1:
+        msg = f"--batch must be >= 1, got {request.batch}"
+        raise ReplayError(msg)
     config = load_config(request.config)
     tolerance = Tolerance.from_yaml(request.tolerance) if request.tolerance else Tolerance()
     try:
@@ -193,10 +201,8 @@ def run_replay(request: ReplayRequest, progress: Callable[[BagInfo], Callable[[i
         policy = (policy_loader or load_model)(request, config)
         model_load_s = time.monotonic() - started
         mapper = ActionMapper(config, stats)
-        runtime = PolicyRuntime(config, mapper)
+        runtime = _new_runtime(config, mapper)
         if config.safety.dry_run:
-            # Offline nothing moves: record the commands the node would send once actuation is enabled.
-            runtime.set_dry_run(False)
             notes.append("the config has safety.dry_run: true; the replay records the commands the node "
                          "sends with actuation enabled")
         # The command log and the measured joints are kept only for a comparison or a report: without
@@ -209,7 +215,9 @@ def run_replay(request: ReplayRequest, progress: Callable[[BagInfo], Callable[[i
             sinks.append(writer)
         options = DriverOptions(request.inference_latency_ns, request.status_period_ns, request.instruction,
                                 keep_measured=keep)
-        driver = ReplayDriver(runtime, mapper, policy, topics, cameras, options, sinks,
+        inference = _inference(policy, request, config, notes,
+                               lambda source: _plan(source, request.bag, config, stats, topics, cameras, options))
+        driver = ReplayDriver(runtime, mapper, inference, topics, cameras, options, sinks,
                               progress(bag) if progress else None)
         try:
             started = time.monotonic()
@@ -221,13 +229,55 @@ def run_replay(request: ReplayRequest, progress: Callable[[BagInfo], Callable[[i
             if writer is not None:
                 writer.abort()
             raise
+        finally:
+            if isinstance(inference, SequentialInference):
+                inference.close()
     maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / KIB
+    batch = inference.batch if isinstance(inference, LookaheadInference) else 1
     outcome = ReplayOutcome(request, config, topics, bag, cameras, replay_stats, recorder, wall_s, model_load_s,
-                            maxrss, out, notes=notes)
+                            maxrss, out, notes=notes, threads=2 if batch > 1 else 1, batch=batch,
+                            precomputed=inference.hits if isinstance(inference, LookaheadInference) else 0)
     if request.golden is not None:
         golden = load_golden(request.golden, config, topics, lambda path: BagReader(path, store))
         outcome.comparison = compare(recorder.log, golden, config, tolerance)
     return outcome
+
+
+def _new_runtime(config: RuntimeConfig, mapper: ActionMapper) -> PolicyRuntime:
+    runtime = PolicyRuntime(config, mapper)
+    if config.safety.dry_run:
+        # Offline nothing moves: record the commands the node would send once actuation is enabled.
+        runtime.set_dry_run(False)
+    return runtime
+
+
+def _inference(policy: object, request: ReplayRequest, config: RuntimeConfig, notes: list[str],
+               planner: Callable[[LookaheadInference], None]) -> object:
+    """What the driver asks for chunks: batches computed ahead when they reproduce the sequential replay."""
+    from internvla_ros.runtime.internvla_policy import InternVLAPolicy
+
+    if not isinstance(policy, InternVLAPolicy):
+        return policy  # e.g. an analytic test policy: asked inline, with its own noise
+    rates = config.rates
+    if request.batch > 1 and rates.foresight_rate_hz < rates.inference_rate_hz:
+        notes.append(f"--batch {request.batch} not used: the config reuses foresight K/V between chunks "
+                     f"(foresight_rate_hz {rates.foresight_rate_hz:g} < inference_rate_hz "
+                     f"{rates.inference_rate_hz:g}), which only the sequential replay reproduces")
+        return SequentialInference(policy, request.seed)
+    if request.batch == 1:
+        return SequentialInference(policy, request.seed)
+    return LookaheadInference(policy, request.seed, request.batch, planner)
+
+
+def _plan(source: LookaheadInference, bag: Path, config: RuntimeConfig, stats: NormalizationStats,
+          topics: TopicMap, cameras: dict[str, str], options: DriverOptions) -> None:
+    """The planning replay the look-ahead thread runs: same bag, its own reader and runtime, no control."""
+    with BagReader(bag, make_typestore()) as reader:
+        assert reader.info is not None
+        mapper = ActionMapper(config, stats)
+        driver = ReplayDriver(_new_runtime(config, mapper), mapper, source.placeholder(), topics, cameras,
+                              replace(options, control=False, keep_measured=False), (), source.reached)
+        driver.run(reader.messages(driver.input_topics), reader.info.end_ns)
 
 
 def _check_ran(bag: BagInfo, stats: ReplayStats, config: RuntimeConfig) -> None:

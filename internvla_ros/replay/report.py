@@ -51,6 +51,9 @@ def summary_lines(outcome: ReplayOutcome) -> list[str]:
         wall = np.asarray(stats.wall_latency_ns) / MS
         lines.append(f"inference wall time: median {np.median(wall):.1f} ms, max {wall.max():.1f} ms "
                      f"(modelled latency {outcome.request.inference_latency_ns / MS:g} ms schedules the chunks)")
+    if outcome.batch > 1:
+        lines.append(f"inference: {outcome.precomputed} of {len(stats.wall_latency_ns)} computed ahead in batches of "
+                     f"{outcome.batch} by a second thread, the others inline")
     for reason, count in stats.inference_failures.items():
         lines.append(f"WARNING: {count} inferences failed: {reason}")
     if stats.chunks_rejected:

@@ -100,7 +100,8 @@ class InternVLAPolicy:
         return latents
 
     @torch.inference_mode()
-    def infer(self, observation: Observation) -> PolicyResult:
+    def infer(self, observation: Observation, noise: torch.Tensor | None = None) -> PolicyResult:
+        """``noise`` ``(1, chunk, max_action_dim)``: given by the caller (a replay), else drawn from the stream."""
         start = time.perf_counter_ns()
         timings = StageTimings()
         inputs = self._preprocess(observation)
@@ -113,7 +114,8 @@ class InternVLAPolicy:
             inputs = replace(inputs, frames=None, cosmos_latents=self._cached_latents(observation.cameras,
                                                                                       inputs.frames))
             timings("cosmos_encode", time.perf_counter_ns() - mark)
-        result = self.pipeline.run(inputs, self._noise(1), generation=reuse, decode=observation.decode_preview,
+        noise = self._noise(1) if noise is None else noise
+        result = self.pipeline.run(inputs, noise, generation=reuse, decode=observation.decode_preview,
                                    hook=timings)
         self._generation = result.generation
         self._generation_prompt = observation.instruction
@@ -121,16 +123,29 @@ class InternVLAPolicy:
         return self._result(observation, result, 0, timings)
 
     @torch.inference_mode()
-    def infer_batch(self, observations: Sequence[Observation]) -> list[PolicyResult]:
-        """One chunk per observation, computed as one batch (see the module docstring)."""
+    def infer_batch(self, observations: Sequence[Observation], noise: torch.Tensor | None = None,
+                    cache_latents: bool = False) -> list[PolicyResult]:
+        """One chunk per observation, computed as one batch (see the module docstring).
+
+        ``noise`` ``(B, chunk, max_action_dim)``: the caller's instead of the stream's. ``cache_latents``: Cosmos
+        latents through the frame cache ``infer`` uses (a replay of one robot's frames encodes each frame once).
+        """
         if not observations:
             return []
         start = time.perf_counter_ns()
         timings = StageTimings()
         inputs = stack_inputs([self._preprocess(observation) for observation in observations])
         timings("preprocess", time.perf_counter_ns() - start)
+        if cache_latents:
+            mark = time.perf_counter_ns()
+            assert inputs.frames is not None
+            latents = [self._cached_latents(observation.cameras, inputs.frames[index:index + 1])
+                       for index, observation in enumerate(observations)]
+            inputs = replace(inputs, frames=None, cosmos_latents=torch.cat(latents))
+            timings("cosmos_encode", time.perf_counter_ns() - mark)
         decode = any(observation.decode_preview for observation in observations)
-        result = self.pipeline.run(inputs, self._noise(len(observations)), decode=decode, hook=timings)
+        noise = self._noise(len(observations)) if noise is None else noise
+        result = self.pipeline.run(inputs, noise, decode=decode, hook=timings)
         timings["total"] = time.perf_counter_ns() - start
         return [self._result(observation, result, index, timings) for index, observation in enumerate(observations)]
 
