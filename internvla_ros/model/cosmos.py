@@ -454,9 +454,15 @@ class Encoder(nn.Module):
         self.conv_out = nn.Conv2d(block_in, config.z_factor * config.z_channels, kernel_size=3, padding=1)
 
     def patches(self, x: Tensor) -> Tensor:
-        """Space-to-depth in channels-last memory (the layout the convolutions are fastest in)."""
+        """Space-to-depth in channels-last memory (the layout torch's convolutions are fastest in).
+
+        An export traces plain NCHW instead: traced channels-last code becomes a transpose around
+        every norm and 1x1 conv, and ONNX Runtime picks its own convolution layout anyway.
+        """
         b, c, height, width = x.shape
         p = self.config.patch_size
+        if torch.compiler.is_exporting():
+            return _space_to_depth(x, p)
         x = x.reshape(b, c, height // p, p, width // p, p).permute(0, 2, 4, 1, 3, 5)
         return x.reshape(b, height // p, width // p, c * p * p).permute(0, 3, 1, 2)
 

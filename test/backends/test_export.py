@@ -80,3 +80,21 @@ def test_reductions_of_near_constant_maps_stay_exact(tmp_path: Path) -> None:
         assert np.isfinite(normed).all()
         assert np.abs(normed - exact.numpy()).max() <= NEAR_CONSTANT_ATOL
         assert np.abs(mean - x.double().mean(dim=(1, 3)).numpy()).max() <= 1e-6
+
+
+MAX_COSMOS_TRANSPOSES = 4
+"""The attention block's token layout needs 3; a traced channels-last encoder had 22."""
+
+
+def test_cosmos_encode_exports_plain_nchw(engine_dir: Path) -> None:
+    """The torch encoder runs channels-last; its export must not carry that layout as transposes.
+
+    ONNX Runtime runs a transpose around every norm and 1x1 conv as a copy (it made the graph 2.5x
+    slower than torch); the NCHW trace lets it choose the convolution layout itself.
+    """
+    import onnx
+
+    graph = onnx.load(str(engine_dir / f"{graphs.COSMOS_ENCODE}.onnx"), load_external_data=False).graph
+    transposes = sum(node.op_type == "Transpose" for node in graph.node)
+    assert sum(node.op_type == "Conv" for node in graph.node) > 0
+    assert transposes <= MAX_COSMOS_TRANSPOSES, f"{transposes} Transpose nodes in the Cosmos encoder graph"
