@@ -23,7 +23,9 @@ WILDCARD_NODE_NAME = "/**"
 ROS_PARAMETERS_KEY = "ros__parameters"
 
 CONTROLLER_TYPES = ("joint_trajectory", "forward_command")
-EXECUTION_MODES = ("delay_compensated", "uncompensated", "reference")
+EXECUTION_MODES = ("delay_compensated", "uncompensated", "reference", "rtc")
+RTC_SCHEDULES = ("exp", "linear", "hard")  # model/rtc.py SCHEDULES (the runtime does not import the model)
+RTC_MAX_BETA = 100.0
 GRIPPER_MODES = ("threshold", "scale")
 STATE_FIELDS = ("position", "velocity")
 CAMERA_SLOTS = 3  # head, left wrist, right wrist: the model's three image slots
@@ -112,6 +114,15 @@ class RatesConfig:
 
 
 @dataclass(frozen=True)
+class RtcConfig:
+    """Real-time chunking (``execution.mode: rtc``): guidance towards the part of the old chunk still to run."""
+
+    beta: float = 5.0  # the guidance weight's clip (0: plain sampling)
+    schedule: str = "exp"  # soft-mask decay after the delay: exp, linear or hard
+    execution_horizon: int = 0  # s in chunk steps; 0: the inference period in chunk steps
+
+
+@dataclass(frozen=True)
 class ExecutionConfig:
     mode: str  # one of EXECUTION_MODES
     blend_steps: int  # chunk steps over which an old plan hands over to a new one (0 = switch at once)
@@ -122,6 +133,7 @@ class ExecutionConfig:
     # > 0: the older frame may be a frame already sent as a current frame (so already encoded by the
     # policy) if it is within this many chunk steps of the exact one; 0: always the exact frame.
     history_reuse_steps: int = 0
+    rtc: RtcConfig = RtcConfig()
 
 
 @dataclass(frozen=True)
@@ -399,6 +411,11 @@ def _read_execution(reader: ParameterReader, dim: int) -> ExecutionConfig:
             "execution.frame_history_steps", low=0, high=1000, default=PAPER_FRAME_HISTORY_STEPS
         ),
         history_reuse_steps=reader.integer("execution.history_reuse_steps", low=0, high=1000, default=0),
+        rtc=RtcConfig(
+            beta=reader.real("rtc.beta", low=0.0, high=RTC_MAX_BETA, default=RtcConfig.beta),
+            schedule=reader.text("rtc.schedule", choices=RTC_SCHEDULES, default=RtcConfig.schedule),
+            execution_horizon=reader.integer("rtc.execution_horizon", low=0, high=chunk_size - 1, default=0),
+        ),
     )
 
 

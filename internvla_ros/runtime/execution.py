@@ -8,7 +8,9 @@ robot config can select it).
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
 import numpy as np
@@ -35,6 +37,10 @@ class ExecutionMode(Protocol):
     def hand_over(self, schedule: Schedule, plan: ChunkPlan, start_ns: int) -> Schedule:
         """The schedule that follows ``schedule`` until ``start_ns`` and ``plan`` after the hand-over."""
         ...
+
+
+RTC_DELAY_WINDOW = 20  # the last adopted chunks' latencies that estimate the delay d
+RTC_DELAY_QUANTILE = 0.9
 
 
 def _round_div(numerator: int, denominator: int) -> int:
@@ -95,8 +101,60 @@ class ReferenceMode(UncompensatedMode):
         return super().plan(positions[: self._steps], obs_stamp_ns, ready_ns)
 
 
+@dataclass(frozen=True)
+class RtcRequest:
+    """What the policy needs for real-time chunking: the target in the model's action space (the previous
+    chunk from the new observation's index 0 on, zero-padded), the delay ``d`` and horizon ``s`` in chunk
+    steps, and the guidance settings."""
+
+    target: np.ndarray
+    delay: int
+    horizon: int
+    beta: float
+    schedule: str
+
+
+class RtcMode(DelayCompensatedMode):
+    """Delay-compensated placement of chunks that the policy guides (real-time chunking) to agree with the
+    part of the previous chunk that runs while they are computed, so the hand-over is a plain switch."""
+
+    name: ClassVar[str] = "rtc"
+
+    def __init__(self, config: RuntimeConfig) -> None:
+        super().__init__(config)
+        rtc, rates = config.execution.rtc, config.rates
+        self._rtc = rtc
+        self._horizon = rtc.execution_horizon or max(1, _round_div(rates.inference_period_ns, self._step_ns))
+        self._latencies: deque[int] = deque(maxlen=RTC_DELAY_WINDOW)
+
+    def record_latency(self, latency_ns: int) -> None:
+        """An observation-stamp-to-arrival latency of an adopted chunk (the delay ``d`` comes from these)."""
+        self._latencies.append(latency_ns)
+
+    @property
+    def delay_steps(self) -> int:
+        """``d``: the 90th percentile of the last latencies, in chunk steps, rounded up."""
+        if not self._latencies:
+            return 0
+        latency = float(np.quantile(np.asarray(self._latencies, np.float64), RTC_DELAY_QUANTILE))
+        return int(np.ceil(latency / self._step_ns - 1e-6))  # a latency of exactly k steps is k
+
+    def request(self, previous: np.ndarray | None, previous_origin_ns: int, obs_stamp_ns: int) -> RtcRequest | None:
+        """The guidance for an observation at ``obs_stamp_ns`` given the previous chunk in model space
+        ``previous`` (chunk, dim) whose index 0 lies at ``previous_origin_ns``; None without a previous chunk."""
+        if previous is None:
+            return None
+        executed = _round_div(max(0, obs_stamp_ns - previous_origin_ns), self._step_ns)
+        target = np.zeros_like(previous, dtype=np.float32)
+        if executed < previous.shape[0]:
+            target[: previous.shape[0] - executed] = previous[executed:]
+        delay = min(self.delay_steps, previous.shape[0] - self._horizon)
+        return RtcRequest(target=target, delay=delay, horizon=self._horizon, beta=self._rtc.beta,
+                          schedule=self._rtc.schedule)
+
+
 MODES: dict[str, Callable[[RuntimeConfig], ExecutionMode]] = {
-    mode.name: mode for mode in (DelayCompensatedMode, UncompensatedMode, ReferenceMode)}
+    mode.name: mode for mode in (DelayCompensatedMode, UncompensatedMode, ReferenceMode, RtcMode)}
 
 
 def execution_mode(config: RuntimeConfig) -> ExecutionMode:
