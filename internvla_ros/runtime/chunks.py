@@ -16,10 +16,10 @@ import numpy as np
 
 from internvla_ros.runtime.config import RuntimeConfig, period_ns
 from internvla_ros.runtime.errors import MappingError
-from internvla_ros.runtime.execution import execution_mode
+from internvla_ros.runtime.execution import RtcMode, execution_mode
 from internvla_ros.runtime.inputs import InputBuffers
 from internvla_ros.runtime.mapping import ActionMapper
-from internvla_ros.runtime.observation import Observation
+from internvla_ros.runtime.observation import Observation, RtcRequest
 from internvla_ros.runtime.plan import ChunkPlan, HoldSchedule, Schedule
 from internvla_ros.runtime.runtime_status import (
     DROPPED_CHUNKS,
@@ -94,6 +94,8 @@ class ChunkScheduler:
         self._next_inference_ns = 0
         self._next_foresight_ns = 0
         self._next_preview_ns = 0
+        # The adopted chunk in model space, its index-0 time and its observation's state (rtc's target).
+        self._model_chunk: tuple[np.ndarray, int, np.ndarray] | None = None
         self.last_error = ""
 
     def start(self, positions: np.ndarray, now_ns: int) -> None:
@@ -106,6 +108,7 @@ class ChunkScheduler:
         """Holds at ``positions`` from ``now_ns`` (the motion restarts); chunks requested before are dropped."""
         self.schedule = HoldSchedule(positions.copy())
         self.plan = None
+        self._model_chunk = None
         self._resume_ns = now_ns
         if infer_now:
             self._next_inference_ns = now_ns
@@ -192,6 +195,7 @@ class ChunkScheduler:
             instruction=instruction,
             recompute_foresight=recompute,
             decode_preview=preview,
+            rtc=self._rtc_request(inputs.model_state, inputs.joint_stamp_ns),
         )
         self._request = _Request(obs_stamp_ns=observation.stamp_ns, request_ns=now_ns)
         self._recent[observation.stamp_ns] = (observation.state, now_ns)
@@ -244,6 +248,9 @@ class ChunkScheduler:
         self.schedule = self.mode.hand_over(self.schedule, plan, blend_start)
         self.plan = plan
         self._new_plan = True
+        self._model_chunk = (np.asarray(actions, np.float32), plan.origin_ns, state)
+        if isinstance(self.mode, RtcMode):
+            self.mode.record_latency(latency_ns)
         meters = self._meters
         meters.chunks_accepted += 1
         meters.last_start_index = plan.start_index
@@ -251,6 +258,13 @@ class ChunkScheduler:
         meters.inference_rate.add(ready_ns)
         return ChunkResult(accepted=True, reason="", start_index=plan.start_index, latency_ns=latency_ns,
                            positions=positions)
+
+    def _rtc_request(self, model_state: np.ndarray, stamp_ns: int) -> RtcRequest | None:
+        """execution.mode rtc: the previous chunk as the target of the next one (None for other modes)."""
+        if not isinstance(self.mode, RtcMode) or self._model_chunk is None or self.plan is None:
+            return None
+        actions, origin_ns, state = self._model_chunk
+        return self.mode.request(self._mapper.rebase_chunk(actions, state, model_state), origin_ns, stamp_ns)
 
     def _drop(self, reason: str, latency_ns: int) -> ChunkResult:
         self._counters.add(DROPPED_CHUNKS, reason)

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
 import numpy as np
 
 from internvla_ros.runtime.config import RuntimeConfig
 from internvla_ros.runtime.errors import RuntimeConfigError
+from internvla_ros.runtime.observation import RtcRequest
 from internvla_ros.runtime.plan import ChunkPlan, Schedule, hand_over
 
 
@@ -99,19 +99,6 @@ class ReferenceMode(UncompensatedMode):
 
     def plan(self, positions: np.ndarray, obs_stamp_ns: int, ready_ns: int) -> ChunkPlan | None:
         return super().plan(positions[: self._steps], obs_stamp_ns, ready_ns)
-
-
-@dataclass(frozen=True)
-class RtcRequest:
-    """What the policy needs for real-time chunking: the target in the model's action space (the previous
-    chunk from the new observation's index 0 on, zero-padded), the delay ``d`` and horizon ``s`` in chunk
-    steps, and the guidance settings."""
-
-    target: np.ndarray
-    delay: int
-    horizon: int
-    beta: float
-    schedule: str
 
 
 class RtcMode(DelayCompensatedMode):

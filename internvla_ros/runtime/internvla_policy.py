@@ -36,6 +36,7 @@ from internvla_ros.model.pipeline import (
     stack_inputs,
 )
 from internvla_ros.model.preprocessing import ObservationPreprocessor, PreprocessorConfig, load_tokenizer
+from internvla_ros.model.rtc import RtcGuidance
 from internvla_ros.runtime.observation import CameraFrames, Observation
 from internvla_ros.runtime.policy import PolicyResult
 
@@ -115,8 +116,11 @@ class InternVLAPolicy:
                                                                                       inputs.frames))
             timings("cosmos_encode", time.perf_counter_ns() - mark)
         noise = self._noise(1) if noise is None else noise
+        rtc = observation.rtc
+        guidance = None if rtc is None else RtcGuidance.build(rtc.target, rtc.delay, rtc.horizon, rtc.beta,
+                                                              rtc.schedule, dim=self.config.max_action_dim)
         result = self.pipeline.run(inputs, noise, generation=reuse, decode=observation.decode_preview,
-                                   hook=timings)
+                                   hook=timings, rtc=guidance)
         self._generation = result.generation
         self._generation_prompt = observation.instruction
         timings["total"] = time.perf_counter_ns() - start

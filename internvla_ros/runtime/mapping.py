@@ -145,6 +145,18 @@ class ActionMapper:
             raise MappingError(msg, REASON_NON_FINITE)
         return absolute
 
+    def rebase_chunk(self, actions: np.ndarray, old_state: np.ndarray, new_state: np.ndarray) -> np.ndarray:
+        """Normalised actions computed from ``old_state`` re-expressed for ``new_state`` (real-time chunking's
+        target): delta dims shift by the state change over the action scale (affine stats), absolute dims stay."""
+        values = np.asarray(actions, dtype=np.float32).copy()
+        dim = self._config.dim
+        width = values.shape[1]
+        scale = self._stats.unnormalize_actions(np.ones((1, width))) - self._stats.unnormalize_actions(
+            np.zeros((1, width)))
+        change = np.asarray(old_state, np.float64) - np.asarray(new_state, np.float64)
+        values[:, :dim] += np.where(self._absolute, 0.0, change / scale[0, :dim]).astype(np.float32)
+        return values
+
     def split_by_controller(self, joint_positions: np.ndarray) -> dict[str, np.ndarray]:
         """Config-order joint vector(s) -> each controller's slice, in the controller's joint order."""
         index = self._config.joint_index

@@ -24,6 +24,19 @@ class CameraFrames:
 
 
 @dataclass(frozen=True)
+class RtcRequest:
+    """Real-time chunking for this observation's chunk: the target in the model's action space (the previous
+    chunk from this observation's index 0 on, zero-padded, (chunk, dim)), the delay ``d`` and horizon ``s``
+    in chunk steps, and the guidance settings (model/rtc.py)."""
+
+    target: np.ndarray
+    delay: int
+    horizon: int
+    beta: float
+    schedule: str
+
+
+@dataclass(frozen=True)
 class Observation:
     stamp_ns: int  # the joint state's stamp: the chunk's index 0 and its deltas refer to this instant
     request_ns: int  # when the runtime handed it out (inference latency is measured from here)
@@ -33,6 +46,7 @@ class Observation:
     instruction: str
     recompute_foresight: bool  # false: the policy may reuse the cached generation-pass K/V
     decode_preview: bool  # true: also decode the foresight image for the operator
+    rtc: RtcRequest | None = None  # execution.mode rtc: guide the chunk towards the previous one
 
 
 MAX_FRAMES = 256  # per camera: 0.5 s of history at up to 500 fps; a bound even if stamps stop advancing

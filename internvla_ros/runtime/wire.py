@@ -18,7 +18,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from internvla_ros.runtime.observation import CameraFrames, Observation
+from internvla_ros.runtime.observation import CameraFrames, Observation, RtcRequest
 from internvla_ros.runtime.policy import PolicyResult
 
 LENGTH = struct.Struct("<Q")
@@ -148,6 +148,10 @@ def encode_observation(observation: Observation) -> Frame:
     header = {"stamp_ns": observation.stamp_ns, "request_ns": observation.request_ns, "cameras": cameras,
               "instruction": observation.instruction, "recompute_foresight": observation.recompute_foresight,
               "decode_preview": observation.decode_preview}
+    if observation.rtc is not None:
+        rtc = observation.rtc
+        arrays["rtc.target"] = np.asarray(rtc.target, np.float32)
+        header["rtc"] = {"delay": rtc.delay, "horizon": rtc.horizon, "beta": rtc.beta, "schedule": rtc.schedule}
     return header, arrays
 
 
@@ -161,7 +165,8 @@ def decode_observation(header: Mapping[str, Any], arrays: Mapping[str, np.ndarra
     return Observation(stamp_ns=header["stamp_ns"], request_ns=header["request_ns"], cameras=cameras,
                        state=arrays["state"], normalized_state=arrays["normalized_state"],
                        instruction=header["instruction"], recompute_foresight=header["recompute_foresight"],
-                       decode_preview=header["decode_preview"])
+                       decode_preview=header["decode_preview"],
+                       rtc=RtcRequest(target=arrays["rtc.target"], **header["rtc"]) if "rtc" in header else None)
 
 
 def encode_result(result: PolicyResult) -> Frame:

@@ -132,3 +132,21 @@ def test_model_guided_chunk_follows_the_previous_chunk(case_a) -> None:
     before = np.abs(plain[0, :4].numpy() - target[:4]).mean()
     after = np.abs(guided[0, :4].numpy() - target[:4]).mean()
     assert after < 0.5 * before, (before, after)
+
+
+def test_policy_guides_a_chunk_from_the_observation_request() -> None:
+    """Through InternVLAPolicy.infer, as the local worker and the server call it (Observation.rtc)."""
+    from dataclasses import replace
+
+    from internvla_ros.runtime.internvla_policy import load_policy, warmup_observation
+    from internvla_ros.runtime.observation import RtcRequest
+
+    policy = load_policy(str(CASE_A))
+    observation = warmup_observation(policy.config.n_views)
+    chunk, dim = policy.config.chunk_size, policy.config.max_action_dim
+    target = np.full((chunk, dim), 0.7, np.float32)
+    noise = torch.randn(1, chunk, dim, generator=torch.Generator().manual_seed(3))
+    plain = policy.infer(observation, noise=noise).actions
+    request = RtcRequest(target=target, delay=5, horizon=chunk // 5, beta=5.0, schedule="exp")
+    guided = policy.infer(replace(observation, rtc=request), noise=noise).actions
+    assert np.abs(guided[:5] - 0.7).mean() < 0.5 * np.abs(plain[:5] - 0.7).mean()

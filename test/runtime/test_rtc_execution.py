@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from internvla_ros.runtime.errors import RuntimeConfigError
 from internvla_ros.runtime.execution import RtcMode, execution_mode
+from internvla_ros.runtime.observation import Observation
 
-from .harness import CHUNK, MS, make_config
+from .harness import ACTION_DIM, CHUNK, MS, SimLoop, SimResult, make_config, make_runtime
 
 STEP_NS = 33_333_333  # the harness's 30 Hz chunk step
 
@@ -62,3 +65,88 @@ def test_target_is_the_previous_chunk_from_the_new_observation_on() -> None:
     assert isinstance(auto, RtcMode)
     req = auto.request(previous, 0, 0)
     assert req is not None and req.horizon == 6
+
+
+ARM = slice(0, 2)  # shoulder, elbow: delta joints on the trajectory controller
+SIGMA = 0.3  # spread of the toy policy's chunks (normalised = joint units with std 1 stats)
+
+
+def toy_flow_policy(seed: int):
+    """A real flow-matching sampler (10 Euler steps) of chunks ~ N(ramp, SIGMA^2) that honours the RTC request.
+
+    Its exact velocity is linear in x_t, so the guidance runs the same autograd VJP as the model's."""
+    import torch
+
+    from internvla_ros.model.pipeline import euler
+    from internvla_ros.model.rtc import RtcGuidance, autograd_guidance, guided_velocity
+
+    mean = torch.zeros(1, CHUNK, ACTION_DIM)
+    mean[0, :, ARM] = 0.005 * torch.arange(CHUNK, dtype=torch.float32)[:, None]  # a steady motion
+    mean[0, :, 3] = 0.2  # belt speed
+    generator = torch.Generator().manual_seed(seed)
+
+    def velocity(x_t: torch.Tensor, time: torch.Tensor) -> torch.Tensor:
+        t = time.reshape(-1, 1, 1)
+        centred = x_t - (1 - t) * mean
+        var = t * t + (1 - t) ** 2 * SIGMA**2
+        return t / var * centred - (mean + (1 - t) * SIGMA**2 / var * centred)
+
+    def policy(observation: Observation) -> np.ndarray:
+        noise = torch.randn(1, CHUNK, ACTION_DIM, generator=generator)
+        rtc = observation.rtc
+        if rtc is None:
+            return euler(noise, 10, velocity)[0].numpy()
+        guidance = RtcGuidance.build(rtc.target, rtc.delay, rtc.horizon, rtc.beta, rtc.schedule)
+        return euler(noise, 10, guided_velocity(velocity, autograd_guidance(velocity), guidance))[0].numpy()
+
+    return policy
+
+
+def switch_jumps(result: SimResult) -> list[float]:
+    """At each adopted chunk's start, how far its arm targets lie from where the previous chunk was then."""
+    jumps = []
+    previous = None
+    for observation, chunk in zip(result.observations, result.chunk_results, strict=False):
+        if not chunk.accepted or chunk.positions is None:
+            continue
+        if previous is not None:
+            old_stamp, old_positions = previous
+            old_index = round((observation.stamp_ns + chunk.start_index * STEP_NS - old_stamp) / STEP_NS)
+            jumps.append(float(np.abs(chunk.positions[chunk.start_index, ARM] - old_positions[old_index, ARM]).max()))
+        previous = (observation.stamp_ns, chunk.positions)
+    return jumps
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_rtc_keeps_the_motion_continuous_at_chunk_switches(tmp_path: Path, seed: int) -> None:
+    jumps = {}
+    for mode in ("delay_compensated", "rtc"):
+        runtime = make_runtime(tmp_path, execution__mode=mode, execution__blend_steps=0, rtc__beta=10.0)
+        loop = SimLoop(runtime, toy_flow_policy(seed), latency_ns=100 * MS)
+        loop.start()
+        result = loop.run_until(4_000 * MS)
+        assert sum(c.accepted for c in result.chunk_results) >= 15
+        jumps[mode] = switch_jumps(result)
+        if mode == "rtc":
+            assert sum(o.rtc is not None for o in result.observations) >= 14
+    plain, rtc = np.median(jumps["delay_compensated"]), np.median(jumps["rtc"])
+    assert plain > SIGMA * 0.5, jumps  # chunks from different noise disagree
+    assert rtc < 0.2 * plain, (plain, rtc)
+
+
+def test_the_rtc_request_crosses_the_wire() -> None:
+    from internvla_ros.runtime.observation import RtcRequest
+    from internvla_ros.runtime.wire import decode_observation, encode_observation, frame_from_bytes, frame_to_bytes
+
+    target = np.random.default_rng(0).normal(size=(CHUNK, ACTION_DIM)).astype(np.float32)
+    base = Observation(stamp_ns=5, request_ns=6, cameras={}, state=np.zeros(4), normalized_state=np.zeros(ACTION_DIM),
+                       instruction="go", recompute_foresight=False, decode_preview=False)
+    for rtc in (None, RtcRequest(target=target, delay=3, horizon=6, beta=5.0, schedule="linear")):
+        sent = Observation(**{**vars(base), "rtc": rtc})
+        got = decode_observation(*frame_from_bytes(frame_to_bytes(*encode_observation(sent))))
+        if rtc is None:
+            assert got.rtc is None
+        else:
+            assert got.rtc is not None and (got.rtc.delay, got.rtc.horizon, got.rtc.beta, got.rtc.schedule) == (
+                3, 6, 5.0, "linear")
+            np.testing.assert_array_equal(got.rtc.target, target)
