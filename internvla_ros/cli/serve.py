@@ -50,7 +50,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--replicas", type=int, default=1, help="model replicas (default: 1)")
     parser.add_argument("--max-batch-size", type=int, default=8, help="requests per model call (default: 8)")
     parser.add_argument("--batch-wait-ms", type=float, default=10.0,
-                        help="how long a batch waits to fill up [ms] (default: 10)")
+                        help="how long a batch that is not full waits for more requests [ms], up to 4x as long "
+                        "while a request's body is still being read (default: 10; on a CPU a short wait pays: "
+                        "a server idling for full batches loses more than batching gains)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine)")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--address", default=None, help="a running Ray cluster's address (default: a local Ray)")
