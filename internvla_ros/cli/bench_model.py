@@ -41,6 +41,7 @@ from internvla_ros.model.config import InternVLAConfig, load_config
 from internvla_ros.model.errors import ModelError
 from internvla_ros.model.inputs import ModelInputs
 from internvla_ros.model.pipeline import STAGE_COSMOS, STAGE_TOTAL, InferencePipeline, StageTimings, step_stage
+from internvla_ros.model.rtc import RtcGuidance, shift_chunk
 from internvla_ros.paths import default_model_dir
 
 GROUP = "bench"
@@ -91,8 +92,10 @@ def load_batch(model_dir: Path, config: InternVLAConfig) -> tuple[ModelInputs, t
     return inputs, noise, "synthetic"
 
 
-def measure(backend: InferencePipeline, inputs: ModelInputs, noise: torch.Tensor, steps: int) -> dict[str, int]:
-    """One observation twice: every frame encoded on the critical path, then only the current ones."""
+def measure(backend: InferencePipeline, inputs: ModelInputs, noise: torch.Tensor, steps: int,
+            rtc: bool = False) -> dict[str, int]:
+    """One observation twice: every frame encoded on the critical path, then only the current ones
+    (``rtc``: then twice more over the same latents, plain and with real-time chunking guidance)."""
     timings = StageTimings()
     backend.run(inputs, noise, hook=timings)
     timings[TOTAL_BOTH] = timings.pop(STAGE_TOTAL)
@@ -111,16 +114,35 @@ def measure(backend: InferencePipeline, inputs: ModelInputs, noise: torch.Tensor
     backend.run(replace(inputs, frames=None, cosmos_latents=latents), noise)
     timings[ENCODE_CURRENT] = encoded - start
     timings[TOTAL_PRE] = time.perf_counter_ns() - start
+    if rtc and hasattr(backend.stages, "guidance"):
+        timings.update(measure_rtc(backend, replace(inputs, frames=None, cosmos_latents=latents), noise, step_names))
     return dict(timings)
+
+
+def measure_rtc(backend: InferencePipeline, inputs: ModelInputs, noise: torch.Tensor,
+                step_names: list[str]) -> dict[str, int]:
+    """The action steps and the chunk plain and with RTC guidance (d = H/10, s = H/5, beta 5, exp), same inputs."""
+    chunk = noise.shape[1]
+    previous = backend.run(inputs, noise.roll(1, dims=1)).actions[0].float().cpu().numpy()
+    guidance = RtcGuidance.build(shift_chunk(previous, chunk // 5), chunk // 10, chunk // 5, beta=5.0)
+    out = {}
+    for suffix, rtc in (("plain", None), ("rtc", guidance)):
+        timings = StageTimings()
+        backend.run(inputs, noise, hook=timings, rtc=rtc)
+        out[f"{STEPS_SUM} {suffix}"] = sum(timings[name] for name in step_names)
+        out[f"total {suffix} (latents given)"] = timings[STAGE_TOTAL]
+    return out
 
 
 def stage_order(steps: int) -> list[str]:
     return ["vision", "prefix", ENCODE_BOTH, ENCODE_CURRENT, "generation", "context",
-            *[step_stage(i) for i in range(steps)], STEPS_SUM, TOTAL_BOTH, TOTAL_PRE]
+            *[step_stage(i) for i in range(steps)], STEPS_SUM, TOTAL_BOTH, TOTAL_PRE,
+            *[name for suffix in ("plain", "rtc") for name in (f"{STEPS_SUM} {suffix}",
+                                                                f"total {suffix} (latents given)")]]
 
 
 def bench(model_dir: Path, names: Sequence[str], options: BackendOptions, repeats: int, warmup: int,
-          interleave: bool, json_path: Path | None, reference_ms: float | None = None) -> int:
+          interleave: bool, json_path: Path | None, reference_ms: float | None = None, rtc: bool = False) -> int:
     config = load_config(model_dir)
     inputs, noise, source = load_batch(model_dir, config)
     backends = [create_backend([name], options).backend for name in names]
@@ -132,7 +154,7 @@ def bench(model_dir: Path, names: Sequence[str], options: BackendOptions, repeat
     for index, group in enumerate(rounds):
         for position, backend in enumerate(group):
             run = index if interleave else position
-            timing = measure(backend, inputs, noise, steps)
+            timing = measure(backend, inputs, noise, steps, rtc)
             if run >= warmup:
                 samples[backend.name].append(timing)
     medians = {name: {stage: statistics.median(s[stage] for s in runs) / 1e6 for stage in runs[0]}
@@ -201,7 +223,8 @@ def command(args: argparse.Namespace) -> int:
     options = BackendOptions(model_dir, engine_dir=args.engine_dir, cache_root=args.cache, threads=args.threads,
                              compile=args.compile, dtype=args.dtype)
     try:
-        return bench(model_dir, names, options, args.repeats, args.warmup, args.compare, args.json, args.reference_ms)
+        return bench(model_dir, names, options, args.repeats, args.warmup, args.compare, args.json, args.reference_ms,
+                     args.rtc)
     except (ModelError, BackendError) as err:
         print(f"ERROR: {err}", file=sys.stderr)
         return 2
@@ -221,6 +244,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--engine-dir", type=Path, help="export to use (default: cached export of --model)")
     parser.add_argument("--cache", type=Path, help="export cache (default: ~/.cache/internvla_ros/exports)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the torch backend's stages")
+    parser.add_argument("--rtc", action="store_true",
+                        help="also time the chunk with real-time chunking guidance (backends that support it)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
                         help="expert precision (Cosmos follows it); default float32")
     parser.add_argument("--reference-ms", type=float, metavar="X",
