@@ -30,7 +30,8 @@ from internvla_ros.runtime.timeutil import stamp_to_ns
 MS = 1_000_000
 DEFAULT_INFERENCE_LATENCY_NS = 100 * MS
 DEFAULT_STATUS_PERIOD_NS = 500 * MS  # the node's status_rate_hz default, 2 Hz
-DEFAULT_BATCH = 8  # observations per inference batch (replay/lookahead.py); 1: each inline, one thread
+DEFAULT_BATCH = 1  # each observation inline, one thread; N > 1: batches of N computed ahead by a second
+# thread (replay/lookahead.py), which loses to batch 1 on a shared 2-core CPU (GIL, planning cost)
 LATENCY_WINDOW = 200  # the node's window for the status latency percentiles
 MEASURED_PERIOD_NS = 10 * MS  # measured joint states kept for the plots, at most this often
 RUNNING = "running"

@@ -21,7 +21,7 @@ def test_reports_speed_wall_bag_and_memory(sim_bag: Path, model_dir: Path, tmp_p
                                             capsys) -> None:
     out = tmp_path / "bench.json"
     code = _run(str(sim_bag), "--config", "conveyor_sorting.yaml", "--model", str(model_dir),
-                "--instruction", INSTRUCTION, "--json", str(out))
+                "--instruction", INSTRUCTION, "--batch", "4", "--json", str(out))
     assert code == 0
     result = json.loads(out.read_text())
     assert 2.5 < result["bag_s"] < 3.5  # the sim bag lasts 3 s
@@ -29,8 +29,8 @@ def test_reports_speed_wall_bag_and_memory(sim_bag: Path, model_dir: Path, tmp_p
     assert abs(result["speed_x_real_time"] - result["bag_s"] / result["wall_s"]) <= 0.01 * result["speed_x_real_time"]
     assert result["chunks"] >= 1 and result["inferences"] >= result["chunks"]
     assert result["inference_ms_median"] >= 0
-    # Batched by default: the look-ahead thread computed most chunks before the replay loop asked.
-    assert result["batch"] == 8 and result["threads"] == 2
+    # Batched: the look-ahead thread computed most chunks before the replay loop asked.
+    assert result["batch"] == 4 and result["threads"] == 2
     assert result["inferences"] // 2 <= result["precomputed"] <= result["inferences"]
     assert "speed_x_real_time" in capsys.readouterr().out
 
