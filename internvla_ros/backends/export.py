@@ -19,6 +19,9 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch._decomp import core_aten_decompositions
+from torch.fx.experimental.proxy_tensor import make_fx
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from internvla_ros.backends import graphs
 from internvla_ros.backends.errors import BackendError
@@ -101,6 +104,13 @@ def graph_io(layout: Layout, compute: torch.dtype) -> dict[str, tuple[list[Tenso
              TensorSpec("state", (1, lay.max_state_dim), f32), TensorSpec("x_t", chunk, f32),
              TensorSpec("time", (1,), f32)],
             [TensorSpec("v_t", chunk, f32)]),
+        graphs.GUIDANCE_STEP: (
+            [TensorSpec("context_keys", ctx_kv, c), TensorSpec("context_values", ctx_kv, c),
+             TensorSpec("context_valid", (1, lay.context_len), b),
+             TensorSpec("context_positions", (3, 1, lay.context_len), i64),
+             TensorSpec("state", (1, lay.max_state_dim), f32), TensorSpec("x_t", chunk, f32),
+             TensorSpec("time", (1,), f32), TensorSpec("target", chunk, f32), TensorSpec("weights", chunk, f32)],
+            [TensorSpec("v_t", chunk, f32), TensorSpec("guidance", chunk, f32)]),
         graphs.FORESIGHT: ([TensorSpec("middle_out", (1, lay.generation_len, lay.expert_hidden), c)],
                            [TensorSpec("foresight_latents", (1, *latents), f32)]),
         graphs.COSMOS_DECODE: ([TensorSpec("latents", latents, f32)],
@@ -115,6 +125,7 @@ def graph_modules(model: InternVLAModel, layout: Layout) -> dict[str, Callable[[
         graphs.COSMOS_ENCODE: lambda: graphs.CosmosEncodeGraph(model),
         graphs.GENERATION: lambda: graphs.GenerationGraph(model, layout),
         graphs.ACTION_STEP: lambda: graphs.ActionStepGraph(model, layout),
+        graphs.GUIDANCE_STEP: lambda: graphs.GuidanceStepGraph(model, layout),
         graphs.FORESIGHT: lambda: graphs.ForesightGraph(model),
         graphs.COSMOS_DECODE: lambda: graphs.CosmosDecodeGraph(model),
     }
@@ -152,11 +163,29 @@ def accurate_mean(self: Any, dim: Any, keepdim: bool = False, dtype: int = -1) -
     return result
 
 
+class _Traced(nn.Module):
+    """A graph whose backward pass ``make_fx`` traced into plain aten ops (attention in its math form, every op
+    decomposed: ONNX has no attention or SiLU backward), as a module to export."""
+
+    def __init__(self, module: nn.Module, examples: tuple[Tensor, ...]) -> None:
+        super().__init__()
+        for parameter in module.parameters():  # the export's own checkpoint: only x_t is differentiated
+            parameter.requires_grad_(False)
+        with sdpa_kernel(SDPBackend.MATH):
+            self.traced = make_fx(module.eval(), decomposition_table=core_aten_decompositions())(*examples)
+
+    def forward(self, *args: Tensor) -> Any:
+        return self.traced(*args)
+
+
 def _export_one(module: nn.Module, inputs: list[TensorSpec], outputs: list[TensorSpec], path: Path,
                 opset: int) -> None:
     examples = tuple(_example(spec) for spec in inputs)
-    try:
-        with warnings.catch_warnings(), torch.no_grad():
+    traced = getattr(module, "trace_autograd", False)
+    if traced:
+        module = _Traced(module, examples)
+    try:  # a traced backward exports with grad mode on (under no_grad its weights fail to lift)
+        with warnings.catch_warnings(), torch.set_grad_enabled(traced):
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
                 module.eval(), examples, dynamo=True, opset_version=opset, verbose=False,

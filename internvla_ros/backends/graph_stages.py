@@ -24,6 +24,7 @@ from internvla_ros.model.errors import ModelError
 from internvla_ros.model.inputs import ModelInputs
 from internvla_ros.model.modeling import check_image_tokens
 from internvla_ros.model.pipeline import InferencePipeline
+from internvla_ros.model.rtc import GuidanceStep
 
 
 class GraphRunner(Protocol):
@@ -153,6 +154,20 @@ class GraphStages:
             "time": dev(_np(time[:1], np.float32)),
         })
         return self._host(v_t).to(x_t.device)
+
+    def guidance(self, context: dict[str, Any], state: Tensor) -> GuidanceStep:
+        """Real-time chunking's guidance step: the exported graph of the velocity and its VJP."""
+        lay, dev = self.layout, self.runner.to_device
+        padded = dev(_np(F.pad(state.float(), (0, lay.max_state_dim - state.shape[-1]))))
+
+        def step(x_t: Tensor, time: Tensor, target: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
+            self._check("x_t", x_t, (1, lay.chunk_size, lay.max_action_dim))
+            v_t, g = self.runner.run(graphs.GUIDANCE_STEP, {
+                **context, "state": padded, "x_t": dev(_np(x_t, np.float32)), "time": dev(_np(time[:1], np.float32)),
+                "target": dev(_np(target, np.float32)), "weights": dev(_np(weights, np.float32))})
+            return self._host(v_t).to(x_t.device), self._host(g).to(x_t.device)
+
+        return step
 
     def foresight(self, generation: GraphGeneration) -> Tensor:
         (predicted,) = self.runner.run(graphs.FORESIGHT, {"middle_out": generation.middle_out})

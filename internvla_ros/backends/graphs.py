@@ -21,15 +21,17 @@ from transformers.models.qwen3_vl.modeling_qwen3_vl import apply_rotary_pos_emb_
 from internvla_ros.model.attention import GENERATION_BLOCK, PREFIX_BLOCK, LayerKV, mrope_prefix_positions
 from internvla_ros.model.config import InternVLAConfig
 from internvla_ros.model.modeling import BlockCache, InternVLAModel
+from internvla_ros.model.rtc import autograd_guidance
 
 VISION = "vision"
 PREFIX = "prefix"
 COSMOS_ENCODE = "cosmos_encode"
 GENERATION = "generation"
 ACTION_STEP = "action_step"
+GUIDANCE_STEP = "guidance_step"
 FORESIGHT = "foresight"
 COSMOS_DECODE = "cosmos_decode"
-GRAPH_NAMES = (VISION, PREFIX, COSMOS_ENCODE, GENERATION, ACTION_STEP, FORESIGHT, COSMOS_DECODE)
+GRAPH_NAMES = (VISION, PREFIX, COSMOS_ENCODE, GENERATION, ACTION_STEP, GUIDANCE_STEP, FORESIGHT, COSMOS_DECODE)
 
 
 @dataclass(frozen=True)
@@ -249,6 +251,21 @@ class ActionStepGraph(nn.Module):
         context = BlockCache(unstack_kv(context_keys, context_values), self.blocks, context_valid.bool(),
                              context_positions)
         return self.model.denoise_step(context, state, x_t, time)
+
+
+class GuidanceStepGraph(ActionStepGraph):
+    """Real-time chunking's step: the velocity and its guidance vector (:func:`~internvla_ros.model.rtc.
+    autograd_guidance`, one backward pass through the action expert). ``trace_autograd``: the export
+    traces the backward pass into plain ops first (``torch.export`` cannot export ``autograd.grad``)."""
+
+    trace_autograd = True
+
+    def forward(self, context_keys: Tensor, context_values: Tensor, context_valid: Tensor,  # type: ignore[override]
+                context_positions: Tensor, state: Tensor, x_t: Tensor, time: Tensor, target: Tensor,
+                weights: Tensor) -> tuple[Tensor, Tensor]:
+        step = autograd_guidance(lambda x, t: super(GuidanceStepGraph, self).forward(
+            context_keys, context_values, context_valid, context_positions, state, x, t))
+        return step(x_t, time, target, weights)
 
 
 class ForesightGraph(nn.Module):
