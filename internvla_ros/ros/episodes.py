@@ -149,7 +149,8 @@ def run_episodes(cell: str, specs: list[EpisodeSpec], policy: str, logs: Path, r
         started = time.monotonic()
         spin_until(ready, STARTUP_TIMEOUT_S, "while starting")
         ready_at = time.monotonic()
-        spin_until(lambda: time.monotonic() - ready_at >= DISCOVERY_SETTLE_S, DISCOVERY_SETTLE_S + 5.0, "while starting")
+        spin_until(lambda: time.monotonic() - ready_at >= DISCOVERY_SETTLE_S, DISCOVERY_SETTLE_S + 5.0,
+                   "while starting")
         show(f"cell running after {time.monotonic() - started:.1f} s")
         for spec in specs:
             if recorder is not None:
