@@ -29,6 +29,8 @@ MIN_MOVE_S = 0.3
 TRAJECTORY_LEAD_S = 0.1  # a move is stamped this far ahead of its sending (it arrives before it starts)
 WAIT_MARGIN_S = 0.6  # the parcel reaches the intercept point this long after the arm
 CLOSE_TIMEOUT_S = 2.0
+CLOSE_GIVE_UP_S = 8.0  # reopen after this even if the gripper was never measured closed
+CLOSED_SETTLE_S = 0.3  # ground truth this long after the gripper was measured closed decides the grasp
 RELEASE_TIMEOUT_S = 1.5
 ARRIVAL_TOLERANCE_PX = 6.0  # the measured tip this close to a move's goal counts as arrived
 ARRIVAL_TIMEOUT_S = 3.0  # a loaded machine delays the measured arm; give up waiting after this
@@ -89,6 +91,11 @@ class _Arm:
         self.open, self.closed = gripper.open_position, gripper.closed_position
         lim = limits[config.joint_index[gripper.joint]]
         self.gripper_limits = (lim.max_velocity, lim.max_acceleration)
+        self.gripper_index = config.joint_index[gripper.joint]
+
+    def opening(self, positions: np.ndarray) -> float:
+        """The measured gripper opening, 0 closed .. 1 open (the task's convention)."""
+        return float((positions[self.gripper_index] - self.closed) / (self.open - self.closed))
 
     def move(self, start: np.ndarray, goal: np.ndarray) -> ArmMove:
         return plan_move(start[self.index], goal[self.index], self.vmax, self.amax)
@@ -103,6 +110,7 @@ class SortingExpert:
         self._goal: np.ndarray | None = None  # where the last move ends (config order)
         self._busy_until = -np.inf
         self._state, self._since = "idle", 0.0
+        self._closed_at: float | None = None  # when the gripper was first measured closed in "close"
         self._target: dict[str, Any] | None = None
         self._intercept = READY_POINT
         self._gripper = self._arm.open
@@ -125,7 +133,7 @@ class SortingExpert:
         return move
 
     def _set(self, state: str, now_s: float) -> None:
-        self._state, self._since = state, now_s
+        self._state, self._since, self._closed_at = state, now_s, None
 
     def _arrived(self, now_s: float, snapshot: dict[str, Any]) -> bool:
         """The measured tip (in a snapshot taken after the move's planned end) is at the move's goal."""
@@ -169,8 +177,13 @@ class SortingExpert:
                 self._target = parcels[snapshot["holding"]]
                 self._set("place", now_s)
                 return self._go(now_s, positions, bin_centre(snapshot["rule"][self._target["colour"]]))
-            # Open again only on ground truth taken well after the gripper must have closed.
-            if now_s - self._since > CLOSE_TIMEOUT_S and stamp > self._since + self._close_s + 0.5:
+            # Open again only on ground truth taken after the gripper was measured closed: a loaded
+            # machine closes it late, and reopening on a parcel it is about to hold drops that parcel.
+            if self._closed_at is None and self._arm.opening(positions) < self._task.closed_below:
+                self._closed_at = now_s
+            closed_and_empty = (self._closed_at is not None and stamp > self._closed_at + CLOSED_SETTLE_S
+                                and now_s - self._since > CLOSE_TIMEOUT_S)
+            if closed_and_empty or now_s - self._since > CLOSE_GIVE_UP_S:
                 self._gripper = self._arm.open
                 self._set("release", now_s)
             return None
