@@ -219,12 +219,12 @@ def command(args: argparse.Namespace) -> int:
         return 2
     model_dir = Path(args.model) if args.model else default_model_dir()
     torch.set_num_threads(args.threads)
-    torch.set_grad_enabled(False)
     options = BackendOptions(model_dir, engine_dir=args.engine_dir, cache_root=args.cache, threads=args.threads,
                              compile=args.compile, dtype=args.dtype)
     try:
-        return bench(model_dir, names, options, args.repeats, args.warmup, args.compare, args.json, args.reference_ms,
-                     args.rtc)
+        with torch.no_grad():  # not the process-wide switch (commands also run inside other processes' tests)
+            return bench(model_dir, names, options, args.repeats, args.warmup, args.compare, args.json,
+                         args.reference_ms, args.rtc)
     except (ModelError, BackendError) as err:
         print(f"ERROR: {err}", file=sys.stderr)
         return 2

@@ -205,7 +205,8 @@ def bench(plan: BenchPlan, endpoint: str | None, log_dir: Path) -> dict[str, Any
     }
 
 
-def _print_run(run: dict[str, Any], stream: Any = sys.stdout) -> None:
+def _print_run(run: dict[str, Any], stream: Any = None) -> None:
+    stream = stream or sys.stdout  # looked up per call: a caller may have replaced it since import
     size = run["max_batch_size"] if run["max_batch_size"] is not None else "?"  # ?: a server of --endpoint
     print(f"max batch {size}: {run['chunks_per_s']:.2f} chunks/s ({run['chunks']} in {run['duration_s']:g} s), "
           f"latency p50 {run['latency_ms_p50']} ms, p99 {run['latency_ms_p99']} ms, batch sizes "

@@ -229,9 +229,9 @@ def command(args: argparse.Namespace) -> int:
     if args.atol < 0:
         print(f"ERROR: --atol must be >= 0, got {args.atol}", file=sys.stderr)
         return 2
-    torch.set_grad_enabled(False)
     try:
-        return check_parity(Path(args.directory), args.dtype, args.atol, args.backend, args.cache)
+        with torch.no_grad():  # not the process-wide switch: a caller's later training must still get gradients
+            return check_parity(Path(args.directory), args.dtype, args.atol, args.backend, args.cache)
     except (ModelError, BackendError) as err:
         print(f"ERROR: {err}", file=sys.stderr)
         return 2

@@ -194,6 +194,7 @@ class Trainer:
             self.state.position += len(take)
         return picked
 
+    @torch.enable_grad()  # whatever grad mode the calling process left switched on or off
     def step(self) -> StepReport:
         started = time.monotonic()
         step = self.state.step

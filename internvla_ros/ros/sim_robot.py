@@ -236,6 +236,10 @@ def main(args: list[str] | None = None) -> int:
     except (RuntimeConfigError, ValueError) as err:  # a bad config file or parameter
         print(f"ERROR: {err}", flush=True)
         return 2
+    except Exception:
+        if rclpy.ok():
+            raise
+        # A callback that published while SIGINT shut the context down: an ordinary shutdown.
     finally:
         # rclpy's SIGINT handler may shut the context down between try_shutdown's check and its call.
         with contextlib.suppress(RuntimeError):

@@ -33,8 +33,7 @@ def export_cache(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> P
 
 @pytest.fixture(scope="session")
 def engine_dir(export_cache: Path, model_dir: Path) -> Path:
-    (directory,) = [p for p in export_cache.iterdir() if p.is_dir()]
-    return directory
+    return ensure_export(model_dir, cache_root=export_cache)  # the cached export (other tests add their own)
 
 
 def copy_dir(source: Path, target: Path) -> Path:
