@@ -74,7 +74,7 @@ def check_trajectory(joint: dict[str, float], profile: StopProfile) -> None:
                              np.array([joint["vmax"]]), np.array([joint["amax"]]) * (1 + 1e-6))
 
 
-@settings(max_examples=2500, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=1200, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(joint=moving_joint(), previous_acceleration=st.floats(-1.0, 1.0))
 def test_braking_joint_stops_within_every_limit_and_in_time(joint: dict[str, float],
                                                             previous_acceleration: float) -> None:
@@ -88,7 +88,7 @@ def test_braking_joint_stops_within_every_limit_and_in_time(joint: dict[str, flo
     check_trajectory(joint, profile)
 
 
-@settings(max_examples=1500, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=700, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(joint=moving_joint(), previous_acceleration=st.floats(-1.0, 1.0))
 def test_speed_joint_ramps_to_its_stop_value_within_every_limit(joint: dict[str, float],
                                                                 previous_acceleration: float) -> None:
