@@ -13,13 +13,10 @@ Parameters: `config` (the robot file, with a `/**/sim_robot: task:` section), `m
 
 from __future__ import annotations
 
-import contextlib
 import json
 from typing import Any
 
 import numpy as np
-import rclpy
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray, String
@@ -27,6 +24,7 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from internvla_ros.learning.expert_loop import Agent, CommandStreamer
 from internvla_ros.ros.conversions import ns_to_duration, ns_to_time
+from internvla_ros.ros.node_main import spin_node
 from internvla_ros.runtime.config import DEFAULT_NODE_NAME, NS_PER_S, RuntimeConfig
 from internvla_ros.runtime.errors import RuntimeConfigError
 from internvla_ros.sim.expert import RandomAgent, SortingExpert
@@ -101,18 +99,7 @@ class ExpertNode(Node):
 
 
 def main(args: list[str] | None = None) -> int:
-    rclpy.init(args=args)
-    try:
-        rclpy.spin(ExpertNode())
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except (RuntimeConfigError, ValueError) as err:
-        print(f"ERROR: {err}", flush=True)
-        return 2
-    finally:
-        with contextlib.suppress(RuntimeError):
-            rclpy.try_shutdown()
-    return 0
+    return spin_node(ExpertNode, args)
 
 
 if __name__ == "__main__":

@@ -28,14 +28,11 @@ for the task: `task_seed` (-1: wait for `task/start`), `task_variant` (-1: seed 
 
 from __future__ import annotations
 
-import contextlib
 import json
 from typing import Any
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image, JointState
@@ -44,6 +41,7 @@ from trajectory_msgs.msg import JointTrajectory
 
 from internvla_ros.ros.conversions import duration_to_ns, time_to_ns
 from internvla_ros.ros.messages import rgb_image_msg
+from internvla_ros.ros.node_main import spin_node
 from internvla_ros.runtime.config import DEFAULT_NODE_NAME, RuntimeConfig
 from internvla_ros.runtime.errors import RuntimeConfigError
 from internvla_ros.sim.cell import SimulatedCell
@@ -227,24 +225,7 @@ class SimRobot(Node):
 
 
 def main(args: list[str] | None = None) -> int:
-    rclpy.init(args=args)
-    try:
-        node = SimRobot()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except (RuntimeConfigError, ValueError) as err:  # a bad config file or parameter
-        print(f"ERROR: {err}", flush=True)
-        return 2
-    except Exception:
-        if rclpy.ok():
-            raise
-        # A callback that published while SIGINT shut the context down: an ordinary shutdown.
-    finally:
-        # rclpy's SIGINT handler may shut the context down between try_shutdown's check and its call.
-        with contextlib.suppress(RuntimeError):
-            rclpy.try_shutdown()
-    return 0
+    return spin_node(SimRobot, args)
 
 
 if __name__ == "__main__":
