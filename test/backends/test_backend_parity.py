@@ -8,7 +8,6 @@ from the real preprocessing: a missing camera, a non-square resize target (224x2
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from internvla_ros.model.inputs import ModelInputs
 from internvla_ros.model.pipeline import InferencePipeline, select, stack_inputs
 from internvla_ros.model.preprocessing import ObservationPreprocessor, PreprocessorConfig, load_tokenizer
 
-from .conftest import CASE_A, THREADS, copy_dir
+from .conftest import CASE_A, THREADS
 
 ATOL = {
     "torch-uncached": {"actions": 1e-5, "foresight_latents": 1e-5, "foresight_images": 1e-4},
@@ -32,7 +31,6 @@ ATOL = {
 """Measured on these cases: uncached actions <= 1e-6, latents 2e-6, images 3e-5; ONNX Runtime actions
 <= 1.6e-5, latents <= 1.8e-4, images (values span about +-15) <= 9.6e-4."""
 BATCH_ATOL = 1e-5
-NON_SQUARE = (224, 288)
 SHORT_PROMPT = "go"
 LONG_PROMPT = ("pick up the red block on the left of the table and put it into the blue bowl next to the green "
                "cup, then move the arm back to its start")
@@ -53,25 +51,10 @@ CASES = {
 }
 
 
-def non_square_model(target: Path) -> Path:
-    """case_a with a 224x288 resize target (config.json and arch.json agree on it)."""
-    copy_dir(CASE_A, target)
-    for name in ("inputs.safetensors", "outputs.safetensors"):
-        (target / name).unlink()
-    config = json.loads((target / "config.json").read_text())
-    config["image_resolution"] = list(NON_SQUARE)
-    (target / "config.json").write_text(json.dumps(config))
-    arch = json.loads((target / "arch.json").read_text())
-    arch["policy"]["image_resolution"] = list(NON_SQUARE)
-    arch["processor"]["resize_with_pad"].update(height=NON_SQUARE[0], width=NON_SQUARE[1])
-    (target / "arch.json").write_text(json.dumps(arch))
-    return target
-
-
 @pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory, export_cache: Path) -> dict[str, dict[str, InferencePipeline]]:
+def models(non_square_dir: Path, export_cache: Path) -> dict[str, dict[str, InferencePipeline]]:
     torch.set_num_threads(THREADS)
-    directories = {"square": CASE_A, "non_square": non_square_model(tmp_path_factory.mktemp("non_square"))}
+    directories = {"square": CASE_A, "non_square": non_square_dir}
     pipelines = {}
     for key, directory in directories.items():
         ensure_export(directory, cache_root=export_cache)

@@ -8,6 +8,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -75,3 +76,22 @@ def spin_until(executor: rclpy.executors.Executor, condition: Callable[[], bool]
             return True
         executor.spin_once(timeout_sec=0.02)
     return condition()
+
+
+RESEND_AFTER_S = 5.0
+"""An idempotent request not answered by then is sent again. Fast DDS drops a service's reply when the server
+has not yet matched the client's reply reader (`service_is_ready` sees only the client's side); a loaded
+machine makes that likely on a fresh client, and asking again is the remedy, as for any lost datagram."""
+
+
+def call_service(executor: rclpy.executors.Executor, client: Any, request: Any, timeout_s: float) -> Any:
+    """The reply to an idempotent request, sent again every RESEND_AFTER_S until one reply arrives."""
+    assert spin_until(executor, client.service_is_ready, timeout_s), f"{client.srv_name} not up"
+    deadline = time.monotonic() + timeout_s
+    futures: list[Any] = []
+    while time.monotonic() < deadline:
+        futures.append(client.call_async(request))
+        answered = lambda: any(f.done() for f in futures)  # noqa: E731
+        if spin_until(executor, answered, min(RESEND_AFTER_S, deadline - time.monotonic())):
+            return next(f for f in futures if f.done()).result()
+    raise AssertionError(f"{client.srv_name}: no answer in {timeout_s} s ({len(futures)} requests)")

@@ -13,9 +13,11 @@ from rcl_interfaces.msg import Parameter as ParameterMsg
 from rcl_interfaces.srv import SetParameters
 from rclpy.parameter import Parameter
 
-from .conftest import spin_until
+from .conftest import RESEND_AFTER_S, call_service, spin_until
 
 SERVICE_TIMEOUT_S = 30.0
+GOAL = {"configure": "inactive", "activate": "active", "deactivate": "inactive", "cleanup": "unconfigured",
+        "shutdown": "finalized"}
 
 
 class LifecycleClient:
@@ -26,16 +28,21 @@ class LifecycleClient:
         self._set = probe.create_client(SetParameters, f"{node}/set_parameters")
 
     def call(self, client: Any, request: Any, timeout_s: float = SERVICE_TIMEOUT_S) -> Any:
-        assert spin_until(self.executor, client.service_is_ready, SERVICE_TIMEOUT_S), f"{client.srv_name} not up"
-        future = client.call_async(request)
-        assert spin_until(self.executor, future.done, timeout_s), f"{client.srv_name}: no answer in {timeout_s} s"
-        return future.result()
+        return call_service(self.executor, client, request, timeout_s)
 
     def state(self, timeout_s: float = SERVICE_TIMEOUT_S) -> str:
         return self.call(self._get, GetState.Request(), timeout_s).current_state.label
 
     def change(self, label: str, timeout_s: float = 120.0) -> bool:
-        return self.call(self._change, ChangeState.Request(transition=Transition(label=label)), timeout_s).success
+        """One transition (never asked twice). If its reply is lost, the node's state tells whether it succeeded."""
+        future = self.change_async(label)
+        deadline = time.monotonic() + timeout_s
+        while not spin_until(self.executor, future.done, min(RESEND_AFTER_S, max(deadline - time.monotonic(), 0))):
+            if time.monotonic() >= deadline:
+                raise AssertionError(f"{self._change.srv_name}: no answer to {label!r} in {timeout_s} s")
+            if self.state() == GOAL[label] and not spin_until(self.executor, future.done, RESEND_AFTER_S):
+                return True  # the transition ran; its reply was lost
+        return future.result().success
 
     def change_async(self, label: str) -> Any:
         assert spin_until(self.executor, self._change.service_is_ready, SERVICE_TIMEOUT_S)

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -69,21 +70,47 @@ def test_decimated_series_stays_bounded_and_spans_the_whole_run() -> None:
 
 
 @pytest.mark.slow
-def test_demo_writes_summary_recording_and_plot_and_replaces_a_previous_run(tmp_path: Path) -> None:
-    out = tmp_path / "demo"
-    first = demo("--cell", "conveyor_sorting", "--duration", "2", "--out", str(out))
-    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
-    first_summary = (out / "summary.json").read_text()
-    second = demo("--cell", "conveyor_sorting", "--duration", "6", "--out", str(out))
-    assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-2000:]
-    assert f"replacing the previous demo output in {out}" in second.stderr
-    assert (out / "summary.json").read_text() != first_summary
+def stressed_demo(out: Path, cell: str) -> dict[str, Any]:
+    """A 12 s demo beside one CPU-burning process; its summary, once judged within every limit."""
+    result = demo("--cell", cell, "--duration", "12", "--stress", "1", "--out", str(out))
+    assert "stress: 1 CPU-burning processes" in result.stdout
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary) >= SUMMARY_KEYS
+    violations = [line for line in (out / "sim_robot.log").read_text().splitlines() if "outside the joint" in line]
+    assert result.returncode == 0, (summary, violations[:20], result.stderr[-2000:])
     assert summary["limit_violations"] == 0 and summary["acceleration_violations"] == 0
+    assert summary["stress_processes"] == 1 and summary["crashed"] == []
+    assert set(summary["memory_mb"]) == set(summary["memory_growth_pct"]) == PROCESSES
+    assert all(summary["memory_mb"][name]["end"] > 0 for name in PROCESSES), summary["memory_mb"]
+    assert summary["memory_mb"]["demo"]["t_5min"] is None  # a 12 s run has no minute 5
+    assert summary["trajectory_arrival_delay_ms_p50"] is not None
+    assert 0 <= summary["trajectory_arrival_delay_ms_p50"] <= summary["trajectory_arrival_delay_ms_max"]
+    assert set(summary) >= SUMMARY_KEYS
     assert summary["chunks"] > 0 and summary["commands_sent"] > 0
-    assert summary["control_rate_hz"] == pytest.approx(100.0, rel=0.1)  # conveyor_sorting.yaml
     assert 0 < summary["obs_to_command_latency_ms_p50"] <= summary["obs_to_command_latency_ms_p99"]
+    return {"summary": summary, "stderr": result.stderr}
+
+
+@pytest.mark.slow
+def test_dual_arm_demo_under_cpu_stress_keeps_the_executed_motion_within_the_limits(tmp_path: Path) -> None:
+    summary = stressed_demo(tmp_path / "dual_arm", "dual_arm")["summary"]
+    assert summary["control_rate_hz"] == pytest.approx(50.0, rel=0.1)  # dual_arm.yaml
+
+
+@pytest.mark.slow
+def test_conveyor_demo_under_cpu_stress_writes_summary_recording_and_plot_in_place_of_a_previous_run(
+        tmp_path: Path) -> None:
+    """One run judged twice over: within every limit under load, and its outputs complete and consistent."""
+    out = tmp_path / "demo"
+    (out / "recording").mkdir(parents=True)  # what an earlier run left; the user's own file stays
+    (out / "recording" / "stale_0.mcap").write_bytes(b"old")
+    (out / "summary.json").write_text('{"previous": true}')
+    (out / "my_notes.txt").write_text("keep me")
+    run = stressed_demo(out, "conveyor_sorting")
+    summary = run["summary"]
+    assert f"replacing the previous demo output in {out}: summary.json, recording" in run["stderr"]
+    assert "previous" not in summary and not (out / "recording" / "stale_0.mcap").exists()
+    assert (out / "my_notes.txt").read_text() == "keep me"
+    assert summary["control_rate_hz"] == pytest.approx(100.0, rel=0.1)  # conveyor_sorting.yaml
     assert (out / "joints.png").stat().st_size > 10_000
     with AnyReader([out / "recording"], default_typestore=typestore()) as reader:
         topics = {c.topic: c.msgtype for c in reader.connections}
@@ -101,24 +128,6 @@ def test_demo_writes_summary_recording_and_plot_and_replaces_a_previous_run(tmp_
     assert set(slots) == {"/demo/cameras/head/image_raw/compressed", "/demo/cameras/wrist/image_raw/compressed"}
     assert sum(summary["recorded_frames"].values()) == sum(count for count, _ in slots.values())
     assert summary["recording_dropped_frames"] == sum(dropped for _, dropped in slots.values())
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("cell", ["dual_arm", "conveyor_sorting"])
-def test_demo_under_cpu_stress_keeps_the_executed_motion_within_the_limits(tmp_path: Path, cell: str) -> None:
-    out = tmp_path / cell
-    result = demo("--cell", cell, "--duration", "12", "--stress", "1", "--out", str(out))
-    assert "stress: 1 CPU-burning processes" in result.stdout
-    summary = json.loads((out / "summary.json").read_text())
-    violations = [line for line in (out / "sim_robot.log").read_text().splitlines() if "outside the joint" in line]
-    assert result.returncode == 0, (summary, violations[:20], result.stderr[-2000:])
-    assert summary["limit_violations"] == 0 and summary["acceleration_violations"] == 0
-    assert summary["stress_processes"] == 1 and summary["crashed"] == []
-    assert set(summary["memory_mb"]) == set(summary["memory_growth_pct"]) == PROCESSES
-    assert all(summary["memory_mb"][name]["end"] > 0 for name in PROCESSES), summary["memory_mb"]
-    assert summary["memory_mb"]["demo"]["t_5min"] is None  # a 12 s run has no minute 5
-    assert summary["trajectory_arrival_delay_ms_p50"] is not None
-    assert 0 <= summary["trajectory_arrival_delay_ms_p50"] <= summary["trajectory_arrival_delay_ms_max"]
 
 
 def test_the_recorder_keeps_bounded_data_over_a_30_minute_run() -> None:

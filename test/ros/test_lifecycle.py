@@ -191,7 +191,8 @@ def test_an_unregistered_policy_is_refused(ros_context, start_node, tmp_path: Pa
 
 
 @pytest.mark.slow
-def test_get_state_and_status_answer_while_a_slow_model_loads(ros_context, start_node, tmp_path: Path) -> None:
+def test_get_state_and_status_answer_and_a_second_transition_is_refused_while_a_slow_model_loads(
+        ros_context, start_node, tmp_path: Path) -> None:
     ns = "/slow"
     policy = start_policy(start_node, tmp_path, ns, "-p", "policy_factory:=test_sine_slow_start")
     node, executor = probe(ros_context, "slow_probe")
@@ -202,32 +203,22 @@ def test_get_state_and_status_answer_while_a_slow_model_loads(ros_context, start
 
     configuring = lifecycle.change_async("configure")
     answers: list[tuple[float, str]] = []
+    refused = None
     while not configuring.done():
         started = time.monotonic()
         label = lifecycle.state(timeout_s=GET_STATE_DEADLINE_S * 5)
         answers.append((time.monotonic() - started, label))
+        if label == "configuring" and refused is None:
+            refused = lifecycle.change("activate", timeout_s=5.0)
         spin_until(executor, configuring.done, 0.3)
     assert configuring.result().success, policy.output()[-3000:]
+    assert refused is False and "change_state 'activate' refused: the node is configuring" in policy.output()
     loading = [elapsed for elapsed, label in answers if label == "configuring"]
     assert len(loading) >= SLOW_START_S / 2, answers  # asked every ~0.3 s during a SLOW_START_S load
     assert max(elapsed for elapsed, _ in answers) < GET_STATE_DEADLINE_S, answers
     progress = [s.last_error for s in statuses if "loading the model" in s.last_error]
     assert progress and progress[-1].startswith("configuring: loading the model"), [s.last_error for s in statuses]
     assert lifecycle.state() == "inactive"
-    assert policy.stop() == 0
-
-
-@pytest.mark.slow
-def test_a_second_transition_while_one_runs_is_refused(ros_context, start_node, tmp_path: Path) -> None:
-    ns = "/busy"
-    policy = start_policy(start_node, tmp_path, ns, "-p", "policy_factory:=test_sine_slow_start")
-    node, executor = probe(ros_context, "busy_probe")
-    lifecycle = LifecycleClient(node, executor, f"{ns}/policy_node")
-    configuring = lifecycle.change_async("configure")
-    assert spin_until(executor, lambda: lifecycle.state() == "configuring", 10.0)
-    assert lifecycle.change("activate", timeout_s=5.0) is False
-    assert "change_state 'activate' refused: the node is configuring" in policy.output()
-    assert spin_until(executor, configuring.done, 60.0) and configuring.result().success
     assert lifecycle.change("activate") and policy.process.poll() is None
     assert policy.stop() == 0
 

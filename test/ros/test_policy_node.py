@@ -20,7 +20,7 @@ from internvla_ros.msg import ActionChunk, PolicyStatus
 from internvla_ros.ros.conversions import duration_to_ns, time_to_ns
 from internvla_ros.runtime.config import RuntimeConfig
 
-from .conftest import CONFIG_DIR, spin_until
+from .conftest import CONFIG_DIR, call_service, spin_until
 from .policies import write_unit_stats
 
 NAMESPACE = "/cell"
@@ -115,8 +115,7 @@ def test_closed_loop_with_sim_robot(ros_context, start_node, tmp_path: Path) -> 
     assert healthy, [{n: (s.level, s.message) for n, s in d.items()} for d in received["diagnostics"][-3:]]
     estop = node.create_client(Trigger, f"{policy_name}/estop")
     assert estop.wait_for_service(timeout_sec=10.0)
-    future = estop.call_async(Trigger.Request())
-    assert spin_until(executor, future.done, 10.0) and future.result().success
+    assert call_service(executor, estop, Trigger.Request(), 10.0).success
     received["diagnostics"].clear()
     def control_errors() -> list[DiagnosticStatus]:
         return [d["control"] for d in received["diagnostics"] if "control" in d and d["control"].level == ERROR]

@@ -25,7 +25,7 @@ from trajectory_msgs.msg import JointTrajectory
 from internvla_ros.msg import PolicyStatus
 from internvla_ros.runtime.config import RuntimeConfig
 
-from .conftest import CONFIG_DIR, spin_until
+from .conftest import CONFIG_DIR, call_service, spin_until
 from .fake_robot import FakeRobot
 from .policies import write_unit_stats
 
@@ -207,10 +207,7 @@ def test_faults_hold_safely_and_recover(ros_context, start_node, tmp_path: Path)
     # E-stop latches until reset; the services answer.
     client = node.create_client(Trigger, f"{NAMESPACE}/policy_node/estop")
     reset = node.create_client(Trigger, f"{NAMESPACE}/policy_node/reset")
-    assert client.wait_for_service(timeout_sec=5.0)
-    future = client.call_async(Trigger.Request())
-    spin_until(executor, future.done, 5.0)
-    assert future.result().success
+    assert call_service(executor, client, Trigger.Request(), 10.0).success
     wait_state(PolicyStatus.STATE_ESTOPPED)
     spin_until(executor, lambda: False, 0.5)
     assert statuses[-1].state == PolicyStatus.STATE_ESTOPPED, "e-stop must latch"
@@ -223,10 +220,8 @@ def test_faults_hold_safely_and_recover(ros_context, start_node, tmp_path: Path)
     assert set_parameters.wait_for_service(timeout_sec=5.0)
 
     def set_parameter(name: str, value: Parameter) -> SetParametersResult:
-        future = set_parameters.call_async(SetParameters.Request(parameters=[Parameter(name, value=value)
-                                                                             .to_parameter_msg()]))
-        spin_until(executor, future.done, 5.0)
-        return future.result().results[0]
+        request = SetParameters.Request(parameters=[Parameter(name, value=value).to_parameter_msg()])
+        return call_service(executor, set_parameters, request, 10.0).results[0]
 
     refused = set_parameter("rates.control_rate_hz", 500.0)
     assert not refused.successful and "cannot change while configured" in refused.reason
