@@ -25,7 +25,7 @@ from .policies import write_unit_stats
 
 NAMESPACE = "/cell"
 STARTUP_TIMEOUT_S = 60.0
-LOOP_SECONDS = 20.0
+LOOP_SECONDS = 10.0
 OK, ERROR = DiagnosticStatus.OK, DiagnosticStatus.ERROR
 
 

@@ -1,8 +1,8 @@
 """`internvla serve` on a real local Ray Serve, one server for the module (the sine policy, a bearer token):
 a runtime driver closing the loop through it over loopback, batching across concurrent clients, every bad
-request answered with its 4xx while the server keeps serving, and a policy node whose server is killed and
-started again (the robot stops within its limits, then resumes), judged as test/ros/test_controlled_stops.py
-judges every other stop.
+request answered with its 4xx while the server keeps serving, `internvla bench serve` against it, and a
+policy node whose server is killed and started again (the robot stops within its limits, then resumes),
+judged as test/ros/test_controlled_stops.py judges every other stop.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from internvla_ros.cli.main import main
 from internvla_ros.runtime.driver import SteadyClock
 from internvla_ros.runtime.observation import CameraFrames, Observation
 from internvla_ros.runtime.status import RuntimeState
@@ -35,9 +36,10 @@ pytestmark = [pytest.mark.slow]
 TOKEN = "s3cret-token-for-the-test"
 READY_S = 240.0  # a local Ray and the replica took 55 s on two loaded cores
 WAIT_S = 60.0
-MAX_REQUEST_MB = 1.0
+MAX_REQUEST_MB = 4.0  # above a conveyor observation (2.3 MB), which the bench sends
 BATCH_WAIT_MS = 50
 CLIENTS, REQUESTS = 6, 5
+BENCH_CLIENTS, MAX_BATCH_SIZE = 2, 8
 
 
 def write_stats(directory: Path, robot_types: dict[str, int]) -> Path:
@@ -56,7 +58,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     model = write_stats(tmp / "model", {ROBOT_TYPE: len(JOINTS), CONFIG.robot_type: CONFIG.dim})
     (tmp / "token").write_text(TOKEN + "\n")
     process = ServerProcess(["--model", str(model), "--policy", "test_sine", "--token-file", str(tmp / "token"),
-                             "--max-batch-size", "8", "--batch-wait-ms", str(BATCH_WAIT_MS),
+                             "--max-batch-size", str(MAX_BATCH_SIZE), "--batch-wait-ms", str(BATCH_WAIT_MS),
                              "--max-request-mb", str(MAX_REQUEST_MB)], tmp / "server.log", free_port())
     try:
         print(f"server ready after {process.wait_ready(READY_S):.1f} s")
@@ -152,7 +154,7 @@ def test_concurrent_clients_are_batched_and_each_gets_its_own_chunk(server: Serv
 
 def test_every_bad_request_gets_its_4xx_and_the_server_keeps_serving(server: ServerProcess) -> None:
     good = observation(10**9)
-    big = np.zeros((700, 800, 3), np.uint8)  # 1.7 MB per frame, twice: over the 1 MiB limit
+    big = np.zeros((1400, 1600, 3), np.uint8)  # 6.7 MB per frame, twice: over the 4 MiB limit
     cases = {
         "missing token": (request, ("POST", "/infer", body(good)), {"token": None}, 401, "missing bearer token"),
         "wrong token": (request, ("POST", "/infer", body(good)), {"token": "guess"}, 401, "wrong bearer token"),
@@ -163,7 +165,7 @@ def test_every_bad_request_gets_its_4xx_and_the_server_keeps_serving(server: Ser
         "unknown robot type": (request, ("POST", "/infer", body(good, robot_type="hexapod")), {}, 422,
                                "unknown robot type 'hexapod'"),
         "oversized payload": (request, ("POST", "/infer", body(observation(10**9, image=big))), {}, 413,
-                              "over the server's limit of 1048576 bytes"),
+                              f"over the server's limit of {int(MAX_REQUEST_MB * 2**20)} bytes"),
         "malformed frame": (request, ("POST", "/infer", b"\x05\x00\x00\x00\x00\x00\x00\x00{nope"), {}, 400,
                             "malformed frame"),
         "wrong content type": (request, ("POST", "/infer", body(good)), {"content_type": "application/json"}, 415,
@@ -194,6 +196,34 @@ def test_a_reachable_host_without_a_token_is_refused_before_ray_starts(tmp_path:
                            "0.0.0.0"], capture_output=True, text=True, timeout=WAIT_S)
     assert done.returncode == 2 and "--host 0.0.0.0 is reachable from other machines: give --token-file" \
         in done.stderr, done.stderr
+
+
+def test_bench_serve_with_two_robots_against_a_running_server(server: ServerProcess, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """Two robot processes send the conveyor cell's observations through the policy node's client; the JSON
+    holds the throughput, latencies and the server's batch sizes (values not judged: timing belongs to the
+    benchmark, not to a test)."""
+    path = tmp_path / "out" / "bench.json"
+    (tmp_path / "token").write_text(TOKEN + "\n")
+    code = main(["bench", "serve", "--clients", str(BENCH_CLIENTS), "--duration", "4", "--warmup", "2",
+                 "--endpoint", server.url, "--token-file", str(tmp_path / "token"), "--config",
+                 "conveyor_sorting.yaml", "--json", str(path)])
+    out = capsys.readouterr().out
+    assert code == 0, (out, path.is_file() and json.loads(path.read_text())["runs"][0]["first_error"])
+    summary = json.loads(path.read_text())
+    for key in ("chunks_per_s", "latency_ms_p50", "latency_ms_p99", "batch_sizes", "throughput_gain_over_batch1"):
+        assert key in summary, key
+    assert summary["throughput_gain_over_batch1"] is None  # no batch-1 server of its own to compare with
+    (run,) = summary["runs"]
+    assert run["endpoint"] == server.url and run["errors"] == 0
+    assert run["chunks"] > 0 and summary["chunks_per_s"] == pytest.approx(run["chunks"] / 4, abs=1e-3)
+    assert [c["client"] for c in run["per_client"]] == list(range(BENCH_CLIENTS))
+    assert all(c["chunks"] > 0 and c["requests"] >= c["chunks"] for c in run["per_client"]), run["per_client"]
+    assert sum(c["chunks"] for c in run["per_client"]) == run["chunks"]
+    assert 0 < summary["latency_ms_p50"] <= summary["latency_ms_p99"]
+    sizes = {int(size): count for size, count in summary["batch_sizes"].items()}
+    assert sizes and set(sizes) <= set(range(1, MAX_BATCH_SIZE + 1)) and all(count > 0 for count in sizes.values())
+    assert "max batch ?: " in out and out.strip().splitlines()[-1] == "throughput_gain_over_batch1=None"
 
 
 def test_a_node_stops_when_its_server_dies_and_resumes_when_it_answers_again(server: ServerProcess,
