@@ -5,13 +5,18 @@ Usage examples::
     internvla eval --cell conveyor_sorting --model models/sorting --episodes 20 --json out/eval.json
     internvla eval --policy expert --episodes 5        # the scripted expert's baseline
     internvla eval --policy random --episodes 5        # the random baseline
+    internvla eval --model models/sorting --execution rtc --added-latency-ms 200   # RTC against 200 ms more delay
 
 Runs sim_robot with the policy node (`--policy internvla`, the model from `--model`, actuation on) or
 with expert_node (`expert`, `random`) as processes on a DDS domain of their own, on seeds S, S+1, ...
 (default S = 1000000: the held-out range that `internvla record` never uses). Prints each episode's
 outcomes, the success rate (parcels sorted into the right bin / parcels) and parcels sorted right per
 minute; `--json PATH` writes them with `success_rate`, `episodes`, `parcels`, `parcels_per_minute` and
-`per_episode`. Exits 0 when it ran, 2 when it could not.
+`per_episode`. `--execution MODE` runs the policy node in that execution mode (one of the config's
+execution modes; default: the cell's config) and `--added-latency-ms L` holds every chunk L ms after its
+inference before the runtime takes it (the node's `added_latency_ms`), as a slower model or network would:
+the measured delay, which delay compensation and real-time chunking use, includes it. Both are recorded in
+the report. Exits 0 when it ran, 2 when it could not.
 """
 
 from __future__ import annotations
@@ -33,24 +38,44 @@ def command(args: argparse.Namespace) -> int:
     from internvla_ros.ros.episodes import run_episodes, task_defaults  # rclpy only for this verb
 
     try:
+        overrides = policy_overrides(args)
         parcels = args.parcels or task_defaults(args.cell).parcels
         specs = episode_specs(args.seed, args.episodes, parcels)
         if args.seed < EVAL_SEED_START:
             print(f"note: seeds below {EVAL_SEED_START} are the training recordings' range", file=sys.stderr)
         bar = tqdm(total=len(specs), unit="episode", desc=f"eval {args.policy}")
         summaries = run_episodes(args.cell, specs, args.policy, args.logs, model=args.model,
-                                 progress=lambda _: bar.update(), show=bar.write)
+                                 progress=lambda _: bar.update(), show=bar.write, policy_parameters=overrides)
         bar.close()
     except (FileNotFoundError, RuntimeError, ValueError, PolicyRuntimeError) as err:
         print(f"ERROR: {err}", file=sys.stderr)
         return 2
     report = aggregate(summaries, cell=args.cell, policy=args.policy,
-                       model=str(args.model) if args.policy == "internvla" and args.model else None, seed=args.seed)
+                       model=str(args.model) if args.policy == "internvla" and args.model else None, seed=args.seed,
+                       execution=args.execution, added_latency_ms=args.added_latency_ms)
     print(format_report(report))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2) + "\n")
     return 0
+
+
+def policy_overrides(args: argparse.Namespace) -> list[str]:
+    """The policy node parameters ``--execution`` and ``--added-latency-ms`` ask for (checked here, not in a node)."""
+    from internvla_ros.runtime.config import EXECUTION_MODES
+
+    overrides = []
+    if args.execution is not None:
+        if args.execution not in EXECUTION_MODES:
+            raise ValueError(f"--execution {args.execution}: use one of {', '.join(EXECUTION_MODES)}")
+        overrides.append(f"execution.mode:={args.execution}")
+    if args.added_latency_ms:
+        if not 0.0 <= args.added_latency_ms <= 5000.0:
+            raise ValueError(f"--added-latency-ms {args.added_latency_ms}: use 0 to 5000")
+        overrides.append(f"added_latency_ms:={float(args.added_latency_ms)}")
+    if overrides and args.policy != "internvla":
+        raise ValueError(f"--execution and --added-latency-ms apply to --policy internvla, not {args.policy}")
+    return overrides
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -61,6 +86,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--episodes", type=int, default=10, help="number of episodes (default: 10)")
     parser.add_argument("--seed", type=int, default=1_000_000, help="seed of the first episode (default: 1000000)")
     parser.add_argument("--parcels", type=int, default=0, help="parcels per episode (default: the config's task)")
+    parser.add_argument("--execution", default=None, help="execution mode of the policy node, e.g. "
+                        "delay_compensated or rtc (default: the cell config's)")
+    parser.add_argument("--added-latency-ms", type=float, default=0.0,
+                        help="hold each chunk this long after inference (default: 0)")
     parser.add_argument("--json", type=Path, default=None, help="write the report here")
     parser.add_argument("--logs", type=Path, default=Path("out/eval"), help="the nodes' logs (default: out/eval)")
     parser.set_defaults(func=command)

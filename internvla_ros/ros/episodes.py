@@ -14,7 +14,7 @@ import json
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,13 +71,17 @@ class Monitor:
         self.summaries[int(summary["episode"])] = summary
 
 
-def _agent_command(policy: str, config_file: Path, model: Path | None, seed: int) -> tuple[str, list[str]]:
+def agent_command(policy: str, config_file: Path, model: Path | None, seed: int,
+                   policy_parameters: Sequence[str]) -> tuple[str, list[str]]:
+    if policy_parameters and policy != "internvla":
+        raise ValueError(f"--policy {policy} takes no policy node parameters ({' '.join(policy_parameters)})")
     if policy == "internvla":
         model = model or default_model_dir()
         if not (model / "model.safetensors").is_file():
             raise FileNotFoundError(f"no model at {model}: give --model DIR (or run `make setup` for models/default)")
         return "internvla_ros.ros.policy_node", ["--params-file", str(config_file), "-p", f"model_path:={model}",
-                                                 "-p", "autostart:=true", "-p", "safety.dry_run:=false"]
+                                                 "-p", "autostart:=true", "-p", "safety.dry_run:=false",
+                                                 *(arg for value in policy_parameters for arg in ("-p", value))]
     return "internvla_ros.ros.expert_node", ["-p", f"config:={config_file}", "-p", f"mode:={policy}",
                                              "-p", f"seed:={seed}"]
 
@@ -90,8 +94,9 @@ def _open_writer(path: Path) -> Writer:
 
 def run_episodes(cell: str, specs: list[EpisodeSpec], policy: str, logs: Path, record_dir: Path | None = None,
                  model: Path | None = None, progress: Callable[[dict[str, Any]], None] = lambda _: None,
-                 show: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    """Runs the episodes in order; returns their summaries (the sim's `task/summary`)."""
+                 show: Callable[[str], None] = print, policy_parameters: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """Runs the episodes in order; returns their summaries (the sim's `task/summary`). ``policy_parameters``:
+    ``name:=value`` overrides for the policy node (e.g. ``execution.mode:=rtc``)."""
     if policy not in POLICIES:
         raise ValueError(f"--policy {policy}: use one of {', '.join(POLICIES)}")
     config_file = config_path(f"{cell}.yaml")
@@ -100,7 +105,7 @@ def run_episodes(cell: str, specs: list[EpisodeSpec], policy: str, logs: Path, r
     if task is None:
         raise ValueError(f"cell {cell} has no sorting task ({config_file} has no /**/sim_robot: task: section)")
     logs.mkdir(parents=True, exist_ok=True)
-    module, args = _agent_command(policy, config_file, model, specs[0].seed)
+    module, args = agent_command(policy, config_file, model, specs[0].seed, policy_parameters)
     domain = random.SystemRandom().randint(1, 100)
     env = dict(os.environ, ROS_DOMAIN_ID=str(domain), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
     os.environ.update(ROS_DOMAIN_ID=env["ROS_DOMAIN_ID"], ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")

@@ -190,7 +190,8 @@ class PolicyNode(AnsweringLifecycleNode):
         self._driver = RuntimeDriver(self._runtime, self._worker, self._runtime_clock, self._publish_commands,
                                      on_chunk=self._on_chunk, on_problem=self._warn,
                                      control_priority=int(self.get_parameter("control_priority").value),
-                                     inference_timeout_s=float(self.get_parameter("inference_timeout_s").value))
+                                     inference_timeout_s=float(self.get_parameter("inference_timeout_s").value),
+                                     added_latency_s=float(self.get_parameter("added_latency_ms").value) / 1000.0)
         self._driver.start()
         return result
 

@@ -106,15 +106,20 @@ class RuntimeDriver:
         on_tick: Callable[[int], None] | None = None,
         control_priority: int = 0,
         inference_timeout_s: float | None = None,
+        added_latency_s: float = 0.0,
     ) -> None:
         """``control_priority`` > 0 runs the control thread with SCHED_FIFO at that priority (needs
         CAP_SYS_NICE or root; refused permission is reported through on_problem, and the loop goes on).
         ``inference_timeout_s``: how long one inference may take before the worker counts as hung and is
-        restarted (None: wait for ever)."""
+        restarted (None: wait for ever). ``added_latency_s``: each answer is held this long before the runtime
+        takes it (evaluation of the execution modes against delay; the runtime measures it as inference time)."""
         if inference_timeout_s is not None and not inference_timeout_s > 0:
             msg = f"inference_timeout_s must be > 0 (or None to wait for ever), got {inference_timeout_s}"
             raise ValueError(msg)
+        if not 0.0 <= added_latency_s < float("inf"):
+            raise ValueError(f"added_latency_s must be finite and >= 0, got {added_latency_s}")
         self.runtime = runtime
+        self._added_latency_s = added_latency_s
         self._worker = worker
         self._inference_timeout_s = inference_timeout_s
         self._clock = clock
@@ -276,6 +281,8 @@ class RuntimeDriver:
                 self._on_problem("inference", f"inference failed, holding: {err}")
                 continue
             self._restarts_in_a_row = 0
+            if self._added_latency_s and self._stop.wait(self._added_latency_s):
+                break
             with self._time_lock:
                 ready_ns = self._clock.now_ns()
                 outcome = runtime.submit_chunk(result.actions, observation.stamp_ns, ready_ns)

@@ -46,6 +46,9 @@ NODE_PARAMETERS: dict[str, NodeParameter] = {
     "inference_timeout_s": NodeParameter(30.0, "how long one inference may take before the worker counts as "
                                                "hung and is restarted (the robot holds meanwhile); above the "
                                                "slowest inference (3B on a CPU: ~9 s) [s]", low=0.1, high=3600.0),
+    "added_latency_ms": NodeParameter(0.0, "evaluation only: hold each chunk this long after inference before "
+                                           "the runtime takes it, as a slower model or network would (the "
+                                           "measured delay includes it) [ms]", low=0.0, high=5000.0),
     "inference_endpoint": NodeParameter("", "URL of an inference server (`internvla serve`), e.g. "
                                             "http://127.0.0.1:8000; empty: a local inference worker process"),
     "inference_token_file": NodeParameter("", "file holding the inference server's bearer token (needed when "

@@ -6,8 +6,14 @@ import argparse
 import json
 from pathlib import Path
 
+import pytest
+
 from internvla_ros.cli import eval as eval_cli
 from internvla_ros.learning.eval import aggregate
+from internvla_ros.paths import config_path
+from internvla_ros.ros.episodes import agent_command
+
+CONFIG_DIR = config_path("conveyor_sorting.yaml").parent
 
 
 def summary(episode: int, right: int, parcels: int, duration_s: float) -> dict:
@@ -37,3 +43,37 @@ def test_eval_of_the_expert_on_two_held_out_episodes(tmp_path: Path, capsys) -> 
     assert report["success_rate"] == report["right"] / 2 >= 0.5, report
     assert report["parcels_per_minute"] > 0
     assert f"success_rate={report['success_rate']:.3f}" in capsys.readouterr().out
+
+
+def run_eval(*argv: str) -> int:
+    parser = argparse.ArgumentParser()
+    eval_cli.register(parser.add_subparsers(required=True))
+    args = parser.parse_args(["eval", *argv])
+    return args.func(args)
+
+
+@pytest.mark.parametrize(("argv", "reason"), [
+    (("--execution", "teleport"), "--execution teleport: use one of delay_compensated, uncompensated, reference, rtc"),
+    (("--added-latency-ms", "-5"), "--added-latency-ms -5.0: use 0 to 5000"),
+    (("--added-latency-ms", "nan"), "--added-latency-ms nan: use 0 to 5000"),
+    (("--policy", "expert", "--execution", "rtc"), "apply to --policy internvla, not expert"),
+])
+def test_execution_settings_are_checked_before_anything_starts(tmp_path: Path, capsys, argv: tuple[str, ...],
+                                                                reason: str) -> None:
+    assert run_eval(*argv, "--logs", str(tmp_path / "logs")) == 2
+    assert reason in capsys.readouterr().err
+    assert not (tmp_path / "logs").exists(), "no node was started"
+
+
+def test_execution_settings_reach_the_policy_node_command_line(tmp_path: Path) -> None:
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    parser = argparse.ArgumentParser()
+    eval_cli.register(parser.add_subparsers(required=True))
+    args = parser.parse_args(["eval", "--execution", "rtc", "--added-latency-ms", "200"])
+    overrides = eval_cli.policy_overrides(args)
+    assert overrides == ["execution.mode:=rtc", "added_latency_ms:=200.0"]
+    module, argv = agent_command("internvla", CONFIG_DIR / "conveyor_sorting.yaml", tmp_path, 0, overrides)
+    assert module == "internvla_ros.ros.policy_node"
+    assert argv[-4:] == ["-p", "execution.mode:=rtc", "-p", "added_latency_ms:=200.0"]
+    with pytest.raises(ValueError, match="--policy expert takes no policy node parameters"):
+        agent_command("expert", CONFIG_DIR / "conveyor_sorting.yaml", None, 0, overrides)

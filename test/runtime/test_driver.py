@@ -227,3 +227,24 @@ def test_control_and_inference_go_on_after_the_clock_jumps_back(run_driver) -> N
     recent = [o.stamp_ns for o in run.outputs[-25:]]
     assert recent == sorted(recent) and recent[-1] <= clock.now_ns(), "commands stamped on the new time line"
     assert within_limits(run)
+
+
+@pytest.mark.parametrize("added_ms", [0.0, 150.0])
+def test_added_latency_holds_every_answer_before_the_runtime_takes_it(run_driver, added_ms: float) -> None:
+    """`internvla eval --added-latency-ms`: the delay the runtime measures (observation stamp to the chunk taken)
+    includes the added time, while control goes on."""
+    events: list[ChunkEvent] = []
+    run = run_driver(InProcess(SinePolicy()), on_chunk=events.append, added_latency_s=added_ms / 1000.0)
+    run.wait(lambda: len(events) >= 3, "three chunks")
+    delays_ms = [(e.ready_ns - e.observation.stamp_ns) / 1e6 for e in events]
+    assert min(delays_ms) >= added_ms, delays_ms
+    if added_ms == 0.0:
+        assert min(delays_ms) < 100.0, delays_ms  # the sine policy answers at once
+    assert run.status().state is RuntimeState.RUNNING and within_limits(run)
+
+
+@pytest.mark.parametrize("added_s", [-0.1, float("nan"), float("inf")])
+def test_added_latency_must_be_finite_and_not_negative(tmp_path: Path, added_s: float) -> None:
+    with pytest.raises(ValueError, match="added_latency_s must be finite and >= 0"):
+        RuntimeDriver(make_runtime(tmp_path), InProcess(SinePolicy()), SteadyClock(), lambda output: None,
+                      added_latency_s=added_s)
