@@ -16,6 +16,7 @@ of `infer` would, so element i equals what `infer` returns for it when it recomp
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -45,6 +46,11 @@ LATENT_CACHE_SIZE = 64  # frames; a few seconds of history for three cameras
 WARMUP_CALLS = 2
 
 
+def _pixels_key(frame: torch.Tensor) -> bytes:
+    """A digest of one preprocessed frame's values (SHA-256: under 1 ms for 3x256x256 float32 here)."""
+    return hashlib.sha256(frame.detach().contiguous().view(torch.uint8).numpy()).digest()
+
+
 class InternVLAPolicy:
     """Observation(s) -> normalised action chunk (chunk_size, max_action_dim) each."""
 
@@ -56,7 +62,7 @@ class InternVLAPolicy:
         self._generator = torch.Generator().manual_seed(seed)
         self._generation: Any = None
         self._generation_prompt: str | None = None
-        self._latents: OrderedDict[tuple[str, int], torch.Tensor] = OrderedDict()
+        self._latents: OrderedDict[bytes, torch.Tensor] = OrderedDict()  # by the frame's pixels
         self.info: dict[str, Any] = {"backend": pipeline.name, "backend_description": pipeline.description,
                                      "foresight_kv_reuse": getattr(pipeline.stages, "kv_reuse", True),
                                      "cosmos_precision": COSMOS_PRECISION_RULE,
@@ -81,21 +87,26 @@ class InternVLAPolicy:
         return self.preprocessor(current, observation.normalized_state, observation.instruction, history)
 
     def _cached_latents(self, cameras: Mapping[str, CameraFrames], frames: torch.Tensor) -> torch.Tensor:
-        """(1, n_views, 2, C, h, w): each camera's [t-15, t] latents, each frame encoded once.
+        """(1, n_views, 2, C, h, w): each camera's [t-15, t] latents, each distinct frame encoded once.
 
-        A frame index (t-15 or t) is encoded for all views at once when any camera's frame is new.
+        Frames are known by their pixels, not by camera name and stamp: robots sharing a server may
+        stamp alike (two simulated cells in lock-step, a camera that stamps every frame 0), and a stamp
+        would then hand one robot the other's view. A frame index (t-15 or t) is encoded for all views at
+        once (the exported encoder takes every view) when any camera's frame is new.
         """
         cfg = self.config
         latents = torch.zeros(1, cfg.n_views, cfg.frames_per_view, cfg.cosmos_latent_channels,
                               *cfg.cosmos_latent_hw)
-        for index, stamp_of in enumerate((lambda c: c.history_stamp_ns, lambda c: c.current_stamp_ns)):
-            keys = {name: (name, stamp_of(camera)) for name, camera in cameras.items()}
+        slots = [camera.slot for camera in cameras.values()]
+        for index in range(cfg.frames_per_view):
+            keys = {slot: _pixels_key(frames[0, slot, index]) for slot in slots}
             if any(key not in self._latents for key in keys.values()):
                 encoded = self.pipeline.encode_frames(frames[:, :, index]).cpu()
-                for name, camera in cameras.items():
-                    self._latents.setdefault(keys[name], encoded[0, camera.slot])
-            for name, camera in cameras.items():
-                latents[0, camera.slot, index] = self._latents[keys[name]]
+                for slot, key in keys.items():
+                    self._latents.setdefault(key, encoded[0, slot])
+            for slot, key in keys.items():
+                latents[0, slot, index] = self._latents[key]
+                self._latents.move_to_end(key)
         while len(self._latents) > LATENT_CACHE_SIZE:
             self._latents.popitem(last=False)
         return latents

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from internvla_ros.backends.errors import BackendError
 from internvla_ros.runtime.internvla_policy import load_policy, warmup_observation
@@ -103,3 +104,23 @@ def test_onnxruntime_batch_runs_element_by_element(model_dir: Path, export_cache
     compiled.reset()
     for got, observation in zip(batched, sequence, strict=True):
         np.testing.assert_array_equal(got.actions, compiled.infer(observation).actions)
+
+
+def test_robots_sharing_a_server_never_share_a_cached_latent(model_dir: Path) -> None:
+    """Two robots whose cameras have the same names and stamps (two simulated cells in lock-step, or a camera
+    that stamps every frame 0) but see different images: each robot's chunk is computed from its own frames,
+    as the server's batched call with the Cosmos latent cache computes it."""
+    policy = load_policy(str(model_dir), cameras=CAMERAS)
+    first = observations(1)[0]
+    rng = np.random.default_rng(7)
+    other_frames = {name: dataclasses.replace(camera, current=rng.integers(0, 256, camera.current.shape, np.uint8),
+                                              history=rng.integers(0, 256, camera.history.shape, np.uint8))
+                    for name, camera in first.cameras.items()}
+    second = dataclasses.replace(first, cameras=other_frames, decode_preview=False)
+    first = dataclasses.replace(first, decode_preview=False)
+    noise = torch.from_numpy(rng.normal(size=(2, policy.config.chunk_size, policy.config.max_action_dim))).float()
+    cached = policy.infer_batch([first, second], noise=noise, cache_latents=True)
+    fresh = policy.infer_batch([first, second], noise=noise, cache_latents=False)
+    for got, expected in zip(cached, fresh, strict=True):
+        np.testing.assert_allclose(got.actions, expected.actions, atol=BATCH_ATOL, rtol=0)
+    assert np.abs(fresh[0].actions - fresh[1].actions).max() > 100 * BATCH_ATOL, "the images must matter"
