@@ -35,7 +35,7 @@ def command(args: argparse.Namespace) -> int:
     try:
         summary = run_demo(args.cell, args.duration, args.out, model=args.model, domain_id=args.domain_id,
                            stress=args.stress, remote=args.remote)
-    except (FileNotFoundError, RuntimeError, PolicyRuntimeError) as err:
+    except (FileNotFoundError, RuntimeError, ValueError, PolicyRuntimeError) as err:
         print(f"ERROR: {err}", file=sys.stderr)
         return 2
     print(json.dumps(summary, indent=2))
@@ -49,7 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--duration", type=float, default=30.0, help="seconds of closed loop after start-up")
     parser.add_argument("--out", type=Path, default=Path("out/demo"), help="output directory")
     parser.add_argument("--model", type=Path, default=None, help="checkpoint directory (default: models/default)")
-    parser.add_argument("--domain-id", type=int, default=None, help="ROS_DOMAIN_ID (default: a random one in 1-100)")
+    parser.add_argument("--domain-id", type=int, default=None, help="ROS_DOMAIN_ID (default: a free one in 1-100)")
     parser.add_argument("--stress", type=int, default=0, metavar="N",
                         help="run N CPU-burning processes beside the cell for the whole run (default: 0)")
     parser.add_argument("--remote", action="store_true",

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 import sys
 import time
@@ -41,6 +40,7 @@ from internvla_ros.ros.demo_processes import (
     stop_stress,
 )
 from internvla_ros.ros.demo_recorder import INSTRUCTION_QOS, DemoRecorder, Recorded
+from internvla_ros.ros.domain import claim_domain
 from internvla_ros.runtime.config import RuntimeConfig
 
 NAMESPACE = "/demo"
@@ -174,10 +174,9 @@ def run_demo(cell: str, duration_s: float, out: Path, model: Path | None = None,
     if not (model / "model.safetensors").is_file():
         raise FileNotFoundError(f"no model at {model}: run `make setup` (it writes models/default)")
     prepare_out(out)
-    domain = domain_id if domain_id is not None else random.SystemRandom().randint(1, 100)
-    env = dict(os.environ, ROS_DOMAIN_ID=str(domain), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
-    os.environ.update(ROS_DOMAIN_ID=env["ROS_DOMAIN_ID"], ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
-    show(f"ROS_DOMAIN_ID={domain}: sim_robot + policy_node in {NAMESPACE}, model {model}, logs in {out}")
+    claim = claim_domain(domain_id)
+    env = claim.apply()
+    show(f"ROS_DOMAIN_ID={claim.domain}: sim_robot + policy_node in {NAMESPACE}, model {model}, logs in {out}")
     common = ["-r", f"__ns:={NAMESPACE}"]
     writer = Writer(out / "recording", version=9, storage_plugin=StoragePlugin.MCAP)
     server = start_server(model.resolve(), out / "inference_server.log") if remote else None
@@ -263,6 +262,7 @@ def run_demo(cell: str, duration_s: float, out: Path, model: Path | None = None,
         if opened:
             writer.close()
         rclpy.try_shutdown()
+        claim.release()
     recorder.recorded.finish()
     summary = summarise(recorder.recorded, config, duration_s)
     samples, growth = memory_summary(memory)

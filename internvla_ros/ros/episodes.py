@@ -11,8 +11,6 @@ episode goes to its own mcap rosbag2 (ros/episode_recorder.py). Used by `internv
 from __future__ import annotations
 
 import json
-import os
-import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +29,7 @@ from internvla_ros.learning.record import bag_name
 from internvla_ros.msg import PolicyStatus
 from internvla_ros.paths import config_path, default_model_dir
 from internvla_ros.ros.demo_processes import start_node, stop_node
+from internvla_ros.ros.domain import claim_domain
 from internvla_ros.ros.episode_recorder import EpisodeRecorder
 from internvla_ros.runtime.config import RuntimeConfig
 from internvla_ros.sim.task import EpisodeSpec, SortingTask, TaskConfig, task_config_from_yaml
@@ -106,11 +105,11 @@ def run_episodes(cell: str, specs: list[EpisodeSpec], policy: str, logs: Path, r
         raise ValueError(f"cell {cell} has no sorting task ({config_file} has no /**/sim_robot: task: section)")
     logs.mkdir(parents=True, exist_ok=True)
     module, args = agent_command(policy, config_file, model, specs[0].seed, policy_parameters)
-    domain = random.SystemRandom().randint(1, 100)
-    env = dict(os.environ, ROS_DOMAIN_ID=str(domain), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
-    os.environ.update(ROS_DOMAIN_ID=env["ROS_DOMAIN_ID"], ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
+    claim = claim_domain()
+    env = claim.apply()
     common = ["-r", f"__ns:={NAMESPACE}"]
-    show(f"ROS_DOMAIN_ID={domain}: sim_robot + {module.rsplit('.', 1)[-1]} ({policy}) in {NAMESPACE}, logs in {logs}")
+    show(f"ROS_DOMAIN_ID={claim.domain}: sim_robot + {module.rsplit('.', 1)[-1]} ({policy}) in {NAMESPACE}, "
+         f"logs in {logs}")
     processes = {"sim_robot": start_node("internvla_ros.ros.sim_robot", ["-p", f"config:={config_file}", *common],
                                          logs / "sim_robot.log", env),
                  "agent": start_node(module, [*args, *common], logs / f"{module.rsplit('.', 1)[-1]}.log", env)}
@@ -183,6 +182,7 @@ def run_episodes(cell: str, specs: list[EpisodeSpec], policy: str, logs: Path, r
         if writer is not None:
             writer.close()
         rclpy.try_shutdown()
+        claim.release()
     return summaries
 
 
