@@ -54,15 +54,15 @@ if [[ ! -x "${VENV}/bin/python" ]]; then
   step "creating ${VENV}"
   python3 -m venv "${VENV}" || die "python3 -m venv failed (Debian/Ubuntu: apt-get install python3-venv)."
 fi
-# --no-compile: byte-compiling every installed module (torch, ray) costs half a minute; Python compiles
-# what is imported, once, on first use.
+# Byte-compiled at install (no --no-compile): with PYTHONDONTWRITEBYTECODE set, as on some CI machines,
+# Python would otherwise compile torch from source in every process it starts.
 PIP=("${VENV}/bin/python" -m pip --disable-pip-version-check -q)
 
 step "installing torch==${TORCH_VERSION} (CPU build when no GPU wheel is wanted)"
-"${PIP[@]}" install --no-compile "torch==${TORCH_VERSION}" || die "could not install torch==${TORCH_VERSION}."
+"${PIP[@]}" install "torch==${TORCH_VERSION}" || die "could not install torch==${TORCH_VERSION}."
 
 step "installing internvla_ros (editable) with the ROS 2 Jazzy wheels, test tools, Ray Serve and the dataset tools"
-"${PIP[@]}" install --no-compile -e "${ROOT}[${INTERNVLA_EXTRAS:-cpu},ros-wheels,test,serve,learning]" \
+"${PIP[@]}" install -e "${ROOT}[${INTERNVLA_EXTRAS:-cpu},ros-wheels,test,serve,learning]" \
   || die "pip could not install the dependencies in setup.py."
 
 step "generating the interfaces in msg/ with rosidl"
