@@ -127,6 +127,7 @@ class LookaheadInference(SequentialInference):
         self._pending.clear()
         self._watermark, self._done, self._stop, self._error = -1, False, False, None
         self.hits = self.misses = 0
+        self._threads = torch.get_num_threads()
         self._thread = threading.Thread(target=self._work, name="replay-lookahead", daemon=True)
         self._thread.start()
 
@@ -189,7 +190,9 @@ class LookaheadInference(SequentialInference):
                 self._cond.wait()
             if self._stop:
                 raise _Stopped
-            self._watermark = now_ns if not self._pending else self._pending[0].request_ns - 1
+            # Strictly before now: the planner may still request an observation at exactly now_ns (its tick at
+            # this message's time runs after the message), and the replay loop must wait for that one.
+            self._watermark = now_ns - 1 if not self._pending else self._pending[0].request_ns - 1
             self._cond.notify_all()
 
     def _flush(self) -> None:
@@ -207,6 +210,7 @@ class LookaheadInference(SequentialInference):
                 self._ready[inputs_key(observation)] = (observation, result)
 
     def _work(self) -> None:
+        torch.set_num_threads(self._threads)  # OpenMP's thread count is per thread: a new one starts at every core
         try:
             self._planner(self)
             self._flush()
