@@ -109,7 +109,9 @@ def test_every_transition_in_turn_with_commands_only_while_active(ros_context, s
     for line in ("configure: now inactive", "activate: now active", "deactivate: now inactive",
                  "cleanup: now unconfigured", "shutdown: now finalized"):
         assert line in log
-    assert "Traceback" not in log and "failed" not in log, log[-3000:]
+    # rclpy's warning when Fast DDS drops a reply (this client asks again) is the middleware's, not a fault.
+    own = "\n".join(line for line in log.splitlines() if "failed to send response (timeout)" not in line)
+    assert "Traceback" not in own and "failed" not in own, log[-3000:]
     assert policy.stop() == 0 and sim.stop() == 0
 
 
