@@ -34,7 +34,7 @@ CURVE_FILE = "loss_curve.png"
 
 def command(dataset: Path, init: Path, out: Path, options: TrainingOptions, resume: bool = False,
             progress: bool = True, stop_at: int | None = None) -> int:
-    """Trains; prints a summary line per save and the final loss; returns the exit code."""
+    """Trains; without the progress bar, prints the mean losses every 1 % of the steps; returns the exit code."""
     try:
         trainer = Trainer(dataset, init, out, options, resume=resume)
     except (DatasetError, StatsError, ModelError, FileNotFoundError, ValueError, json.JSONDecodeError) as err:
@@ -45,9 +45,20 @@ def command(dataset: Path, init: Path, out: Path, options: TrainingOptions, resu
     with Progress(*columns, disable=not progress, transient=False) as bar:
         task = bar.add_task("train", total=options.steps, completed=trainer.state.step, info="")
 
+        every = max(1, options.steps // 100)  # without the bar (logs, CI): a line per 1 % of the run
+        window: list[StepReport] = []
+
         def on_step(report: StepReport) -> None:
             bar.update(task, completed=report.step, info=f"loss {report.loss:.4f} lr {report.lr:.2e} "
                                                          f"{1 / max(report.seconds, 1e-9):.2f} steps/s")
+            window.append(report)
+            if not progress and (report.step % every == 0 or report.step == options.steps):
+                seconds = sum(r.seconds for r in window)
+                print(f"step {report.step}/{options.steps}: loss {sum(r.loss for r in window) / len(window):.4f} "
+                      f"(action {sum(r.action for r in window) / len(window):.4f}, foresight "
+                      f"{sum(r.foresight for r in window) / len(window):.4f}) lr {report.lr:.2e} "
+                      f"{len(window) / seconds if seconds else 0:.2f} steps/s", flush=True)
+                window.clear()
 
         reports = trainer.run(on_step, stop_at=stop_at)
     plot_losses(trainer.state.losses, out / CURVE_FILE)

@@ -8,14 +8,20 @@ its time limit).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from statistics import median
 from typing import Any
 
 from internvla_ros.sim.task import OUTCOMES
 
 
 def aggregate(summaries: Sequence[dict[str, Any]], **meta: Any) -> dict[str, Any]:
-    """The eval report: ``meta`` (cell, policy, model, seeds...) then the totals and every episode."""
+    """The eval report: ``meta`` (cell, policy, model, seeds...) then the totals and every episode; with the
+    policy node, ``node``: its counters over all episodes (each episode's own in its ``node``)."""
     parcels = sum(int(s["parcels"]) for s in summaries)
+    nodes = [s["node"] for s in summaries if s.get("node")]
+    node = {key: sum(n[key] for n in nodes) for key in nodes[0] if key != "inference_latency_p50_s"} if nodes else {}
+    if nodes:
+        node["inference_latency_p50_s"] = float(median(n["inference_latency_p50_s"] for n in nodes))
     counts = {name: sum(int(s[name]) for s in summaries) for name in OUTCOMES}
     minutes = sum(float(s["duration_s"]) for s in summaries) / 60.0
     return {
@@ -26,8 +32,10 @@ def aggregate(summaries: Sequence[dict[str, Any]], **meta: Any) -> dict[str, Any
         "success_rate": round(counts["right"] / parcels, 4) if parcels else 0.0,
         "parcels_per_minute": round(counts["right"] / minutes, 3) if minutes > 0 else 0.0,
         "episode_time_s": round(minutes * 60.0, 3),
+        **({"node": node} if node else {}),
         "per_episode": [{key: s[key] for key in ("episode", "seed", "variant", "instruction", "parcels",
-                                                  *OUTCOMES, "success_rate", "duration_s", "outcomes")}
+                                                  *OUTCOMES, "success_rate", "duration_s", "outcomes", "node")
+                         if key in s}
                         for s in summaries],
     }
 
@@ -38,4 +46,6 @@ def format_report(report: dict[str, Any]) -> str:
              f"{e['dropped']} dropped, {e['missed']} missed in {e['duration_s']:.1f} s" for e in report["per_episode"]]
     lines.append(f"success_rate={report['success_rate']:.3f} ({report['right']}/{report['parcels']} parcels, "
                  f"{report['episodes']} episodes), parcels_per_minute={report['parcels_per_minute']:.2f}")
+    if report.get("node"):
+        lines.append("policy node: " + ", ".join(f"{key}={value}" for key, value in report["node"].items()))
     return "\n".join(lines)

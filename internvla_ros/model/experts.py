@@ -9,6 +9,7 @@ logic lives in :mod:`internvla_ros.model.attention` and :mod:`internvla_ros.mode
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers.models.qwen3_vl.configuration_qwen3_vl import Qwen3VLTextConfig, Qwen3VLVisionConfig
 from transformers.models.qwen3_vl.modeling_qwen3_vl import (
@@ -16,6 +17,7 @@ from transformers.models.qwen3_vl.modeling_qwen3_vl import (
     Qwen3VLTextRMSNorm,
     Qwen3VLTextRotaryEmbedding,
     Qwen3VLVisionModel,
+    Qwen3VLVisionPatchEmbed,
 )
 
 from internvla_ros.model.config import ExpertConfig, InternVLAConfig, VisionConfig
@@ -82,6 +84,20 @@ class TextExpert(nn.Module):
         return self.norm(hidden).to(hidden.dtype)
 
 
+class PatchEmbedding(Qwen3VLVisionPatchEmbed):
+    """The ViT's patch projection as one matrix product over flattened patches.
+
+    Its Conv3d has kernel = stride = the patch, so it is a linear map of each patch; the weight stays a
+    Conv3d (the checkpoint's ``patch_embed.proj.*``). On CPUs the matmul is several times faster than the
+    convolution, and its backward about 7x (it was the largest single cost of a training step).
+    """
+
+    def forward(self, hidden_states: Tensor) -> Tensor:
+        weight = self.proj.weight
+        patches = hidden_states.reshape(-1, weight[0].numel()).to(weight.dtype)
+        return F.linear(patches, weight.flatten(1), self.proj.bias)
+
+
 class VisionTower(Qwen3VLVisionModel):
     """Qwen3-VL ViT + merger. The DeepStack mergers are kept for their weights but never run.
 
@@ -92,6 +108,7 @@ class VisionTower(Qwen3VLVisionModel):
     def __init__(self, config: VisionConfig) -> None:
         super().__init__(hf_vision_config(config))
         self.deepstack_visual_indexes = ()
+        self.patch_embed = PatchEmbedding(self.config)
 
     def embed(self, pixel_values: Tensor, grid_thw: Tensor) -> Tensor:
         """Flattened patches ``(N, 1536)`` + grids ``(images, 3)`` -> merged embeddings ``(N / 4, out)``."""

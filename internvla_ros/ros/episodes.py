@@ -41,6 +41,27 @@ EPISODE_MARGIN_S = 30.0  # beyond an episode's time limit before the run is decl
 SETTLE_S = 0.5  # after the summary: the recorder takes the episode's last messages
 DISCOVERY_SETTLE_S = 1.0  # after the graph shows every publisher: their readers here match them
 TASK_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
+# The policy node's counters reported per episode (their change from its start to its end, as of the
+# node's status, published once a second), so that a low success rate can be told apart from a node
+# that held or dropped its chunks.
+NODE_COUNTERS = ("chunks_computed", "chunks_dropped", "stale_inputs", "inference_overruns", "commands_clamped",
+                 "inference_failures", "inference_timeouts")
+
+
+def node_counters(status: PolicyStatus | None) -> dict[str, float]:
+    """The counters of ``NODE_COUNTERS`` and the current inference latency (p50, s) of a status message."""
+    if status is None:
+        return {}
+    return {**{name: int(getattr(status, name)) for name in NODE_COUNTERS},
+            "inference_latency_p50_s": round(float(status.inference_latency_p50), 4)}
+
+
+def counters_during(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """What the node did between two snapshots: counter differences, the later latency."""
+    if not before or not after:
+        return {}
+    return {**{name: after[name] - before[name] for name in NODE_COUNTERS},
+            "inference_latency_p50_s": after["inference_latency_p50_s"]}
 
 
 @dataclass
@@ -163,10 +184,14 @@ def run_episodes(cell: str, specs: list[EpisodeSpec], policy: str, logs: Path, r
                     recorder.switch_writer(writer)
                     previous.close()
                 recorder.start_recording()
+            before = node_counters(monitor.status)
             monitor.start.publish(String(data=json.dumps(spec.__dict__)))
             limit = SortingTask(task, spec, 0.0, 0.0).time_limit_s
             spin_until(lambda s=spec: s.episode in monitor.summaries, limit + EPISODE_MARGIN_S,
                        f"during episode {spec.episode} (seed {spec.seed})")
+            during = counters_during(before, node_counters(monitor.status))
+            if during:
+                monitor.summaries[spec.episode]["node"] = during
             settle = time.monotonic()
             spin_until(lambda t=settle: time.monotonic() - t >= SETTLE_S, SETTLE_S + 5.0, "after an episode")
             if recorder is not None:

@@ -29,6 +29,33 @@ def test_success_rate_is_over_parcels_and_throughput_over_episode_time() -> None
     assert [e["seed"] for e in report["per_episode"]] == [100, 101] and report["policy"] == "expert"
 
 
+def test_node_counters_are_summed_over_episodes_and_the_latency_is_their_median() -> None:
+    node = {"chunks_computed": 10, "chunks_dropped": 2, "stale_inputs": 1, "inference_overruns": 0,
+            "commands_clamped": 5, "inference_failures": 0, "inference_timeouts": 0}
+    episodes = [summary(0, 3, 3, 30.0), summary(1, 1, 3, 30.0), summary(2, 0, 3, 30.0)]
+    for episode, latency in zip(episodes, (0.5, 0.9, 0.7), strict=True):
+        episode["node"] = {**node, "inference_latency_p50_s": latency}
+    report = aggregate(episodes, policy="internvla")
+    assert report["node"]["chunks_computed"] == 30 and report["node"]["chunks_dropped"] == 6
+    assert report["node"]["inference_latency_p50_s"] == 0.7
+    assert report["per_episode"][1]["node"]["inference_latency_p50_s"] == 0.9
+    assert "node" not in aggregate([summary(0, 3, 3, 30.0)], policy="expert")
+
+
+def test_node_counters_of_an_episode_are_the_change_between_two_status_messages() -> None:
+    from internvla_ros.msg import PolicyStatus
+    from internvla_ros.ros.episodes import counters_during, node_counters
+
+    before, after = PolicyStatus(), PolicyStatus()
+    before.chunks_computed, after.chunks_computed = 7, 19
+    before.stale_inputs, after.stale_inputs = 3, 4
+    after.inference_latency_p50 = 0.61234
+    during = counters_during(node_counters(before), node_counters(after))
+    assert (during["chunks_computed"], during["stale_inputs"], during["chunks_dropped"]) == (12, 1, 0)
+    assert during["inference_latency_p50_s"] == 0.6123
+    assert counters_during({}, node_counters(after)) == {} and node_counters(None) == {}
+
+
 def test_eval_of_the_expert_on_two_held_out_episodes(tmp_path: Path, capsys) -> None:
     parser = argparse.ArgumentParser()
     eval_cli.register(parser.add_subparsers(required=True))

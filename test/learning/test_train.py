@@ -51,7 +51,8 @@ def train(dataset: Path, out: Path, resume: bool = False, stop_at: int | None = 
     return train_cli.command(dataset, TINY_MODEL, out, OPTIONS, resume=resume, progress=False, stop_at=stop_at)
 
 
-def test_training_lowers_the_loss_and_resumes_identically(dataset: Path, tmp_path: Path) -> None:
+def test_training_lowers_the_loss_and_resumes_identically(dataset: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture) -> None:
     straight, split = tmp_path / "straight", tmp_path / "split"
     trainer = Trainer(dataset, TINY_MODEL, straight, OPTIONS)
     before = fixed_loss(trainer)
@@ -69,9 +70,14 @@ def test_training_lowers_the_loss_and_resumes_identically(dataset: Path, tmp_pat
     assert all(torch.equal(loaded[name], t.detach()) for name, t in trainer.model.state_dict().items())
 
     # stopped after 2 steps, then --resume: the same losses and weights as 3 steps at once
+    capsys.readouterr()
     assert train(dataset, split, stop_at=2) == 0
     assert (split / "loss_curve.png").stat().st_size > 0
     assert train(dataset, split, resume=True) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step ")]
+    # without the bar, a line per step (1 % of 3 steps rounds up to 1), with the losses of that step
+    assert [line.split(":")[0] for line in lines] == ["step 1/3", "step 2/3", "step 3/3"]
+    assert f"loss {losses_run[2]['loss']:.4f}" in lines[2]
     assert json.loads((split / "losses.json").read_text()) == losses_run
     a, b = read_tensors(straight / WEIGHTS_FILE), read_tensors(split / WEIGHTS_FILE)
     assert a.keys() == b.keys()
