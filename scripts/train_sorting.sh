@@ -14,13 +14,13 @@ BIN="${ROOT}/.venv/bin"
 WORK="${WORK:-out/sorting}"          # bags, dataset, evaluation reports
 MODEL="${MODEL:-models/sorting}"     # the trained checkpoint
 INIT="${INIT:-models/default}"
-EPISODES="${EPISODES:-6}"            # expert episodes (3 parcels each), seeds 0 .. EPISODES-1
-STEPS="${STEPS:-300}"
-BATCH="${BATCH:-8}"
+EPISODES="${EPISODES:-20}"           # expert episodes (3 parcels each), seeds 0 .. EPISODES-1
+STEPS="${STEPS:-4000}"
+BATCH="${BATCH:-16}"
 LR="${LR:-1e-3}"                     # a random-initialised model: above the reference's 5e-5 fine-tuning rate
-STRIDE="${STRIDE:-5}"                # every 5th frame of an episode is a sample (15 must be a multiple)
+STRIDE="${STRIDE:-1}"                # every frame of an episode is a sample (a divisor of 15)
 THREADS="${THREADS:-2}"
-EVAL_EPISODES="${EVAL_EPISODES:-3}"  # held-out seeds from 1000000
+EVAL_EPISODES="${EVAL_EPISODES:-50}" # held-out seeds from 1000000
 STAGES="${STAGES:-record dataset train eval}"
 
 [[ -x "${BIN}/internvla" ]] || { echo "train_sorting: ERROR: ${BIN}/internvla not found; run scripts/setup.sh" >&2; exit 2; }
@@ -43,7 +43,7 @@ if stage train; then
   # warm-up and cosine decay scaled to STEPS; the run (cache, optimizer state) stays in WORK/train
   timed "${BIN}/internvla" train --dataset "${WORK}/dataset" --init "${INIT}" --out "${WORK}/train" \
     --steps "${STEPS}" --batch-size "${BATCH}" --lr "${LR}" --sample-stride "${STRIDE}" --threads "${THREADS}" \
-    --embedding-bf16 --save-every 50 --no-progress
+    --embedding-bf16 --save-every 500 --no-progress
   mkdir -p "${MODEL}"
   for file in model.safetensors config.json arch.json stats.json train_config.json losses.json loss_curve.png; do
     cp "${WORK}/train/${file}" "${MODEL}/${file}"

@@ -15,8 +15,13 @@ minute; `--json PATH` writes them with `success_rate`, `episodes`, `parcels`, `p
 `per_episode`. `--execution MODE` runs the policy node in that execution mode (one of the config's
 execution modes; default: the cell's config) and `--added-latency-ms L` holds every chunk L ms after its
 inference before the runtime takes it (the node's `added_latency_ms`), as a slower model or network would:
-the measured delay, which delay compensation and real-time chunking use, includes it. Both are recorded in
-the report. Exits 0 when it ran, 2 when it could not.
+the measured delay, which delay compensation and real-time chunking use, includes it. `--backend NAME`
+runs the node's inference on that backend (`onnxruntime`: the model's ONNX export, made on first use and
+cached). All three are recorded in the report. With the policy node, the report's `node` holds its
+counters over the episodes (chunks computed and dropped, stale inputs, overruns, clamped commands, inference
+latency p50), each episode's own in its entry. `--record DIR` writes one rosbag2 per episode, as
+`internvla record` does: the inputs a policy saw and the commands it sent, e.g. for a replay regression
+bag. Exits 0 when it ran, 2 when it could not.
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ def command(args: argparse.Namespace) -> int:
         if args.seed < EVAL_SEED_START:
             print(f"note: seeds below {EVAL_SEED_START} are the training recordings' range", file=sys.stderr)
         bar = tqdm(total=len(specs), unit="episode", desc=f"eval {args.policy}")
-        summaries = run_episodes(args.cell, specs, args.policy, args.logs, model=args.model,
+        summaries = run_episodes(args.cell, specs, args.policy, args.logs, record_dir=args.record, model=args.model,
                                  progress=lambda _: bar.update(), show=bar.write, policy_parameters=overrides)
         bar.close()
     except (FileNotFoundError, RuntimeError, ValueError, PolicyRuntimeError) as err:
@@ -52,7 +57,7 @@ def command(args: argparse.Namespace) -> int:
         return 2
     report = aggregate(summaries, cell=args.cell, policy=args.policy,
                        model=str(args.model) if args.policy == "internvla" and args.model else None, seed=args.seed,
-                       execution=args.execution, added_latency_ms=args.added_latency_ms)
+                       backend=args.backend, execution=args.execution, added_latency_ms=args.added_latency_ms)
     print(format_report(report))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -61,10 +66,15 @@ def command(args: argparse.Namespace) -> int:
 
 
 def policy_overrides(args: argparse.Namespace) -> list[str]:
-    """The policy node parameters ``--execution`` and ``--added-latency-ms`` ask for (checked here, not in a node)."""
+    """The policy node parameters ``--backend``, ``--execution`` and ``--added-latency-ms`` ask for (checked here)."""
+    from internvla_ros.backends.factory import BACKEND_NAMES
     from internvla_ros.runtime.config import EXECUTION_MODES
 
     overrides = []
+    if args.backend is not None:
+        if args.backend not in BACKEND_NAMES:
+            raise ValueError(f"--backend {args.backend}: use one of {', '.join(BACKEND_NAMES)}")
+        overrides.append(f"backend:={args.backend}")
     if args.execution is not None:
         if args.execution not in EXECUTION_MODES:
             raise ValueError(f"--execution {args.execution}: use one of {', '.join(EXECUTION_MODES)}")
@@ -74,7 +84,8 @@ def policy_overrides(args: argparse.Namespace) -> list[str]:
             raise ValueError(f"--added-latency-ms {args.added_latency_ms}: use 0 to 5000")
         overrides.append(f"added_latency_ms:={float(args.added_latency_ms)}")
     if overrides and args.policy != "internvla":
-        raise ValueError(f"--execution and --added-latency-ms apply to --policy internvla, not {args.policy}")
+        raise ValueError(f"--backend, --execution and --added-latency-ms apply to --policy internvla, "
+                         f"not {args.policy}")
     return overrides
 
 
@@ -86,10 +97,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--episodes", type=int, default=10, help="number of episodes (default: 10)")
     parser.add_argument("--seed", type=int, default=1_000_000, help="seed of the first episode (default: 1000000)")
     parser.add_argument("--parcels", type=int, default=0, help="parcels per episode (default: the config's task)")
+    parser.add_argument("--backend", default=None, help="inference backend of the policy node: torch, "
+                        "onnxruntime, ... (default: the node's, torch)")
     parser.add_argument("--execution", default=None, help="execution mode of the policy node, e.g. "
                         "delay_compensated or rtc (default: the cell config's)")
     parser.add_argument("--added-latency-ms", type=float, default=0.0,
                         help="hold each chunk this long after inference (default: 0)")
     parser.add_argument("--json", type=Path, default=None, help="write the report here")
+    parser.add_argument("--record", type=Path, default=None, metavar="DIR",
+                        help="also record each episode as a rosbag2 in DIR/episode_NNNN (as `internvla record`)")
     parser.add_argument("--logs", type=Path, default=Path("out/eval"), help="the nodes' logs (default: out/eval)")
     parser.set_defaults(func=command)

@@ -84,6 +84,8 @@ def run_eval(*argv: str) -> int:
     (("--added-latency-ms", "-5"), "--added-latency-ms -5.0: use 0 to 5000"),
     (("--added-latency-ms", "nan"), "--added-latency-ms nan: use 0 to 5000"),
     (("--policy", "expert", "--execution", "rtc"), "apply to --policy internvla, not expert"),
+    (("--backend", "tensorflow"), "--backend tensorflow: use one of torch, torch-uncached, onnxruntime, tensorrt"),
+    (("--policy", "random", "--backend", "onnxruntime"), "apply to --policy internvla, not random"),
 ])
 def test_execution_settings_are_checked_before_anything_starts(tmp_path: Path, capsys, argv: tuple[str, ...],
                                                                 reason: str) -> None:
