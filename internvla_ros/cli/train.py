@@ -51,13 +51,15 @@ def command(dataset: Path, init: Path, out: Path, options: TrainingOptions, resu
         def on_step(report: StepReport) -> None:
             bar.update(task, completed=report.step, info=f"loss {report.loss:.4f} lr {report.lr:.2e} "
                                                          f"{1 / max(report.seconds, 1e-9):.2f} steps/s")
+            if progress:
+                return
             window.append(report)
-            if not progress and (report.step % every == 0 or report.step == options.steps):
-                seconds = sum(r.seconds for r in window)
-                print(f"step {report.step}/{options.steps}: loss {sum(r.loss for r in window) / len(window):.4f} "
-                      f"(action {sum(r.action for r in window) / len(window):.4f}, foresight "
-                      f"{sum(r.foresight for r in window) / len(window):.4f}) lr {report.lr:.2e} "
-                      f"{len(window) / seconds if seconds else 0:.2f} steps/s", flush=True)
+            if report.step % every == 0 or report.step == options.steps:
+                mean = {name: sum(getattr(r, name) for r in window) / len(window)
+                        for name in ("loss", "action", "foresight", "seconds")}
+                print(f"step {report.step}/{options.steps}: loss {mean['loss']:.4f} (action {mean['action']:.4f}, "
+                      f"foresight {mean['foresight']:.4f}) lr {report.lr:.2e} "
+                      f"{1 / mean['seconds'] if mean['seconds'] else 0:.2f} steps/s", flush=True)
                 window.clear()
 
         reports = trainer.run(on_step, stop_at=stop_at)
