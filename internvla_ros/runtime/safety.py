@@ -78,6 +78,10 @@ class MotionLimiter:
     every emitted state can brake to rest at max_acceleration inside the position limits (a margin of half a
     period's travel is kept, so also a segment that reverses inside a period stays inside). Steps are counted in
     control periods, not in the time between calls: a late tick moves the robot no further than an on-time one.
+
+    A target is approached no faster than the joint can brake onto it (relative to the target's own velocity,
+    when the caller knows it): an acceleration-limited approach that only chases the target would overshoot and,
+    with a target at rest, oscillate around it forever at max_acceleration.
     """
 
     def __init__(self, config: RuntimeConfig, counters: EventCounters) -> None:
@@ -125,22 +129,41 @@ class MotionLimiter:
         start = np.clip(np.asarray(positions, dtype=np.float64), self._low, self._high)
         return MotionState(start, np.zeros_like(start), stamp_ns)
 
+    def _brake_speed(self, room: np.ndarray) -> np.ndarray:
+        """The largest end-of-period speed from which the joint still stops within ``room`` (measured from the
+        start of the period, less its travel at the old velocity): v'^2 / 2a + v' t <= room."""
+        a, t = self._amax, self._period_s
+        return -a * t + np.sqrt(np.maximum(a * a * t * t + 2 * a * room, 0.0))
+
     def _velocity_bounds(self, previous: MotionState) -> tuple[np.ndarray, np.ndarray]:
         """The next period's end velocity range that keeps every limit reachable, acceleration aside."""
-        a, t = self._amax, self._period_s
+        t = self._period_s
         p, v = previous.positions, previous.velocities
-        # v'^2 / 2a + v' t / 2 <= room left after the period, with p' = p + (v + v') t / 2.
-        room_up = self._high - p - v * t / 2
-        room_down = p - self._low + v * t / 2
-        up = -a * t + np.sqrt(np.maximum(a * a * t * t + 2 * a * room_up, 0.0))
-        down = -a * t + np.sqrt(np.maximum(a * a * t * t + 2 * a * room_down, 0.0))
+        up = self._brake_speed(self._high - p - v * t / 2)
+        down = self._brake_speed(p - self._low + v * t / 2)
         return np.maximum(-self._vmax, -down), np.minimum(self._vmax, up)
 
+    def _approach(self, previous: MotionState, target: np.ndarray, target_velocity: np.ndarray) -> np.ndarray:
+        """The end-of-period velocity towards ``target``: the one that would be on target after one period at
+        constant velocity (averaged with the current one, the error halves each period), but no faster, relative
+        to the target's velocity, than what can still stop on the target's path without overshooting it."""
+        t = self._period_s
+        p, v = previous.positions, previous.velocities
+        u = np.clip(target_velocity, -self._vmax, self._vmax)
+        ahead = target - u * t - p  # how far the target's path was ahead of the joint at the previous command
+        relative = ahead / t
+        w = v - u
+        up = np.maximum(self._brake_speed(ahead - w * t / 2), 0.0)  # too fast already: stop (as fast as allowed)
+        down = np.maximum(self._brake_speed(-ahead + w * t / 2), 0.0)
+        return u + np.where(ahead > 0, np.minimum(relative, up), np.maximum(relative, -down))
+
     def limit(
-        self, previous: MotionState, target: np.ndarray, stamp_ns: int, category: str = CLAMPED
+        self, previous: MotionState, target: np.ndarray, stamp_ns: int, category: str = CLAMPED,
+        target_velocity: np.ndarray | None = None,
     ) -> LimitedCommand:
         """The command one period on that gets closest to ``target`` within every limit; a non-finite or
-        misshapen target brakes (never a step to a stop)."""
+        misshapen target brakes (never a step to a stop). ``target_velocity``: how fast the target moves (a
+        sampled path's), so that it is followed without lag; None for a target at rest."""
         target = np.asarray(target, dtype=np.float64)
         reasons: set[str] = set()
         if stamp_ns <= previous.stamp_ns:
@@ -155,9 +178,10 @@ class MotionLimiter:
             clipped = np.clip(target, self._low, self._high)
             if not np.array_equal(clipped, target):
                 reasons.add(CLAMP_POSITION)
-            # The velocity that would be on target after one period at constant velocity; averaging it with
-            # the current one (constant acceleration) halves the error each period, without ringing.
-            wanted = (clipped - p) / t
+            moving = np.zeros_like(v) if target_velocity is None else np.asarray(target_velocity, dtype=np.float64)
+            if moving.shape != p.shape or not np.isfinite(moving).all():
+                moving = np.zeros_like(v)
+            wanted = self._approach(previous, clipped, moving)
         low, high = self._velocity_bounds(previous)
         bounded = np.clip(wanted, low, high)
         if not np.array_equal(bounded, wanted):
@@ -175,11 +199,18 @@ class MotionLimiter:
         return LimitedCommand(MotionState(final, velocities, stamp_ns), frozenset(reasons))
 
     def limit_path(self, previous: MotionState, stamps_ns: Sequence[int], targets: np.ndarray) -> list[MotionState]:
-        """Limits a path point by point, one period apart, starting from ``previous`` (not committed anywhere)."""
+        """Limits a path point by point, one period apart, starting from ``previous`` (not committed anywhere);
+        the path's own velocity (its points' differences) is followed, and its end is approached at rest."""
+        targets = np.asarray(targets, dtype=np.float64)
+        velocities = np.zeros_like(targets)
+        if len(targets) > 1:
+            velocities[1:] = np.diff(targets, axis=0) / self._period_s
+            velocities[0] = velocities[1]
+            velocities[-1] = 0.0
         states = []
         state = previous
-        for stamp, target in zip(stamps_ns, targets, strict=True):
-            state = self.limit(state, target, stamp, CLAMPED_TRAJECTORY).state
+        for stamp, target, velocity in zip(stamps_ns, targets, velocities, strict=True):
+            state = self.limit(state, target, stamp, CLAMPED_TRAJECTORY, velocity).state
             states.append(state)
         return states
 

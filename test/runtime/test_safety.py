@@ -46,11 +46,66 @@ def test_target_within_every_limit_is_approached_at_constant_acceleration() -> N
     limiter, counters = make_limiter()
     velocities = np.array([0.5, 0.5, 0.25, 0.5])
     previous = MotionState(np.array([0.0, 0.0, 0.04, 0.2]), velocities, 0)
-    target = previous.positions + (velocities + 0.1) * DT
-    result = limiter.limit(previous, target, DT_NS)
+    target = previous.positions + (velocities + 0.1) * DT  # a path moving at velocities + 0.1
+    result = limiter.limit(previous, target, DT_NS, target_velocity=velocities + 0.1)
     np.testing.assert_allclose(result.state.velocities, velocities + 0.1)
     np.testing.assert_allclose(result.state.positions, previous.positions + (velocities + 0.05) * DT)
     assert result.reasons == frozenset()
+    assert counters.total(CLAMPED) == 0
+
+
+def run_limiter(limiter: MotionLimiter, state: MotionState, targets: np.ndarray,
+                velocities: np.ndarray | None = None) -> np.ndarray:
+    """Positions and velocities (ticks, 2, joints) of the commands towards ``targets``, one per period."""
+    rows = []
+    period_ns = round(limiter.period_s * 1e9)
+    for k, target in enumerate(targets):
+        moving = None if velocities is None else velocities[k]
+        state = limiter.limit(state, target, state.stamp_ns + period_ns, target_velocity=moving).state
+        rows.append((state.positions, state.velocities))
+    return np.asarray(rows)
+
+
+def test_step_target_is_reached_without_overshoot_and_stays_still() -> None:
+    """An acceleration-limited approach brakes in time: it neither overshoots a far target nor keeps oscillating
+    around it (the limit cycle of a chase at max_acceleration), and once there it is not clamped again."""
+    limiter, counters = make_limiter()
+    start = at_rest([0.0, 0.0, 0.04, 0.2])
+    goal = np.array([1.5, -1.0, 0.01, 0.2])
+    motion = run_limiter(limiter, start, np.tile(goal, (300, 1)))
+    positions, velocities = motion[:, 0], motion[:, 1]
+    assert positions[:, 0].max() <= goal[0] + 1e-6
+    assert positions[:, 1].min() >= goal[1] - 1e-6
+    np.testing.assert_allclose(positions[-100:], np.tile(goal, (100, 1)), atol=1e-6)
+    assert np.abs(velocities[-100:]).max() < 1e-4
+    clamped_before = counters.total(CLAMPED)
+    run_limiter(limiter, MotionState(positions[-1], velocities[-1], 300 * DT_NS), np.tile(goal, (50, 1)))
+    assert counters.total(CLAMPED) == clamped_before
+
+
+def test_motion_after_a_clamp_settles_instead_of_ringing() -> None:
+    """A joint moving fast away from a target at rest (e.g. after a chunk switch) turns back and settles: the
+    swings around the target shrink to nothing."""
+    limiter, _ = make_limiter(rates__control_rate_hz=100.0, joints__limits__shoulder__max_acceleration=5.0)
+    state = MotionState(np.array([0.0, 0.0, 0.04, 0.2]), np.array([1.0, -0.8, 0.0, 0.0]), 0)
+    goal = np.array([0.0, 0.0, 0.04, 0.2])
+    positions = run_limiter(limiter, state, np.tile(goal, (800, 1)))[:, 0]
+    error = np.abs(positions[:, :2] - goal[:2])
+    braking = np.array([1.0**2 / (2 * 5.0), 0.8**2 / (2 * 15.0)])  # the least overshoot: v^2 / 2a
+    assert (error.max(axis=0) > braking * 0.9).all()  # it did overshoot: the joints could not stop at once
+    assert (error.max(axis=0) < braking * 1.5).all()  # ... but it turned back at once, without a second swing
+    assert error[-400:].max() < 1e-6
+
+
+def test_moving_target_with_its_velocity_is_followed_without_lag() -> None:
+    """A path within every limit, given with its velocity, is followed point for point after the start."""
+    limiter, counters = make_limiter()
+    times = np.arange(1, 201) * DT
+    path = np.stack([0.4 * np.sin(times), 0.3 * times, np.full_like(times, 0.04), np.full_like(times, 0.2)], axis=1)
+    rates = np.stack([0.4 * np.cos(times), np.full_like(times, 0.3), 0 * times, 0 * times], axis=1)
+    state = MotionState(np.array([0.0, 0.0, 0.04, 0.2]), rates[0] * 0 + np.array([0.4, 0.3, 0.0, 0.0]), 0)
+    positions = run_limiter(limiter, state, path, rates)[:, 0]
+    np.testing.assert_allclose(positions[20:], path[20:], atol=2e-3)
     assert counters.total(CLAMPED) == 0
 
 
