@@ -4,6 +4,7 @@ Usage examples::
 
     internvla record --cell conveyor_sorting --episodes 50 --seed 0 --out data/sorting_bags
     internvla record --episodes 2 --parcels 1 --out /tmp/bags       # a quick look
+    internvla record --episodes 20 --perturb-px 30 --out data/recovery_bags  # with recoveries
 
 Runs sim_robot and expert_node over ROS (a DDS domain of their own, kept on this machine) and writes
 OUT/episode_0000/ ... (mcap rosbag2: joint_states, every command on the controller topics, the
@@ -11,7 +12,8 @@ instruction, head and wrist cameras as JPEG at 10 Hz, task/state, task/outcome, 
 namespace /sorting), OUT/episodes.jsonl (one summary per episode) and the two nodes' logs in OUT/logs.
 Episode i uses seed S + i and rule variant (S + i) % 2; seeds from 1000000 on are held out for
 `internvla eval` and refused here. Exits 1 when an episode sorted a parcel wrong, dropped or missed
-one, 2 when the recording could not run.
+one, 2 when the recording could not run. ``--perturb-px P`` records recoveries: most approaches first go
+to a random point up to P head-camera pixels off the intercept and then correct onto it (400 px = 1 m).
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ def command(args: argparse.Namespace) -> int:
     from internvla_ros.ros.episodes import run_episodes, task_defaults  # rclpy only for this verb
 
     try:
+        if not 0.0 <= args.perturb_px <= 100.0:
+            raise ValueError(f"--perturb-px {args.perturb_px}: give 0 (no perturbation) to 100 pixels")
         parcels = args.parcels or task_defaults(args.cell).parcels
         specs = episode_specs(args.seed, args.episodes, parcels)
         check_training_seeds(args.seed, args.episodes)
@@ -53,7 +57,7 @@ def command(args: argparse.Namespace) -> int:
                 bar.update()
 
             summaries = run_episodes(args.cell, specs, "expert", args.out / "logs", record_dir=args.out,
-                                     progress=progress, show=bar.write)
+                                     progress=progress, show=bar.write, perturb_px=args.perturb_px)
         bar.close()
     except (FileNotFoundError, RuntimeError, ValueError, PolicyRuntimeError) as err:
         print(f"ERROR: {err}", file=sys.stderr)
@@ -71,4 +75,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the first episode (default: 0)")
     parser.add_argument("--parcels", type=int, default=0, help="parcels per episode (default: the config's task)")
     parser.add_argument("--out", type=Path, required=True, help="output directory (one bag per episode)")
+    parser.add_argument("--perturb-px", type=float, default=0.0,
+                        help="record recoveries: approaches first end up to this far off the intercept (default 0)")
     parser.set_defaults(func=command)

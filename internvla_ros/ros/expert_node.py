@@ -42,6 +42,7 @@ class ExpertNode(Node):
         config_node = str(self.declare_parameter("config_node_name", DEFAULT_NODE_NAME).value)
         mode = str(self.declare_parameter("mode", "expert").value)
         seed = int(self.declare_parameter("seed", 0).value)
+        perturb_px = float(self.declare_parameter("perturb_px", 0.0).value)
         if not config_path:
             raise RuntimeConfigError("parameter 'config' is required: the robot YAML with a task section, "
                                      "e.g. -p config:=config/conveyor_sorting.yaml")
@@ -51,7 +52,8 @@ class ExpertNode(Node):
         task = task_config_from_yaml(config_path)
         if task is None:
             raise RuntimeConfigError(f"{config_path} has no task section (/**/sim_robot: ros__parameters: task:)")
-        self.agent: Agent = SortingExpert(self.config, task) if mode == "expert" else RandomAgent(self.config, seed)
+        self.agent: Agent = (SortingExpert(self.config, task, perturb_px, seed) if mode == "expert"
+                             else RandomAgent(self.config, seed))
         self.streamer = CommandStreamer(self.config)
         self._snapshot: dict[str, Any] | None = None
         self._positions: np.ndarray | None = None
@@ -62,7 +64,8 @@ class ExpertNode(Node):
         self.create_subscription(JointState, "joint_states", self._on_joint_state, 10)
         self.create_subscription(String, "task/state", self._on_state, 10)
         self.create_timer(1.0 / self.config.rates.control_rate_hz, self._on_tick)
-        self.get_logger().info(f"expert_node ready: mode {mode}, control at {self.config.rates.control_rate_hz} Hz")
+        self.get_logger().info(f"expert_node ready: mode {mode}, control at {self.config.rates.control_rate_hz} Hz"
+                               + (f", approaches perturbed by up to {perturb_px} px" if perturb_px else ""))
 
     def _on_joint_state(self, msg: JointState) -> None:
         positions = np.zeros(len(self._index))

@@ -35,6 +35,8 @@ RELEASE_TIMEOUT_S = 1.5
 ARRIVAL_TOLERANCE_PX = 6.0  # the measured tip this close to a move's goal counts as arrived
 ARRIVAL_TIMEOUT_S = 3.0  # a loaded machine delays the measured arm; give up waiting after this
 READY_POINT = (PICK_ZONE_X[0] + 20.0, BELT_CENTRE_Y)
+PERTURB_SHARE = 0.7  # of the approaches that first go to a point off the intercept, when perturbing
+CORRECTION_MARGIN_S = 0.8  # the parcel arrives this much later again, to leave time for the correction
 
 
 @dataclass(frozen=True)
@@ -102,11 +104,22 @@ class _Arm:
 
 
 class SortingExpert:
-    """A state machine over the ground truth: idle -> approach -> wait -> close -> place -> release."""
+    """A state machine over the ground truth: idle -> approach -> wait -> close -> place -> release.
 
-    def __init__(self, config: RuntimeConfig, task: TaskConfig) -> None:
+    ``perturb_px`` > 0 makes demonstrations of recovery: most approaches first end up to that far off the
+    intercept (a random point around it), and the expert then corrects onto it before the parcel arrives.
+    A policy cloned from perfect approaches only has never seen its arm beside a parcel's path, which is
+    where its own small errors put it.
+    """
+
+    def __init__(self, config: RuntimeConfig, task: TaskConfig, perturb_px: float = 0.0, seed: int = 0) -> None:
+        if not (np.isfinite(perturb_px) and 0.0 <= perturb_px <= 100.0):
+            raise ValueError(f"perturb_px {perturb_px}: must be in [0, 100] pixels of the head camera")
         self._arm = _Arm(config)
         self._task = task
+        self._perturb_px = float(perturb_px)
+        self._rng = np.random.default_rng(seed)
+        self._correction_due = False  # the last approach went off the intercept: correct when it ends
         self._goal: np.ndarray | None = None  # where the last move ends (config order)
         self._busy_until = -np.inf
         self._state, self._since = "idle", 0.0
@@ -134,6 +147,7 @@ class SortingExpert:
 
     def _set(self, state: str, now_s: float) -> None:
         self._state, self._since, self._closed_at = state, now_s, None
+        self._correction_due = self._correction_due and state == "approach"
 
     def _arrived(self, now_s: float, snapshot: dict[str, Any]) -> bool:
         """The measured tip (in a snapshot taken after the move's planned end) is at the move's goal."""
@@ -199,19 +213,31 @@ class SortingExpert:
                 return None
             self._set("idle", now_s)
         if self._state == "approach":
+            if self._correction_due:
+                self._correction_due = False
+                move = self._go(now_s, positions, self._intercept)
+                if move is not None:
+                    return move  # still approaching: "wait" once the correction has ended
             self._set("wait", now_s)
             return None
         return self._approach(now_s, snapshot, positions, speed_px)
+
+    def _off_intercept(self) -> tuple[float, float]:
+        """A random point up to ``perturb_px`` from the intercept (uniform over the disc's outer 3/4)."""
+        angle = self._rng.uniform(0.0, 2 * np.pi)
+        radius = self._perturb_px * np.sqrt(self._rng.uniform(0.25, 1.0))
+        return self._intercept[0] + radius * np.cos(angle), self._intercept[1] + radius * np.sin(angle)
 
     def _approach(self, now_s: float, snapshot: dict[str, Any], positions: np.ndarray,
                   speed_px: float) -> ArmMove | None:
         """Toward the most downstream parcel the arm can still meet in the pick zone, else the ready point."""
         candidates = [p for p in snapshot["parcels"] if p["status"] in ("belt", "upcoming")]
+        margin = WAIT_MARGIN_S + (CORRECTION_MARGIN_S if self._perturb_px > 0 else 0.0)
         for parcel in sorted(candidates, key=lambda p: -p["x"]):
             x_now = self._parcel_x(now_s, snapshot, parcel)
             x, duration = PICK_ZONE_X[0], 0.0
             for _ in range(3):  # the move's duration depends on where it goes
-                x = max(PICK_ZONE_X[0], x_now + speed_px * (TRAJECTORY_LEAD_S + duration + WAIT_MARGIN_S))
+                x = max(PICK_ZONE_X[0], x_now + speed_px * (TRAJECTORY_LEAD_S + duration + margin))
                 goal = solve_chain(self._arm.chain, (x, parcel["y"]), self._goal, self._arm.low, self._arm.high)
                 if goal is None or x > PICK_ZONE_X[1]:
                     break
@@ -219,6 +245,11 @@ class SortingExpert:
             else:
                 self._target, self._intercept = parcel, (x, float(parcel["y"]))
                 self._set("approach", now_s)
+                if self._perturb_px > 0 and self._rng.random() < PERTURB_SHARE:
+                    move = self._go(now_s, positions, self._off_intercept())
+                    if move is not None:
+                        self._correction_due = True
+                        return move
                 return self._go(now_s, positions, self._intercept)
         if np.hypot(*np.subtract(self._arm.chain.tip(self._goal), READY_POINT)) > 2.0:
             return self._go(now_s, positions, READY_POINT)

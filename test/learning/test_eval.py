@@ -106,3 +106,11 @@ def test_execution_settings_reach_the_policy_node_command_line(tmp_path: Path) -
     assert argv[-4:] == ["-p", "execution.mode:=rtc", "-p", "added_latency_ms:=200.0"]
     with pytest.raises(ValueError, match="--policy expert takes no policy node parameters"):
         agent_command("expert", CONFIG_DIR / "conveyor_sorting.yaml", None, 0, overrides)
+
+
+def test_the_experts_perturbation_reaches_its_node_and_only_the_expert_takes_one() -> None:
+    module, argv = agent_command("expert", CONFIG_DIR / "conveyor_sorting.yaml", None, 7, [], perturb_px=30)
+    assert module == "internvla_ros.ros.expert_node"
+    assert argv[-4:] == ["-p", "seed:=7", "-p", "perturb_px:=30.0"]
+    with pytest.raises(ValueError, match="--perturb-px is for the scripted expert"):
+        agent_command("random", CONFIG_DIR / "conveyor_sorting.yaml", None, 0, [], perturb_px=30)

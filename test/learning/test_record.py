@@ -61,3 +61,10 @@ def test_record_refuses_held_out_seeds_and_an_existing_recording(tmp_path: Path,
     (tmp_path / "episode_0000").mkdir()
     assert run_cli(record, "record", "--episodes", "1", "--out", str(tmp_path)) == 2
     assert "episode_0000 exists" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("perturb", ["-1", "150", "nan"])
+def test_record_refuses_a_perturbation_out_of_range(tmp_path: Path, capsys, perturb: str) -> None:
+    assert run_cli(record, "record", "--episodes", "1", "--perturb-px", perturb, "--out", str(tmp_path / "b")) == 2
+    assert "--perturb-px" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()

@@ -11,7 +11,7 @@ import pytest
 from internvla_ros.learning.expert_loop import run_offline
 from internvla_ros.runtime.config import RuntimeConfig
 from internvla_ros.sim.cell import SimulatedCell
-from internvla_ros.sim.expert import SortingExpert
+from internvla_ros.sim.expert import ExpertCommand, SortingExpert
 from internvla_ros.sim.layout import BELT_EXIT_X, PIXELS_PER_METRE, arm_layouts, bin_centre, solve_chain
 from internvla_ros.sim.render import CellRenderer
 from internvla_ros.sim.task import PARCEL_RGB, EpisodeSpec, SortingTask, TaskConfig, instruction, task_config_from_yaml
@@ -151,3 +151,45 @@ def test_the_expert_sorts_every_parcel_within_the_limits_in_simulated_time() -> 
     assert (summary["right"], summary["parcels"]) == (2, 2), summary
     assert cell.limit_violations == 0 and cell.acceleration_violations == 0, cell.drain_violations()
     assert sum(cell.rejected.values()) == 0
+
+
+class MoveEnds:
+    """Wraps an agent and keeps where each arm move it sends puts the gripper tip (head-camera pixels)."""
+
+    def __init__(self, agent: SortingExpert, config: RuntimeConfig) -> None:
+        self.agent, self.arm, self.size = agent, arm_layouts(config)[0], len(config.joints)
+        self.tips: list[tuple[float, float]] = []
+
+    def act(self, now_s: float, snapshot: dict | None, positions: np.ndarray) -> ExpertCommand:
+        command = self.agent.act(now_s, snapshot, positions)
+        if command.move is not None:
+            full = np.asarray(positions, dtype=float).copy()
+            full[list(self.arm.joints)] = command.move.positions[-1]
+            self.tips.append(self.arm.tip(full))
+        return command
+
+
+def test_the_perturbed_expert_goes_off_the_intercept_corrects_and_still_sorts_every_parcel() -> None:
+    """Recovery demonstrations: approaches end beside the parcel's path, a short move corrects onto it,
+    and the episode is still sorted right within every limit."""
+    config = RuntimeConfig.from_yaml(CONVEYOR)
+    task = TaskConfig()
+    runs = {}
+    for perturb in (0.0, 30.0):
+        moves = MoveEnds(SortingExpert(config, task, perturb_px=perturb, seed=0), config)
+        summary, cell = run_offline(config, task, EpisodeSpec(seed=11, variant=1, parcels=2), lambda m=moves: m)
+        assert (summary["right"], summary["parcels"]) == (2, 2), (perturb, summary)
+        assert cell.limit_violations == 0 and cell.acceleration_violations == 0, cell.drain_violations()
+        runs[perturb] = np.asarray(moves.tips)
+    # each extra move is a correction of 15-30 px (the outer 3/4 of the disc) onto the unperturbed intercept
+    corrections = len(runs[30.0]) - len(runs[0.0])
+    assert corrections >= 1, (runs[0.0], runs[30.0])
+    steps = np.hypot(*np.diff(runs[30.0], axis=0).T)
+    assert ((steps >= 15.0 - 1e-6) & (steps <= 30.0 + 1e-6)).sum() == corrections, steps
+
+
+@pytest.mark.parametrize("perturb", [-1.0, 101.0, float("nan")])
+def test_the_expert_refuses_a_perturbation_out_of_range(perturb: float) -> None:
+    config = RuntimeConfig.from_yaml(CONVEYOR)
+    with pytest.raises(ValueError, match="perturb_px"):
+        SortingExpert(config, TaskConfig(), perturb_px=perturb)
