@@ -2,7 +2,7 @@
 
 Success rate is parcels sorted into the right bin over all parcels; parcels per minute is parcels
 sorted right per minute of episode time (from each episode's start to its end: its last outcome or
-its time limit).
+its time limit). ``closes`` and ``grasps`` count the empty gripper closing, and closing around a parcel.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ from statistics import median
 from typing import Any
 
 from internvla_ros.sim.task import OUTCOMES
+
+GRASP_COUNTS = ("closes", "grasps")
 
 
 def aggregate(summaries: Sequence[dict[str, Any]], **meta: Any) -> dict[str, Any]:
@@ -23,6 +25,7 @@ def aggregate(summaries: Sequence[dict[str, Any]], **meta: Any) -> dict[str, Any
     if nodes:
         node["inference_latency_p50_s"] = float(median(n["inference_latency_p50_s"] for n in nodes))
     counts = {name: sum(int(s[name]) for s in summaries) for name in OUTCOMES}
+    grasping = {name: sum(int(s.get(name, 0)) for s in summaries) for name in GRASP_COUNTS}
     minutes = sum(float(s["duration_s"]) for s in summaries) / 60.0
     return {
         **meta,
@@ -32,9 +35,11 @@ def aggregate(summaries: Sequence[dict[str, Any]], **meta: Any) -> dict[str, Any
         "success_rate": round(counts["right"] / parcels, 4) if parcels else 0.0,
         "parcels_per_minute": round(counts["right"] / minutes, 3) if minutes > 0 else 0.0,
         "episode_time_s": round(minutes * 60.0, 3),
+        **grasping,
         **({"node": node} if node else {}),
         "per_episode": [{key: s[key] for key in ("episode", "seed", "variant", "instruction", "parcels",
-                                                  *OUTCOMES, "success_rate", "duration_s", "outcomes", "node")
+                                                  *OUTCOMES, *GRASP_COUNTS, "close_distance_px_median",
+                                                  "success_rate", "duration_s", "outcomes", "node")
                          if key in s}
                         for s in summaries],
     }
@@ -43,9 +48,13 @@ def aggregate(summaries: Sequence[dict[str, Any]], **meta: Any) -> dict[str, Any
 def format_report(report: dict[str, Any]) -> str:
     """One line per episode and the totals, for the terminal."""
     lines = [f"episode {e['episode']} seed {e['seed']}: {e['right']}/{e['parcels']} right, {e['wrong']} wrong, "
-             f"{e['dropped']} dropped, {e['missed']} missed in {e['duration_s']:.1f} s" for e in report["per_episode"]]
+             f"{e['dropped']} dropped, {e['missed']} missed in {e['duration_s']:.1f} s"
+             + (f"; {e['grasps']} of {e['closes']} closes held a parcel (median distance "
+                f"{e.get('close_distance_px_median')} px)" if "closes" in e else "")
+             for e in report["per_episode"]]
     lines.append(f"success_rate={report['success_rate']:.3f} ({report['right']}/{report['parcels']} parcels, "
-                 f"{report['episodes']} episodes), parcels_per_minute={report['parcels_per_minute']:.2f}")
+                 f"{report['episodes']} episodes), parcels_per_minute={report['parcels_per_minute']:.2f}, "
+                 f"grasps {report.get('grasps', 0)} of {report.get('closes', 0)} closes")
     if report.get("node"):
         lines.append("policy node: " + ", ".join(f"{key}={value}" for key, value in report["node"].items()))
     return "\n".join(lines)

@@ -155,6 +155,10 @@ class SortingTask:
     outcomes: list[ParcelOutcome] = field(default_factory=list)
     holding: int | None = None
     end_s: float | None = None
+    # Every closing of the empty gripper: the tip's distance to the nearest parcel on the belt (px; inf with
+    # none there) and whether it held one. A policy that never closes and one that closes beside the
+    # parcels both only miss; these tell them apart.
+    closes: list[tuple[float, bool]] = field(default_factory=list)
     _closed: bool = False
     _now_s: float = 0.0
 
@@ -227,6 +231,7 @@ class SortingTask:
             if distance <= reach:
                 self.holding = nearest
                 self.parcels[nearest].status = "held"
+            self.closes.append((distance, distance <= reach))
         self._closed = closed
         if now_s - self.start_s >= self.time_limit_s:
             decided += [self._finish(p, "missed") for p in self.parcels if p.status in ("upcoming", "belt", "held")]
@@ -242,7 +247,14 @@ class SortingTask:
                 "instruction": self.instruction,
                 "parcels": len(self.parcels), **counts, "success_rate": counts["right"] / len(self.parcels),
                 "duration_s": round(end - self.start_s, 3), "done": self.done,
-                "outcomes": [o.__dict__ for o in self.outcomes]}
+                "outcomes": [o.__dict__ for o in self.outcomes], **self.grasp_summary()}
+
+    def grasp_summary(self) -> dict[str, Any]:
+        """``closes`` (the empty gripper closed), ``grasps`` (it closed around a parcel) and the median tip
+        distance to the nearest parcel on the belt at a close (px; None without a close near any)."""
+        distances = [d for d, _ in self.closes if np.isfinite(d)]
+        return {"closes": len(self.closes), "grasps": sum(held for _, held in self.closes),
+                "close_distance_px_median": round(float(np.median(distances)), 1) if distances else None}
 
     def snapshot(self) -> dict[str, Any]:
         """The ground truth a scripted expert plans from (pixels of the head camera)."""

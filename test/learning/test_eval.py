@@ -27,6 +27,20 @@ def test_success_rate_is_over_parcels_and_throughput_over_episode_time() -> None
     assert (report["episodes"], report["parcels"], report["right"], report["missed"]) == (2, 4, 3, 1)
     assert report["success_rate"] == 0.75 and report["parcels_per_minute"] == 3.0
     assert [e["seed"] for e in report["per_episode"]] == [100, 101] and report["policy"] == "expert"
+    assert (report["closes"], report["grasps"]) == (0, 0)  # summaries without the counts: none
+
+
+def test_closes_and_grasps_are_summed_and_printed() -> None:
+    from internvla_ros.learning.eval import format_report
+
+    episodes = [summary(0, 1, 3, 30.0), summary(1, 0, 3, 30.0)]
+    for episode, (closes, grasps, distance) in zip(episodes, ((4, 2, 12.5), (0, 0, None)), strict=True):
+        episode.update(closes=closes, grasps=grasps, close_distance_px_median=distance)
+    report = aggregate(episodes, policy="internvla")
+    assert (report["closes"], report["grasps"]) == (4, 2)
+    assert report["per_episode"][0]["close_distance_px_median"] == 12.5
+    text = format_report(report)
+    assert "2 of 4 closes held a parcel (median distance 12.5 px)" in text and "grasps 2 of 4 closes" in text
 
 
 def test_node_counters_are_summed_over_episodes_and_the_latency_is_their_median() -> None:
@@ -69,6 +83,9 @@ def test_eval_of_the_expert_on_two_held_out_episodes(tmp_path: Path, capsys) -> 
     assert {e["variant"] for e in report["per_episode"]} == {0, 1}
     assert report["success_rate"] == report["right"] / 2 >= 0.5, report
     assert report["parcels_per_minute"] > 0
+    # the expert closes the gripper right on the parcel: every right parcel was a grasp at a few px
+    assert report["grasps"] >= report["right"] and report["closes"] >= report["grasps"]
+    assert all(e["close_distance_px_median"] < 10 for e in report["per_episode"] if e["grasps"]), report
     assert f"success_rate={report['success_rate']:.3f}" in capsys.readouterr().out
 
 

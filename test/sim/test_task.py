@@ -71,6 +71,24 @@ def test_a_gripper_closing_away_from_the_parcel_or_already_closed_holds_nothing(
     assert task.holding is None
     task.step(0.3, 0.0, (parcel.x, parcel.y), CLOSED)  # slid onto it while closed: no grasp
     assert task.holding is None and parcel.status == "belt"
+    # the summary counts that close, its distance, and that it held nothing
+    summary = task.summary()
+    assert (summary["closes"], summary["grasps"], summary["close_distance_px_median"]) == (1, 0, 24.0)
+
+
+def test_the_summary_counts_each_close_of_the_empty_gripper_and_each_grasp() -> None:
+    task = one_parcel_task()
+    parcel = task.parcels[0]
+    assert task.summary()["closes"] == 0 and task.summary()["close_distance_px_median"] is None
+    beside = (parcel.x, parcel.y + 40.0)
+    for t in (0.1, 0.3):  # closes twice 40 px beside it, then on it
+        task.step(t, 0.0, beside, OPEN)
+        task.step(t + 0.1, 0.0, beside, CLOSED)
+    pick(task, 0.5)
+    task.step(0.7, 0.0, (0.0, 0.0), CLOSED)  # carried: closed all along, not a new close
+    summary = task.summary()
+    assert (summary["closes"], summary["grasps"]) == (3, 1)
+    assert summary["close_distance_px_median"] == 40.0  # 40, 40 and 7.1 (the pick is 5 px off in x and y)
 
 
 def test_a_parcel_that_rides_off_the_belt_is_missed_and_the_belt_moves_the_parcels() -> None:
