@@ -149,6 +149,9 @@ class GraphStages:
         lay, dev = self.layout, self.runner.to_device
         padded = F.pad(state.float(), (0, lay.max_state_dim - state.shape[-1]))
         self._check("x_t", x_t, (1, lay.chunk_size, lay.max_action_dim))
+        if time.ndim != 1:
+            raise ModelError(f"the {self.name} graphs take one flow time per chunk; a model trained with "
+                             "training-time RTC needs one per action step: use backend torch")
         (v_t,) = self.runner.run(graphs.ACTION_STEP, {
             **context, "state": dev(_np(padded)), "x_t": dev(_np(x_t, np.float32)),
             "time": dev(_np(time[:1], np.float32)),

@@ -81,7 +81,8 @@ def _run(args: argparse.Namespace) -> int:
                               save_every=args.save_every, device=args.device, robot_type=args.robot_type,
                               warmup_steps=args.warmup_steps, decay_steps=args.decay_steps, decay_lr=args.lr / 10,
                               threads=args.threads, train_embeddings=args.train_embeddings,
-                              embedding_bf16=args.embedding_bf16, sample_stride=args.sample_stride)
+                              embedding_bf16=args.embedding_bf16, sample_stride=args.sample_stride,
+                              rtc_max_delay=args.rtc_max_delay)
     return command(Path(args.dataset), Path(args.init), Path(args.out), options, resume=args.resume,
                    progress=not args.no_progress, stop_at=args.stop_at)
 
@@ -108,6 +109,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="round the frozen token embedding to bf16 and store it so (about half the file)")
     parser.add_argument("--sample-stride", type=int, default=defaults.sample_stride, metavar="N",
                         help="train on every N-th frame of each episode (N divides 15; default 1: every frame)")
+    parser.add_argument("--rtc-max-delay", type=int, default=defaults.rtc_max_delay, metavar="STEPS",
+                        help="training-time real-time chunking: each sample's first d ~ U{0..STEPS} actions are "
+                             "given clean and left out of the loss; the checkpoint's config says so, and the node "
+                             "in execution mode rtc then passes the executed prefix in (default 0: off)")
     parser.add_argument("--robot-type", default=None, help="stats.json key (default: the dataset's robot_type)")
     parser.add_argument("--stop-at", type=int, default=None, metavar="STEP",
                         help="save and stop at this step (the schedule still spans --steps); continue with --resume")

@@ -44,6 +44,7 @@ from internvla_ros.model.checkpoint import load_checkpoint
 from internvla_ros.model.modeling import InternVLAModel
 from internvla_ros.model.normalization import NormalizationStats
 from internvla_ros.model.preprocessing import load_tokenizer
+from internvla_ros.model.rtc import prefix_times, sample_delays
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,7 @@ class TrainingOptions:
     train_embeddings: bool = False  # the und expert's token embedding (tied lm_head) is frozen by default
     embedding_bf16: bool = False  # the frozen embedding rounded to bf16 before training, stored as bf16
     sample_stride: int = 1  # train on every n-th frame of each episode (n divides 15: fewer latents to encode)
+    rtc_max_delay: int = 0  # training-time RTC: the first d ~ U{0..max} actions given clean, no loss on them
 
     def schedule(self) -> Callable[[int], float]:
         """Learning-rate factor per step: the reference's warm-up + cosine, auto-scaled to ``steps``."""
@@ -96,15 +98,23 @@ class StepReport:
 
 def losses(model: InternVLAModel, batch: TrainingBatch, noise: torch.Tensor, time_: torch.Tensor,
            lambda_gen: float, latents: tuple[torch.Tensor, torch.Tensor] | None = None,
-           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+           delays: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(total, action, foresight) on one batch at the given noise and flow times; ``latents`` (history
-    ``(B, N, 2, C, h, w)``, future ``(B, N, C, h, w)``) from a cache, or encoded here from the frames."""
+    ``(B, N, 2, C, h, w)``, future ``(B, N, C, h, w)``) from a cache, or encoded here from the frames.
+    ``delays`` ``(B,)``: training-time RTC, each example's first d actions clean and outside the loss."""
     if latents is None:
         latents = frame_latents(model, batch)
     history, future = latents
     inputs = replace(batch.inputs, frames=None, cosmos_latents=history)
-    out = model(inputs, batch.actions, future, noise, time_)
-    action = out.action[:, :, : batch.action_dim].mean()
+    chunk = batch.actions.shape[1]
+    times = time_ if delays is None else prefix_times(time_, delays, chunk)
+    out = model(inputs, batch.actions, future, noise, times)
+    action_error = out.action[:, :, : batch.action_dim]
+    if delays is None:
+        action = action_error.mean()
+    else:
+        scored = (torch.arange(chunk, device=action_error.device)[None, :] >= delays.to(action_error.device)[:, None])
+        action = action_error.mean(dim=2)[scored].mean()
     return action + lambda_gen * out.foresight, action, out.foresight
 
 
@@ -139,6 +149,9 @@ class Trainer:
         source = self.out if resume else self.init
         checkpoint = load_checkpoint(source)
         self.config = checkpoint.config
+        if not 0 <= options.rtc_max_delay < self.config.chunk_size:
+            raise ValueError(f"--rtc-max-delay {options.rtc_max_delay} must lie in [0, {self.config.chunk_size - 1}] "
+                             "(chunk steps of the model's chunk; 0 trains without training-time RTC)")
         self.model = checkpoint.model.train()
         self.model.model.cosmos.requires_grad_(False)
         embedding = self.model.experts.language_model.embed_tokens.weight
@@ -211,9 +224,12 @@ class Trainer:
         cfg = self.config
         noise = torch.randn(len(batch.actions), cfg.chunk_size, cfg.max_action_dim, generator=self.generator)
         time_ = self.model.sample_time(len(batch.actions))
+        delays = None
+        if self.options.rtc_max_delay > 0:
+            delays = sample_delays(len(batch.actions), self.options.rtc_max_delay, self.generator)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
             total, action, foresight = losses(self.model, batch, noise.to(self.device), time_.to(self.device),
-                                              self.options.lambda_gen, latents)
+                                              self.options.lambda_gen, latents, delays)
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.options.grad_clip_norm)
@@ -233,7 +249,8 @@ class Trainer:
         train_config = {**asdict(self.options), "dataset": str(self.dataset.root), "init": str(self.init),
                         "robot_type": self.robot_type, "step": self.state.step}
         save_model(self.model, self.out, self.init, self.stats_json, train_config,
-                   bf16=(EMBEDDING_KEY,) if self.options.embedding_bf16 else ())
+                   bf16=(EMBEDDING_KEY,) if self.options.embedding_bf16 else (),
+                   config_updates={"rtc_training_max_delay": self.options.rtc_max_delay})
         self.state.optimizer = self.optimizer.state_dict()
         self.state.torch_rng = torch.get_rng_state()
         self.state.cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []

@@ -50,8 +50,10 @@ def stats_with(init: Path, robot_type: str, entry: dict[str, Any], config: Inter
 
 
 def save_model(model: InternVLAModel, out: Path, init: Path, stats: dict[str, Any],
-               train_config: dict[str, Any], bf16: tuple[str, ...] = ()) -> None:
-    """The released format; the tensors named in ``bf16`` stored as bf16 (the loader makes them float32)."""
+               train_config: dict[str, Any], bf16: tuple[str, ...] = (),
+               config_updates: dict[str, Any] | None = None) -> None:
+    """The released format; the tensors named in ``bf16`` stored as bf16 (the loader makes them float32);
+    ``config_updates``: keys of the initial checkpoint's config.json that this run changes."""
     out.mkdir(parents=True, exist_ok=True)
     state = {name: t.detach().to(torch.bfloat16 if name in bf16 else torch.float32).cpu().contiguous()
              for name, t in model.state_dict().items() if name not in TIED_KEYS}
@@ -61,6 +63,9 @@ def save_model(model: InternVLAModel, out: Path, init: Path, stats: dict[str, An
     for name in (CONFIG_FILE, ARCH_FILE):
         if (init / name).is_file() and init.resolve() != out.resolve():
             shutil.copyfile(init / name, out / name)
+    if config_updates:
+        config = json.loads((out / CONFIG_FILE).read_text())
+        write_json(out / CONFIG_FILE, {**config, **config_updates})
     write_json(out / STATS_FILE, stats)
     write_json(out / TRAIN_CONFIG_FILE, train_config)
 

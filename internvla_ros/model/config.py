@@ -357,6 +357,9 @@ class InternVLAConfig:
     max_state_dim: int = MAX_STATE_DIM
     max_action_dim: int = 32
     num_inference_steps: int = 10
+    rtc_training_max_delay: int = 0
+    """Trained with training-time RTC up to this delay (chunk steps): the executed prefix of the previous chunk is
+    passed in clean at flow time 0 instead of guiding towards it. 0: trained without."""
     min_period: float = 4e-3
     max_period: float = 4.0
     time_beta_alpha: float = 1.5
@@ -390,6 +393,8 @@ class InternVLAConfig:
                   "cosmos_latent_channels", "foresight_scale_factor", "foresight_layernorm_eps")
         _require(self.n_action_steps <= self.chunk_size, f"{name}.n_action_steps",
                  f"cannot exceed chunk_size={self.chunk_size}")
+        _require(0 <= self.rtc_training_max_delay < self.chunk_size, f"{name}.rtc_training_max_delay",
+                 f"must lie in [0, {self.chunk_size - 1}] (chunk steps; 0: trained without training-time RTC)")
         _require(self.min_period < self.max_period, f"{name}.min_period", "must be below max_period")
         _require(self.attention_mask_value < -1e30, f"{name}.attention_mask_value", "must be a huge negative number")
         experts = {"und": self.und, "gen": self.gen, "act": self.act}
@@ -609,7 +614,7 @@ def _policy_fields(policy: Mapping[str, Any]) -> dict[str, Any]:
     """Fields shared by config.json and arch.json["policy"] (same key names in both)."""
     out: dict[str, Any] = {}
     for key in ("chunk_size", "n_action_steps", "max_state_dim", "max_action_dim", "num_inference_steps",
-                "tokenizer_max_length"):
+                "tokenizer_max_length", "rtc_training_max_delay"):
         if key in policy:
             out[key] = int(policy[key])
     for key in ("min_period", "max_period"):

@@ -53,11 +53,12 @@ from internvla_ros.model.preprocessing import cosmos_frames
 
 
 def sinusoidal_time_embedding(time: Tensor, dim: int, min_period: float, max_period: float) -> Tensor:
-    """Sine-cosine embedding ``(B, dim)`` of flow-matching times ``(B,)``, computed in float64 like the reference."""
+    """Sine-cosine embedding ``(*time.shape, dim)`` of flow-matching times (``(B,)`` one per chunk, ``(B, chunk)``
+    one per action step), computed in float64 like the reference."""
     fraction = torch.linspace(0.0, 1.0, dim // 2, dtype=torch.float64, device=time.device)
     period = min_period * (max_period / min_period) ** fraction
-    angle = (2 * math.pi / period)[None, :] * time.to(torch.float64)[:, None]
-    return torch.cat([torch.sin(angle), torch.cos(angle)], dim=1).to(time.dtype)
+    angle = (2 * math.pi / period) * time.to(torch.float64)[..., None]
+    return torch.cat([torch.sin(angle), torch.cos(angle)], dim=-1).to(time.dtype)
 
 
 def pad_last_dim(x: Tensor, size: int, what: str) -> Tensor:
@@ -323,7 +324,8 @@ class InternVLAModel(nn.Module):
 
     # ---------------------------------------------------------------- actions (flow matching)
     def embed_suffix(self, state: Tensor, x_t: Tensor, time: Tensor, after: Tensor) -> TokenBlock:
-        """State token, then the noisy action tokens fused with the time embedding (swish MLP)."""
+        """State token, then the noisy action tokens fused with the time embedding (swish MLP). ``time``:
+        ``(B,)``, or ``(B, chunk)`` with a time per action step (training-time RTC gives its prefix time 0)."""
         cfg = self.config
         heads = self.model
         state = pad_last_dim(state, cfg.max_state_dim, "state")
@@ -331,7 +333,9 @@ class InternVLAModel(nn.Module):
         time_emb = sinusoidal_time_embedding(time.float(), heads.action_in_proj.out_features, cfg.min_period,
                                              cfg.max_period)
         action_emb = heads.action_in_proj(x_t.float())
-        fused = torch.cat([action_emb, time_emb[:, None].expand_as(action_emb)], dim=2)
+        if time_emb.ndim == 2:
+            time_emb = time_emb[:, None]
+        fused = torch.cat([action_emb, time_emb.expand_as(action_emb)], dim=2)
         action_time = heads.action_time_mlp_out(F.silu(heads.action_time_mlp_in(fused)))
         embeds = torch.cat([state_emb, action_time], dim=1)
         batch, length = embeds.shape[:2]
@@ -410,13 +414,14 @@ class InternVLAModel(nn.Module):
 
     def forward(self, inputs: ModelInputs, actions: Tensor, future_latents: Tensor, noise: Tensor,
                 time: Tensor) -> Losses:
-        """Training losses at flow times ``time`` ``(B,)``: ``x_t = t * noise + (1 - t) * actions``, target
-        ``noise - actions``; foresight target ``future_latents`` ``(B, N, 16, 32, 32)`` (the t+15 frames).
+        """Training losses at flow times ``time`` ``(B,)`` (or ``(B, chunk)``, one per action step):
+        ``x_t = t * noise + (1 - t) * actions``, target ``noise - actions``, per element (the caller masks);
+        foresight target ``future_latents`` ``(B, N, 16, 32, 32)`` (the t+15 frames).
         """
         actions = pad_last_dim(actions, self.config.max_action_dim, "actions")
         self._check_noise(noise, actions.shape[0])
         prefix, _, generation, _ = self._embed(inputs)
-        t = time.float()[:, None, None]
+        t = time.float()[:, None, None] if time.ndim == 1 else time.float()[:, :, None]
         x_t = t * noise + (1 - t) * actions
         _, middle_out, v_t = self._joint_pass(prefix, generation, inputs.state, x_t, time)
         views = inputs.view_mask.bool()

@@ -33,7 +33,7 @@ from torch import Tensor
 from internvla_ros.model.config import InternVLAConfig
 from internvla_ros.model.errors import ModelError, PreprocessingError
 from internvla_ros.model.inputs import ModelInputs
-from internvla_ros.model.rtc import RtcGuidance, guided_velocity
+from internvla_ros.model.rtc import RtcGuidance, RtcPrefix, guided_velocity
 
 STAGE_VISION = "vision"
 STAGE_PREFIX = "prefix"
@@ -241,13 +241,14 @@ class InferencePipeline:
 
     def run(self, inputs: ModelInputs, noise: Tensor, *, generation: Any = None, foresight: bool = False,
             decode: bool = False, hook: StageHook | None = None, trace: SamplerTrace | None = None,
-            rtc: RtcGuidance | None = None) -> ChunkResult:
+            rtc: RtcGuidance | RtcPrefix | None = None) -> ChunkResult:
         """One chunk for every batch element from ``noise`` ``(B, chunk, max_action_dim)``.
 
         ``generation``: the state of an earlier chunk's generation pass, reused instead of running it
         (the caller decides when foresight is stale). ``foresight`` adds the t+15 latents, ``decode``
-        also their images. ``rtc``: real-time chunking guidance (:mod:`internvla_ros.model.rtc`); needs
-        stages with a ``guidance(context, state)`` method.
+        also their images. ``rtc``: real-time chunking (:mod:`internvla_ros.model.rtc`): guidance (needs
+        stages with a ``guidance(context, state)`` method), or the executed prefix given clean to a model
+        trained with training-time RTC (needs stages whose velocity takes a time per action step).
         """
         expected = (inputs.batch_size, self.config.chunk_size, self.config.max_action_dim)
         if tuple(noise.shape) != expected:
@@ -258,16 +259,18 @@ class InferencePipeline:
                 raise ModelError(f"{self.name} runs batches of {limit}: a generation cannot be reused across a batch")
             parts = [self.run(select(inputs, i), noise[i:i + 1], foresight=foresight, decode=decode, hook=hook,
                               rtc=rtc) for i in range(inputs.batch_size)]
-            return _concat(parts)
-        if rtc is not None and rtc.beta > 0:
+            return concat_results(parts)
+        if isinstance(rtc, RtcGuidance) and rtc.beta > 0:
             if not hasattr(self.stages, "guidance"):
                 raise ModelError(f"the {self.name} backend cannot run real-time chunking guidance")
             with torch.inference_mode(False), torch.no_grad():  # the guidance's autograd needs normal tensors
                 return self._run(inputs, noise, generation, foresight or decode, decode, hook, trace, rtc)
-        return self._run(inputs, noise, generation, foresight or decode, decode, hook, trace)
+        prefix = rtc if isinstance(rtc, RtcPrefix) else None  # guidance with beta 0 is plain sampling
+        return self._run(inputs, noise, generation, foresight or decode, decode, hook, trace, prefix)
 
     def _run(self, inputs: ModelInputs, noise: Tensor, generation: Any, foresight: bool, decode: bool,
-             hook: StageHook | None, trace: SamplerTrace | None, rtc: RtcGuidance | None = None) -> ChunkResult:
+             hook: StageHook | None, trace: SamplerTrace | None,
+             rtc: RtcGuidance | RtcPrefix | None = None) -> ChunkResult:
         stages, clock = self.stages, _Clock(hook)
         image_embeds = stages.vision(inputs)
         clock.mark(STAGE_VISION)
@@ -282,10 +285,14 @@ class InferencePipeline:
         context = stages.context(prefix, generation)
         clock.mark(STAGE_CONTEXT)
         velocity = lambda x_t, t: stages.velocity(context, inputs.state, x_t, t)  # noqa: E731
-        if rtc is not None:
+        if isinstance(rtc, RtcGuidance):
             velocity = guided_velocity(velocity, stages.guidance(context, inputs.state), rtc)  # type: ignore[attr-defined]
+        elif rtc is not None:
+            velocity = rtc.velocity(velocity)
         actions = euler(noise, self.config.num_inference_steps, velocity,
                         on_step=lambda index: clock.mark(step_stage(index)), trace=trace)
+        if isinstance(rtc, RtcPrefix):
+            actions = rtc.apply(actions)
         predicted = images = None
         if foresight:
             predicted = stages.foresight(generation).float()
@@ -298,7 +305,8 @@ class InferencePipeline:
                            foresight_latents=predicted, foresight_images=images)
 
 
-def _concat(parts: list[ChunkResult]) -> ChunkResult:
+def concat_results(parts: list[ChunkResult]) -> ChunkResult:
+    """Batch elements' chunks, computed one by one, as one batch (their generations kept as a tuple)."""
     def cat(values: list[Tensor | None]) -> Tensor | None:
         return None if any(v is None for v in values) else torch.cat(values)  # type: ignore[arg-type]
 

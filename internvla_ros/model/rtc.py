@@ -142,3 +142,66 @@ def guided_velocity(velocity: Velocity, step: GuidanceStep, guidance: RtcGuidanc
         return v - guidance_weight(float(time.reshape(-1)[0]), guidance.beta) * g
 
     return guided
+
+
+# ---------------------------------------------------------------- training-time RTC (prefix conditioning)
+# Black, Ren, Equi, Levine 2025: during training each example gets a delay d, its first d actions are given
+# clean (flow time 0 in our convention) and the loss is taken on the rest only; at inference the executed prefix
+# of the previous chunk is passed in the same way. No guidance, no backward pass.
+
+
+def sample_delays(batch: int, max_delay: int, generator: torch.Generator | None = None) -> Tensor:
+    """``d`` per example, uniform over ``0 .. max_delay`` ``(B,)`` (int64)."""
+    if max_delay < 0:
+        raise RtcError(f"training-time RTC max delay {max_delay} is negative; use 0 (off) or more chunk steps")
+    return torch.randint(0, max_delay + 1, (batch,), generator=generator)
+
+
+def prefix_times(time: Tensor, delays: Tensor, chunk: int) -> Tensor:
+    """Per-step flow times ``(B, chunk)``: ``time`` ``(B,)`` everywhere except 0 (clean) on the first ``d``."""
+    steps = torch.arange(chunk, device=time.device)
+    clean = steps[None, :] < delays.to(time.device)[:, None]
+    return torch.where(clean, torch.zeros((), dtype=time.dtype, device=time.device), time[:, None].expand(-1, chunk))
+
+
+@dataclass(frozen=True)
+class RtcPrefix:
+    """The executed prefix for a model trained with training-time RTC: its first ``delay`` steps of ``actions``
+    ``(1 or B, chunk, dim)`` (the previous chunk shifted, in the model's action space) are given clean."""
+
+    actions: Tensor
+    delay: int
+
+    @staticmethod
+    def build(target: np.ndarray, delay: int, max_delay: int, dim: int) -> RtcPrefix:
+        """From a target chunk (chunk, d <= dim), zero-padded to ``dim``; ``delay`` capped at ``max_delay`` (the
+        delays the model was trained with)."""
+        if target.ndim != 2:
+            raise RtcError(f"the RTC target must be (chunk, action_dim), got shape {target.shape}")
+        if delay < 0:
+            raise RtcError(f"RTC delay {delay} is negative; pass the inference delay in chunk steps (>= 0)")
+        padded = np.zeros((target.shape[0], dim), np.float32)
+        padded[:, : target.shape[1]] = target
+        return RtcPrefix(torch.from_numpy(padded)[None], min(delay, max_delay))
+
+    def velocity(self, velocity: Velocity) -> Velocity:
+        """``velocity`` seeing the prefix clean at time 0 (the sample's own prefix steps are overwritten)."""
+        if self.delay == 0:
+            return velocity
+        d = self.delay
+
+        def conditioned(x_t: Tensor, time: Tensor) -> Tensor:
+            x = x_t.clone()
+            x[:, :d] = self.actions[:, :d].to(x.device)
+            delays = torch.full((x.shape[0],), d, dtype=torch.long, device=x.device)
+            return velocity(x, prefix_times(time, delays, x.shape[1]))
+
+        return conditioned
+
+    def apply(self, actions: Tensor) -> Tensor:
+        """The sampled chunk with its first ``delay`` steps replaced by the prefix."""
+        if self.delay == 0:
+            return actions
+        out = actions.clone()
+        out[:, : self.delay] = self.actions[:, : self.delay].to(out.device)
+        return out

@@ -10,6 +10,10 @@ generator, so a replay of the same observations gives the same chunks.
 `infer_batch` runs B observations (e.g. of several robots) as one batch: each one is independent
 (its own generation pass, no cached K/V or latents read or kept), noise drawn in order as B calls
 of `infer` would, so element i equals what `infer` returns for it when it recomputes foresight.
+Observations that carry real-time chunking (each its own previous chunk) run their action steps one by one.
+
+Real-time chunking: a model trained with training-time RTC (its config's ``rtc_training_max_delay``) is
+given the executed prefix clean; any other model is guided towards it (inference-time RTC).
 
     policy = load_policy(model="models/default")       # the factory the inference worker calls
 """
@@ -34,10 +38,12 @@ from internvla_ros.model.pipeline import (
     ChunkResult,
     InferencePipeline,
     StageTimings,
+    concat_results,
+    select,
     stack_inputs,
 )
 from internvla_ros.model.preprocessing import ObservationPreprocessor, PreprocessorConfig, load_tokenizer
-from internvla_ros.model.rtc import RtcGuidance
+from internvla_ros.model.rtc import RtcGuidance, RtcPrefix
 from internvla_ros.runtime.observation import CameraFrames, Observation
 from internvla_ros.runtime.policy import PolicyResult
 
@@ -127,11 +133,8 @@ class InternVLAPolicy:
                                                                                       inputs.frames))
             timings("cosmos_encode", time.perf_counter_ns() - mark)
         noise = self._noise(1) if noise is None else noise
-        rtc = observation.rtc
-        guidance = None if rtc is None else RtcGuidance.build(rtc.target, rtc.delay, rtc.horizon, rtc.beta,
-                                                              rtc.schedule, dim=self.config.max_action_dim)
         result = self.pipeline.run(inputs, noise, generation=reuse, decode=observation.decode_preview,
-                                   hook=timings, rtc=guidance)
+                                   hook=timings, rtc=self._rtc(observation))
         self._generation = result.generation
         self._generation_prompt = observation.instruction
         timings["total"] = time.perf_counter_ns() - start
@@ -160,9 +163,23 @@ class InternVLAPolicy:
             timings("cosmos_encode", time.perf_counter_ns() - mark)
         decode = any(observation.decode_preview for observation in observations)
         noise = self._noise(len(observations)) if noise is None else noise
-        result = self.pipeline.run(inputs, noise, decode=decode, hook=timings)
+        if all(observation.rtc is None for observation in observations):
+            result = self.pipeline.run(inputs, noise, decode=decode, hook=timings)
+        else:
+            result = concat_results([self.pipeline.run(select(inputs, i), noise[i:i + 1], decode=decode, hook=timings,
+                                                       rtc=self._rtc(observation))
+                                     for i, observation in enumerate(observations)])
         timings["total"] = time.perf_counter_ns() - start
         return [self._result(observation, result, index, timings) for index, observation in enumerate(observations)]
+
+    def _rtc(self, observation: Observation) -> RtcGuidance | RtcPrefix | None:
+        """The observation's real-time chunking, as this model runs it (see the module docstring)."""
+        rtc, cfg = observation.rtc, self.config
+        if rtc is None:
+            return None
+        if cfg.rtc_training_max_delay > 0:
+            return RtcPrefix.build(rtc.target, rtc.delay, cfg.rtc_training_max_delay, cfg.max_action_dim)
+        return RtcGuidance.build(rtc.target, rtc.delay, rtc.horizon, rtc.beta, rtc.schedule, dim=cfg.max_action_dim)
 
     @staticmethod
     def _result(observation: Observation, result: ChunkResult, index: int,

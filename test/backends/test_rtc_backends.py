@@ -33,3 +33,19 @@ def test_onnxruntime_guided_chunk_equals_torch(model_dir: Path, engine_dir: Path
         plain = ort.run(inputs, noise).actions
     assert (got - expected).abs().max().item() < RTC_ATOL
     assert (got - plain).abs().max().item() > 100 * RTC_ATOL  # the guidance really acted
+
+
+def test_onnxruntime_refuses_prefix_conditioning_with_the_fix(model_dir: Path, engine_dir: Path) -> None:
+    """Its action-step graph takes one flow time per chunk: a model trained with training-time RTC is refused
+    (never run with the per-step times cut to one) and told to use torch."""
+    from internvla_ros.model.errors import ModelError
+    from internvla_ros.model.rtc import RtcPrefix
+
+    ort = onnxruntime_backend.create(model_dir, engine_dir, threads=1)
+    batch = load_file(model_dir / "inputs.safetensors")
+    inputs, noise = make_inputs(batch), batch["noise"]
+    prefix = RtcPrefix.build(torch.zeros(noise.shape[1], 4).numpy(), delay=3, max_delay=5, dim=noise.shape[2])
+    with torch.inference_mode(), pytest.raises(ModelError, match="use backend torch"):
+        ort.run(inputs, noise, rtc=prefix)
+    with torch.inference_mode():  # a prefix of 0 steps is plain sampling, which the graphs run
+        assert ort.run(inputs, noise, rtc=RtcPrefix(prefix.actions, 0)).actions.shape == noise.shape

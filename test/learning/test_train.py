@@ -175,3 +175,37 @@ def test_sample_stride_trains_on_every_nth_frame_and_encodes_only_theirs(dataset
     assert train_cli.command(dataset, TINY_MODEL, tmp_path / "bad", replace(OPTIONS, sample_stride=4),
                              progress=False) == 2
     assert "must divide the frame history interval" in capsys.readouterr().err
+
+
+def test_training_time_rtc_scores_only_the_steps_after_the_clean_prefix(dataset: Path, tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture) -> None:
+    trainer = Trainer(dataset, TINY_MODEL, tmp_path / "unused", OPTIONS)
+    batch = trainer.samples.batch(EVAL_INDICES)
+    cfg = trainer.config
+    generator = torch.Generator().manual_seed(1)
+    noise = torch.randn(2, cfg.chunk_size, cfg.max_action_dim, generator=generator)
+    time = torch.tensor([0.6, 0.3])
+    delays = torch.tensor([0, 7])
+    latents = frame_latents(trainer.model, batch)
+    with torch.no_grad():
+        _, action, _ = losses(trainer.model, batch, noise, time, OPTIONS.lambda_gen, latents, delays)
+        # by hand: the per-step times (0 on the prefix), the model's elementwise error, then the prefix left out
+        times = torch.stack([torch.full((cfg.chunk_size,), 0.6), torch.full((cfg.chunk_size,), 0.3)])
+        times[1, :7] = 0.0
+        inputs = replace(batch.inputs, frames=None, cosmos_latents=latents[0])
+        error = trainer.model(inputs, batch.actions, latents[1], noise, times).action[:, :, : batch.action_dim]
+        expected = torch.cat([error[0].mean(dim=1), error[1, 7:].mean(dim=1)]).mean()
+        plain = losses(trainer.model, batch, noise, time, OPTIONS.lambda_gen, latents)[1]
+    assert action.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert action.item() != pytest.approx(plain.item(), rel=1e-3)  # the prefix's steps change the loss
+
+    # a run with --rtc-max-delay says so in its checkpoint; one out of range is refused before anything runs
+    out = tmp_path / "rtc"
+    options = replace(OPTIONS, steps=1, rtc_max_delay=8)
+    assert train_cli.command(dataset, TINY_MODEL, out, options, progress=False) == 0
+    assert json.loads((out / "config.json").read_text())["rtc_training_max_delay"] == 8
+    assert load_checkpoint(out).config.rtc_training_max_delay == 8
+    capsys.readouterr()
+    too_long = replace(OPTIONS, rtc_max_delay=cfg.chunk_size)
+    assert train_cli.command(dataset, TINY_MODEL, tmp_path / "refused", too_long, progress=False) == 2
+    assert f"--rtc-max-delay {cfg.chunk_size} must lie in [0, {cfg.chunk_size - 1}]" in capsys.readouterr().err

@@ -8,17 +8,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch import Tensor
 
 from internvla_ros.model.checkpoint import load_checkpoint
 from internvla_ros.model.pipeline import euler
 from internvla_ros.model.rtc import (
     RtcError,
     RtcGuidance,
+    RtcPrefix,
     autograd_guidance,
     delay_steps,
     guidance_weight,
     guided_velocity,
+    prefix_times,
     prefix_weights,
+    sample_delays,
     shift_chunk,
 )
 from internvla_ros.model.torch_stages import torch_pipeline
@@ -150,3 +154,102 @@ def test_policy_guides_a_chunk_from_the_observation_request() -> None:
     request = RtcRequest(target=target, delay=5, horizon=chunk // 5, beta=5.0, schedule="exp")
     guided = policy.infer(replace(observation, rtc=request), noise=noise).actions
     assert np.abs(guided[:5] - 0.7).mean() < 0.5 * np.abs(plain[:5] - 0.7).mean()
+
+
+# ---------------------------------------------------------------- training-time RTC (prefix conditioning)
+
+
+def test_prefix_times_and_sampled_delays() -> None:
+    times = prefix_times(torch.tensor([0.8, 0.4, 0.1]), torch.tensor([0, 3, 6]), 6)
+    assert torch.equal(times, torch.tensor([[0.8] * 6, [0.0] * 3 + [0.4] * 3, [0.0] * 6]))
+    delays = sample_delays(4000, 7, torch.Generator().manual_seed(0))
+    assert delays.min() == 0 and delays.max() == 7
+    assert np.bincount(delays.numpy()).min() > 400  # uniform over 0..7: 500 each expected
+    with pytest.raises(RtcError, match="negative"):
+        sample_delays(2, -1)
+
+
+def test_prefix_conditioning_feeds_the_prefix_clean_and_returns_it() -> None:
+    chunk, dim, delay = 8, 2, 3
+    target = np.arange(chunk * dim, dtype=np.float32).reshape(chunk, dim) / 10
+    prefix = RtcPrefix.build(target, delay=5, max_delay=delay, dim=4)  # capped at what the model was trained with
+    assert prefix.delay == delay and prefix.actions.shape == (1, chunk, 4)
+    seen: list[tuple[Tensor, Tensor]] = []
+
+    def velocity(x_t: Tensor, time: Tensor) -> Tensor:
+        seen.append((x_t.clone(), time.clone()))
+        return gaussian_velocity(x_t, time[:, -1])
+
+    noise = torch.randn(1, chunk, 4, generator=torch.Generator().manual_seed(0))
+    actions = prefix.apply(euler(noise, 10, prefix.velocity(velocity)))
+    assert len(seen) == 10
+    for x_t, time in seen:
+        assert torch.equal(x_t[0, :delay, :dim], torch.from_numpy(target[:delay]))
+        assert torch.all(time[0, :delay] == 0) and torch.all(time[0, delay:] == time[0, -1]) and time[0, -1] > 0
+    assert torch.equal(actions[0, :delay, :dim], torch.from_numpy(target[:delay]))
+    plain = euler(noise, 10, lambda x_t, time: gaussian_velocity(x_t, time))
+    assert torch.equal(actions[:, delay:], plain[:, delay:])  # this toy field ignores the prefix
+    with pytest.raises(RtcError, match="negative"):
+        RtcPrefix.build(target, delay=-1, max_delay=3, dim=4)
+
+
+def test_model_per_step_times_equal_one_time_per_chunk_when_uniform(case_a) -> None:
+    model, inputs, noise = case_a
+    state = inputs.state
+    with torch.no_grad():
+        one = model.embed_suffix(state, noise, torch.tensor([0.37]), torch.zeros(3, 1, 1, dtype=torch.long))
+        per_step = model.embed_suffix(state, noise, torch.full((1, noise.shape[1]), 0.37),
+                                      torch.zeros(3, 1, 1, dtype=torch.long))
+        clean = model.embed_suffix(state, noise, prefix_times(torch.tensor([0.37]), torch.tensor([4]), noise.shape[1]),
+                                   torch.zeros(3, 1, 1, dtype=torch.long))
+    assert torch.equal(one.embeds, per_step.embeds)
+    assert not torch.allclose(clean.embeds[:, 1:5], one.embeds[:, 1:5]) and torch.equal(clean.embeds[:, 5:],
+                                                                                          one.embeds[:, 5:])
+
+
+def test_a_model_trained_with_training_time_rtc_is_given_the_prefix(tmp_path: Path) -> None:
+    """Through InternVLAPolicy, as the worker and the server call it: the config's rtc_training_max_delay
+    selects prefix conditioning; its first d steps are the target's, the rest the model's own."""
+    import json
+    import shutil
+    from dataclasses import replace
+
+    from internvla_ros.runtime.internvla_policy import load_policy, warmup_observation
+    from internvla_ros.runtime.observation import RtcRequest
+
+    model = tmp_path / "rtc_trained"
+    shutil.copytree(CASE_A, model)
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "rtc_training_max_delay": 6}))
+    policy = load_policy(str(model))
+    observation = warmup_observation(policy.config.n_views)
+    chunk, dim = policy.config.chunk_size, policy.config.max_action_dim
+    target = np.full((chunk, dim), 0.7, np.float32)
+    noise = torch.randn(1, chunk, dim, generator=torch.Generator().manual_seed(3))
+    plain = policy.infer(observation, noise=noise).actions
+    request = RtcRequest(target=target, delay=4, horizon=chunk // 5, beta=5.0, schedule="exp")
+    conditioned = policy.infer(replace(observation, rtc=request), noise=noise).actions
+    assert np.array_equal(conditioned[:4], target[:4])
+    assert not np.allclose(conditioned[4:], plain[4:], atol=1e-4)  # the rest sees the prefix through attention
+    longer = policy.infer(replace(observation, rtc=replace(request, delay=20)), noise=noise).actions
+    assert np.array_equal(longer[:6], target[:6]) and not np.allclose(longer[6:8], 0.7)  # capped at 6
+
+
+def test_a_batch_runs_each_observation_s_own_rtc() -> None:
+    """infer_batch (the server's call) honours each observation's real-time chunking, as infer does."""
+    from dataclasses import replace
+
+    from internvla_ros.runtime.internvla_policy import load_policy, warmup_observation
+    from internvla_ros.runtime.observation import RtcRequest
+
+    policy = load_policy(str(CASE_A))
+    observation = replace(warmup_observation(policy.config.n_views), recompute_foresight=True)
+    chunk, dim = policy.config.chunk_size, policy.config.max_action_dim
+    request = RtcRequest(target=np.full((chunk, dim), 0.7, np.float32), delay=5, horizon=chunk // 5, beta=5.0,
+                         schedule="exp")
+    guided = replace(observation, rtc=request)
+    noise = torch.randn(2, chunk, dim, generator=torch.Generator().manual_seed(4))
+    batch = policy.infer_batch([observation, guided], noise=noise)
+    alone = [policy.infer(obs, noise=noise[i:i + 1]).actions for i, obs in enumerate([observation, guided])]
+    assert np.allclose(batch[0].actions, alone[0], atol=1e-5) and np.allclose(batch[1].actions, alone[1], atol=1e-5)
+    assert not np.allclose(batch[0].actions, batch[1].actions, atol=1e-3)
