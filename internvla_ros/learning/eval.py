@@ -3,6 +3,8 @@
 Success rate is parcels sorted into the right bin over all parcels; parcels per minute is parcels
 sorted right per minute of episode time (from each episode's start to its end: its last outcome or
 its time limit). ``closes`` and ``grasps`` count the empty gripper closing, and closing around a parcel.
+Smoothness, from the sim's judge of the executed arm motion: ``max_acceleration_ratio`` is the largest
+over the episodes, ``mean_abs_jerk`` the mean of the episodes' means.
 """
 
 from __future__ import annotations
@@ -14,6 +16,14 @@ from typing import Any
 from internvla_ros.sim.task import OUTCOMES
 
 GRASP_COUNTS = ("closes", "grasps")
+MOTION = ("max_acceleration_ratio", "mean_abs_jerk")
+
+
+def _motion(summaries: Sequence[dict[str, Any]]) -> dict[str, float]:
+    ratios = [float(s["max_acceleration_ratio"]) for s in summaries if s.get("max_acceleration_ratio") is not None]
+    jerks = [float(s["mean_abs_jerk"]) for s in summaries if s.get("mean_abs_jerk") is not None]
+    return {**({"max_acceleration_ratio": max(ratios)} if ratios else {}),
+            **({"mean_abs_jerk": round(sum(jerks) / len(jerks), 4)} if jerks else {})}
 
 
 def aggregate(summaries: Sequence[dict[str, Any]], **meta: Any) -> dict[str, Any]:
@@ -36,9 +46,10 @@ def aggregate(summaries: Sequence[dict[str, Any]], **meta: Any) -> dict[str, Any
         "parcels_per_minute": round(counts["right"] / minutes, 3) if minutes > 0 else 0.0,
         "episode_time_s": round(minutes * 60.0, 3),
         **grasping,
+        **_motion(summaries),
         **({"node": node} if node else {}),
         "per_episode": [{key: s[key] for key in ("episode", "seed", "variant", "instruction", "parcels",
-                                                  *OUTCOMES, *GRASP_COUNTS, "close_distance_px_median",
+                                                  *OUTCOMES, *GRASP_COUNTS, "close_distance_px_median", *MOTION,
                                                   "success_rate", "duration_s", "outcomes", "node")
                          if key in s}
                         for s in summaries],
@@ -54,7 +65,8 @@ def format_report(report: dict[str, Any]) -> str:
              for e in report["per_episode"]]
     lines.append(f"success_rate={report['success_rate']:.3f} ({report['right']}/{report['parcels']} parcels, "
                  f"{report['episodes']} episodes), parcels_per_minute={report['parcels_per_minute']:.2f}, "
-                 f"grasps {report.get('grasps', 0)} of {report.get('closes', 0)} closes")
+                 f"grasps {report.get('grasps', 0)} of {report.get('closes', 0)} closes"
+                 + "".join(f", {key}={report[key]}" for key in MOTION if key in report))
     if report.get("node"):
         lines.append("policy node: " + ", ".join(f"{key}={value}" for key, value in report["node"].items()))
     return "\n".join(lines)

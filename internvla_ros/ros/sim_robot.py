@@ -145,6 +145,7 @@ class SimRobot(Node):
     def _start_episode(self, spec: EpisodeSpec) -> None:
         belt = next(j.name for j in self.config.joints if j.state_field == "velocity")
         self.task = SortingTask(self.task_config, spec, self._now_ns() / 1e9, self.cell.position_of(belt))
+        self.cell.motion.reset()
         self._instruction_pub.publish(String(data=self.task.instruction))
         self.get_logger().info(f"episode {spec.episode}: seed {spec.seed}, {spec.parcels} parcels, "
                                f"'{self.task.instruction}'")
@@ -155,7 +156,7 @@ class SimRobot(Node):
         for outcome in step_task(self.task, self.cell, now_ns):
             self._outcome_pub.publish(String(data=json.dumps({"episode": self.task.spec.episode, **outcome.__dict__})))
         if self.task.done:
-            summary = self.task.summary()
+            summary = {**self.task.summary(), **self.cell.motion.summary()}
             self._summary_pub.publish(String(data=json.dumps(summary)))
             self.get_logger().info(f"episode {summary['episode']} done: {summary['right']}/{summary['parcels']} "
                                    f"sorted right in {summary['duration_s']} s")

@@ -17,7 +17,7 @@ import numpy as np
 
 from internvla_ros.runtime.config import RuntimeConfig
 from internvla_ros.sim.arrivals import ArrivalStats
-from internvla_ros.sim.judge import ForwardCommandJudge, JudgeSettings, TrajectoryJudge, ViolationLog
+from internvla_ros.sim.judge import ForwardCommandJudge, JudgeSettings, MotionStats, TrajectoryJudge, ViolationLog
 from internvla_ros.sim.trajectory import DEFAULT_HISTORY_NS, JointTrajectoryExecutor, Trajectory, TrajectoryRejected
 
 TRACKING_TIME_CONSTANT_S = 0.02
@@ -52,6 +52,7 @@ class SimulatedCell:
         self._measured = np.where(self._speed_joint, 0.0, start)  # belt travel starts at 0
         self._velocity = np.zeros_like(start)
         self.violations = ViolationLog()
+        self.motion = MotionStats()  # the arms' smoothness over every trajectory controller (reset per episode)
         self.arrivals = ArrivalStats(round(self.judge_settings.late_threshold_s * 1e9))
         self._executors: dict[str, tuple[JointTrajectoryExecutor, np.ndarray]] = {}
         self._trajectory_judges: dict[str, TrajectoryJudge] = {}
@@ -66,7 +67,7 @@ class SimulatedCell:
                 executor = JointTrajectoryExecutor(controller.joints, start[index], history_ns=history_ns)
                 self._executors[controller.name] = (executor, index)
                 self._trajectory_judges[controller.name] = TrajectoryJudge(
-                    controller.name, executor, joint_limits, self.judge_settings, self.violations)
+                    controller.name, executor, joint_limits, self.judge_settings, self.violations, self.motion)
             else:
                 self._forward[controller.name] = (ForwardCommandJudge(
                     controller.name, controller.joints, joint_limits, start[index], control_period_s,

@@ -71,6 +71,34 @@ class ViolationLog:
         return messages
 
 
+class MotionStats:
+    """How smooth the executed arm motion is, on the judge's grid: the largest acceleration as a share of the
+    joint's limit (a chunk hand-over that jumps shows up as a spike, clipped at 1 by a correct runtime) and
+    the mean absolute jerk (third difference), over every joint of every trajectory controller."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.max_acceleration_ratio = 0.0
+        self._jerk_sum = 0.0
+        self._jerk_count = 0
+
+    def add_acceleration(self, acceleration: np.ndarray, limit: np.ndarray) -> None:
+        self.max_acceleration_ratio = max(self.max_acceleration_ratio, float(np.max(np.abs(acceleration) / limit)))
+
+    def add_jerk(self, jerk: np.ndarray) -> None:
+        self._jerk_sum += float(np.sum(np.abs(jerk)))
+        self._jerk_count += jerk.size
+
+    def summary(self) -> dict[str, float | None]:
+        """``max_acceleration_ratio`` and ``mean_abs_jerk`` (rad/s^3); None before any motion was judged."""
+        if self._jerk_count == 0:
+            return {"max_acceleration_ratio": None, "mean_abs_jerk": None}
+        return {"max_acceleration_ratio": round(self.max_acceleration_ratio, 4),
+                "mean_abs_jerk": round(self._jerk_sum / self._jerk_count, 4)}
+
+
 class _Limits:
     def __init__(self, joints: Sequence[str], limits: Sequence[JointLimits]) -> None:
         self.joints = tuple(joints)
@@ -90,15 +118,16 @@ class TrajectoryJudge:
     """Samples one joint_trajectory_controller on the uniform grid and checks each new sample."""
 
     def __init__(self, controller: str, executor: JointTrajectoryExecutor, limits: Sequence[JointLimits],
-                 settings: JudgeSettings, log: ViolationLog) -> None:
+                 settings: JudgeSettings, log: ViolationLog, motion: MotionStats | None = None) -> None:
         self.controller = controller
+        self.motion = motion if motion is not None else MotionStats()
         self._executor = executor
         self._limits = _Limits(executor.joints, limits)
         self._period_ns = round(1e9 / settings.grid_hz)
         self._delay_ns = round(settings.delay_s * 1e9)
         self._log = log
         self._next_ns: int | None = None
-        self._previous: deque[np.ndarray] = deque(maxlen=2)
+        self._previous: deque[np.ndarray] = deque(maxlen=3)
         # Judged samples of the last few delays: a trajectory handled after the grid passed its arrival
         # rewinds the judge to its arrival, so the verdict follows what the controller executed.
         kept = max(4 * round(settings.delay_s * settings.grid_hz), 8)
@@ -118,7 +147,7 @@ class TrajectoryJudge:
         while self._judged and self._judged[-1][0] >= activation_ns:
             self._judged.pop()
         self._previous.clear()
-        self._previous.extend(positions for _, positions in list(self._judged)[-2:])
+        self._previous.extend(positions for _, positions in list(self._judged)[-3:])
         self._next_ns = self._judged[-1][0] + self._period_ns if self._judged else self._next_ns
 
     def advance(self, now_ns: int) -> None:
@@ -137,11 +166,15 @@ class TrajectoryJudge:
                 self._log.check(self.controller, lim.joints, "velocity", velocity,
                                 np.abs(velocity) > lim.velocity * (1 + VELOCITY_TOLERANCE),
                                 lambda k: f"above {lim.velocity[k]}", t)
-            if len(self._previous) == 2:
+            if len(self._previous) >= 2:
                 acceleration = (positions - 2.0 * self._previous[-1] + self._previous[-2]) / period_s**2
                 self._log.check(self.controller, lim.joints, "acceleration", acceleration,
                                 np.abs(acceleration) > lim.acceleration * (1 + ACCELERATION_TOLERANCE),
                                 lambda k: f"above {lim.acceleration[k]}", t)
+                self.motion.add_acceleration(acceleration, lim.acceleration)
+            if len(self._previous) == 3:
+                p1, p2, p3 = self._previous[-1], self._previous[-2], self._previous[-3]
+                self.motion.add_jerk((positions - 3.0 * p1 + 3.0 * p2 - p3) / period_s**3)
             self._previous.append(positions)
             self._judged.append((t, positions))
             self._next_ns += self._period_ns

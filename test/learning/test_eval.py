@@ -41,6 +41,19 @@ def test_closes_and_grasps_are_summed_and_printed() -> None:
     assert report["per_episode"][0]["close_distance_px_median"] == 12.5
     text = format_report(report)
     assert "2 of 4 closes held a parcel (median distance 12.5 px)" in text and "grasps 2 of 4 closes" in text
+    assert "max_acceleration_ratio" not in report  # summaries without the judge's smoothness: none made up
+
+
+def test_smoothness_is_the_worst_peak_and_the_mean_jerk_over_episodes() -> None:
+    from internvla_ros.learning.eval import format_report
+
+    episodes = [summary(0, 1, 3, 30.0), summary(1, 0, 3, 30.0), summary(2, 0, 3, 30.0)]
+    for episode, (ratio, jerk) in zip(episodes, ((0.5, 2.0), (0.9, 4.0), (None, None)), strict=True):
+        episode.update(max_acceleration_ratio=ratio, mean_abs_jerk=jerk)
+    report = aggregate(episodes, policy="internvla")
+    assert (report["max_acceleration_ratio"], report["mean_abs_jerk"]) == (0.9, 3.0)
+    assert report["per_episode"][1]["mean_abs_jerk"] == 4.0
+    assert "max_acceleration_ratio=0.9, mean_abs_jerk=3.0" in format_report(report)
 
 
 def test_node_counters_are_summed_over_episodes_and_the_latency_is_their_median() -> None:
@@ -86,6 +99,8 @@ def test_eval_of_the_expert_on_two_held_out_episodes(tmp_path: Path, capsys) -> 
     # the expert closes the gripper right on the parcel: every right parcel was a grasp at a few px
     assert report["grasps"] >= report["right"] and report["closes"] >= report["grasps"]
     assert all(e["close_distance_px_median"] < 10 for e in report["per_episode"] if e["grasps"]), report
+    # the sim judged the arm's motion: the expert's trajectories stay within 70 % of the limits, and move
+    assert all(0.05 < e["max_acceleration_ratio"] <= 1.0 and e["mean_abs_jerk"] > 0 for e in report["per_episode"])
     assert f"success_rate={report['success_rate']:.3f}" in capsys.readouterr().out
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from internvla_ros.runtime.config import JointLimits, RuntimeConfig
 from internvla_ros.sim.cell import SimulatedCell
-from internvla_ros.sim.judge import ForwardCommandJudge, JudgeSettings, TrajectoryJudge, ViolationLog
+from internvla_ros.sim.judge import ForwardCommandJudge, JudgeSettings, MotionStats, TrajectoryJudge, ViolationLog
 from internvla_ros.sim.trajectory import JointTrajectoryExecutor, Trajectory, TrajectoryPoint
 
 SIM_DIR = Path(__file__).resolve().parents[2] / "internvla_ros" / "sim"
@@ -30,12 +30,13 @@ def point(position: float, t_ms: float, velocity: float | None = 0.0) -> Traject
                            round(t_ms * MS))
 
 
-def judged(trajectories: list[tuple[int, Trajectory]], joint_limits: JointLimits, seconds: float = 2.0) -> ViolationLog:
+def judged(trajectories: list[tuple[int, Trajectory]], joint_limits: JointLimits, seconds: float = 2.0,
+           motion: MotionStats | None = None) -> ViolationLog:
     """Submits (arrival, trajectory) pairs to a one-joint controller and judges `seconds` of its motion,
     advancing the judge in irregular steps as the sim's timer would."""
     log = ViolationLog()
     executor = JointTrajectoryExecutor(("j",), np.zeros(1))
-    judge = TrajectoryJudge("arm_controller", executor, [joint_limits], SETTINGS, log)
+    judge = TrajectoryJudge("arm_controller", executor, [joint_limits], SETTINGS, log, motion)
     pending = sorted(trajectories, key=lambda item: item[0])
     now, rng = T0, np.random.default_rng(0)
     while now < T0 + round((seconds + SETTINGS.delay_s) * 1e9):
@@ -193,3 +194,25 @@ def test_a_trajectory_handled_after_the_grid_passed_its_arrival_is_judged_from_i
         judge.advance(T0 + step * 5 * MS)
     assert judge.late_submissions == 1
     assert (log.limit_violations, log.acceleration_violations) == (0, 0), log.drain()
+
+
+def test_motion_smoothness_is_measured_on_the_executed_motion() -> None:
+    """A rest-to-rest cubic over 1 s to 0.6 rad: acceleration 3.6 (1 - 2 s) rad/s^2, a peak of 0.45 of an
+    8 rad/s^2 limit; jerk 7.2 rad/s^3 for 1 s plus the two 3.6 rad/s^2 steps at its ends: 14.4 rad/s^2 of
+    summed |jerk| dt over the 2.25 s judged (from 0.25 s before the start), a mean of 6.4 rad/s^3."""
+    motion = MotionStats()
+    assert motion.summary() == {"max_acceleration_ratio": None, "mean_abs_jerk": None}
+    judged([(T0, Trajectory(("j",), 0, (point(0.6, 1000),)))], limits(velocity=2.0), motion=motion)
+    summary = motion.summary()
+    assert summary["max_acceleration_ratio"] == pytest.approx(0.45, rel=0.03)
+    assert summary["mean_abs_jerk"] == pytest.approx(6.4, rel=0.05)
+    motion.reset()
+    hold = Trajectory(("j",), 0, (point(0.0, 100),))
+    switch = T0 + 500 * MS
+    judged([(T0, hold), (switch, Trajectory(("j",), switch - 20 * MS, (point(0.0, 0), point(0.0, 500))))],
+           limits(), motion=motion)
+    assert motion.summary() == {"max_acceleration_ratio": 0.0, "mean_abs_jerk": 0.0}  # at rest throughout
+    motion.reset()
+    jumping = Trajectory(("j",), switch - 20 * MS, (point(0.01, 0), point(0.01, 500)))
+    judged([(T0, hold), (switch, jumping)], limits(), motion=motion)
+    assert motion.summary()["max_acceleration_ratio"] == pytest.approx(0.01 / 0.005**2 / 8.0, rel=1e-6)  # 50x
