@@ -44,7 +44,7 @@ from internvla_ros.model.checkpoint import load_checkpoint
 from internvla_ros.model.modeling import InternVLAModel
 from internvla_ros.model.normalization import NormalizationStats
 from internvla_ros.model.preprocessing import load_tokenizer
-from internvla_ros.model.rtc import prefix_times, sample_delays
+from internvla_ros.model.rtc import prefix_mask, prefix_times, sample_delays
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,7 @@ def losses(model: InternVLAModel, batch: TrainingBatch, noise: torch.Tensor, tim
     if delays is None:
         action = action_error.mean()
     else:
-        scored = (torch.arange(chunk, device=action_error.device)[None, :] >= delays.to(action_error.device)[:, None])
+        scored = ~prefix_mask(delays.to(action_error.device), chunk)
         action = action_error.mean(dim=2)[scored].mean()
     return action + lambda_gen * out.foresight, action, out.foresight
 

@@ -287,7 +287,7 @@ class InferencePipeline:
         velocity = lambda x_t, t: stages.velocity(context, inputs.state, x_t, t)  # noqa: E731
         if isinstance(rtc, RtcGuidance):
             velocity = guided_velocity(velocity, stages.guidance(context, inputs.state), rtc)  # type: ignore[attr-defined]
-        elif rtc is not None:
+        elif isinstance(rtc, RtcPrefix):
             velocity = rtc.velocity(velocity)
         actions = euler(noise, self.config.num_inference_steps, velocity,
                         on_step=lambda index: clock.mark(step_stage(index)), trace=trace)

@@ -104,14 +104,20 @@ class RtcGuidance:
     def build(target: np.ndarray, delay: int, horizon: int, beta: float, schedule: str = "exp",
               dim: int | None = None) -> RtcGuidance:
         """From a target chunk in the model's action space (chunk, d <= dim), zero-padded to ``dim``."""
-        if target.ndim != 2:
-            raise RtcError(f"the RTC target must be (chunk, action_dim), got shape {target.shape}")
         if beta < 0:
             raise RtcError(f"RTC beta {beta} is negative; use beta >= 0 (0 disables guidance)")
-        padded = np.zeros((target.shape[0], dim or target.shape[1]), np.float32)
-        padded[:, : target.shape[1]] = target
+        padded = _padded_target(target, dim)
         weights = prefix_weights(delay, horizon, target.shape[0], schedule)
-        return RtcGuidance(torch.from_numpy(padded)[None], torch.from_numpy(weights), float(beta))
+        return RtcGuidance(padded, torch.from_numpy(weights), float(beta))
+
+
+def _padded_target(target: np.ndarray, dim: int | None) -> Tensor:
+    """A target chunk (chunk, d <= dim) as ``(1, chunk, dim)`` float32, zero-padded (``dim`` None: d)."""
+    if target.ndim != 2:
+        raise RtcError(f"the RTC target must be (chunk, action_dim), got shape {target.shape}")
+    padded = np.zeros((target.shape[0], dim or target.shape[1]), np.float32)
+    padded[:, : target.shape[1]] = target
+    return torch.from_numpy(padded)[None]
 
 
 def autograd_guidance(velocity: Velocity) -> GuidanceStep:
@@ -157,10 +163,14 @@ def sample_delays(batch: int, max_delay: int, generator: torch.Generator | None 
     return torch.randint(0, max_delay + 1, (batch,), generator=generator)
 
 
+def prefix_mask(delays: Tensor, chunk: int) -> Tensor:
+    """``(B, chunk)`` bool: True on each example's first ``d`` steps (the clean prefix, outside the loss)."""
+    return torch.arange(chunk, device=delays.device)[None, :] < delays[:, None]
+
+
 def prefix_times(time: Tensor, delays: Tensor, chunk: int) -> Tensor:
     """Per-step flow times ``(B, chunk)``: ``time`` ``(B,)`` everywhere except 0 (clean) on the first ``d``."""
-    steps = torch.arange(chunk, device=time.device)
-    clean = steps[None, :] < delays.to(time.device)[:, None]
+    clean = prefix_mask(delays.to(time.device), chunk)
     return torch.where(clean, torch.zeros((), dtype=time.dtype, device=time.device), time[:, None].expand(-1, chunk))
 
 
@@ -176,13 +186,9 @@ class RtcPrefix:
     def build(target: np.ndarray, delay: int, max_delay: int, dim: int) -> RtcPrefix:
         """From a target chunk (chunk, d <= dim), zero-padded to ``dim``; ``delay`` capped at ``max_delay`` (the
         delays the model was trained with)."""
-        if target.ndim != 2:
-            raise RtcError(f"the RTC target must be (chunk, action_dim), got shape {target.shape}")
         if delay < 0:
             raise RtcError(f"RTC delay {delay} is negative; pass the inference delay in chunk steps (>= 0)")
-        padded = np.zeros((target.shape[0], dim), np.float32)
-        padded[:, : target.shape[1]] = target
-        return RtcPrefix(torch.from_numpy(padded)[None], min(delay, max_delay))
+        return RtcPrefix(_padded_target(target, dim), min(delay, max_delay))
 
     def velocity(self, velocity: Velocity) -> Velocity:
         """``velocity`` seeing the prefix clean at time 0 (the sample's own prefix steps are overwritten)."""

@@ -138,20 +138,26 @@ def test_model_guided_chunk_follows_the_previous_chunk(case_a) -> None:
     assert after < 0.5 * before, (before, after)
 
 
-def test_policy_guides_a_chunk_from_the_observation_request() -> None:
-    """Through InternVLAPolicy.infer, as the local worker and the server call it (Observation.rtc)."""
-    from dataclasses import replace
-
+def policy_run(model: Path, delay: int):
+    """The policy of ``model`` on its warm-up observation with fixed noise: (policy, observation, noise,
+    target 0.7 everywhere, an RTC request for it with ``delay``, the plain chunk)."""
     from internvla_ros.runtime.internvla_policy import load_policy, warmup_observation
     from internvla_ros.runtime.observation import RtcRequest
 
-    policy = load_policy(str(CASE_A))
+    policy = load_policy(str(model))
     observation = warmup_observation(policy.config.n_views)
     chunk, dim = policy.config.chunk_size, policy.config.max_action_dim
     target = np.full((chunk, dim), 0.7, np.float32)
     noise = torch.randn(1, chunk, dim, generator=torch.Generator().manual_seed(3))
-    plain = policy.infer(observation, noise=noise).actions
-    request = RtcRequest(target=target, delay=5, horizon=chunk // 5, beta=5.0, schedule="exp")
+    request = RtcRequest(target=target, delay=delay, horizon=chunk // 5, beta=5.0, schedule="exp")
+    return policy, observation, noise, target, request, policy.infer(observation, noise=noise).actions
+
+
+def test_policy_guides_a_chunk_from_the_observation_request() -> None:
+    """Through InternVLAPolicy.infer, as the local worker and the server call it (Observation.rtc)."""
+    from dataclasses import replace
+
+    policy, observation, noise, _, request, plain = policy_run(CASE_A, delay=5)
     guided = policy.infer(replace(observation, rtc=request), noise=noise).actions
     assert np.abs(guided[:5] - 0.7).mean() < 0.5 * np.abs(plain[:5] - 0.7).mean()
 
@@ -214,20 +220,11 @@ def test_a_model_trained_with_training_time_rtc_is_given_the_prefix(tmp_path: Pa
     import shutil
     from dataclasses import replace
 
-    from internvla_ros.runtime.internvla_policy import load_policy, warmup_observation
-    from internvla_ros.runtime.observation import RtcRequest
-
     model = tmp_path / "rtc_trained"
     shutil.copytree(CASE_A, model)
     config = json.loads((model / "config.json").read_text())
     (model / "config.json").write_text(json.dumps({**config, "rtc_training_max_delay": 6}))
-    policy = load_policy(str(model))
-    observation = warmup_observation(policy.config.n_views)
-    chunk, dim = policy.config.chunk_size, policy.config.max_action_dim
-    target = np.full((chunk, dim), 0.7, np.float32)
-    noise = torch.randn(1, chunk, dim, generator=torch.Generator().manual_seed(3))
-    plain = policy.infer(observation, noise=noise).actions
-    request = RtcRequest(target=target, delay=4, horizon=chunk // 5, beta=5.0, schedule="exp")
+    policy, observation, noise, target, request, plain = policy_run(model, delay=4)
     conditioned = policy.infer(replace(observation, rtc=request), noise=noise).actions
     assert np.array_equal(conditioned[:4], target[:4])
     assert not np.allclose(conditioned[4:], plain[4:], atol=1e-4)  # the rest sees the prefix through attention
