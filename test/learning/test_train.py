@@ -12,28 +12,14 @@ import torch
 from safetensors.torch import save_file
 
 from internvla_ros.cli import train as train_cli
-from internvla_ros.learning.dataset_convert import ConversionOptions, convert_bags
 from internvla_ros.learning.training import Trainer, TrainingOptions, frame_latents, losses
 from internvla_ros.learning.training_checkpoint import STATE_FILE
 from internvla_ros.model.checkpoint import WEIGHTS_FILE, load_checkpoint, read_header, read_tensors
 from internvla_ros.model.normalization import NormalizationStats
-from internvla_ros.paths import share_dir
-from test.learning.bagfactory import ARM_YAML, Spec, write_bag
+from test.learning.conftest import TINY_MODEL
 
-TINY_MODEL = share_dir() / "test" / "fixtures" / "internvla_a1_reference" / "case_a"  # 2.3 M parameters
 OPTIONS = TrainingOptions(steps=3, batch_size=2, lr=2e-3, seed=7, save_every=100, device="cpu")
 EVAL_INDICES = [3, 17]
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("train")
-    config = root / "arm6.yaml"
-    config.write_text(ARM_YAML)
-    bag = write_bag(root / "bag", config, Spec(duration_s=1.0, teleop_topic="/leader/joint_states", commands=False,
-                                               image_size=(32, 40)))
-    convert_bags([bag], config, root / "ds", ConversionOptions(action_topic="/leader/joint_states"))
-    return root / "ds"
 
 
 def fixed_loss(trainer: Trainer) -> float:

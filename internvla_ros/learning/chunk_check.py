@@ -1,0 +1,128 @@
+"""How well a checkpoint's sampled chunks match a dataset's recorded ones, offline, before a closed-loop eval.
+
+A sample is built exactly as training builds it (:class:`~internvla_ros.learning.training_data.TrainingSamples`:
+the node's preprocessing, the chunk of the next actions normalised with the checkpoint's statistics), then
+the chunk is sampled through the one inference pipeline (torch stages) from seeded noise. Reported, in
+the normalised action space (units of the action's standard deviation):
+
+- ``rmse_by_step``: the root mean square error at each chunk step, over samples and action dims; which
+  part of a chunk is accurate decides which part the runtime should execute;
+- ``roughness``: the mean absolute second difference of the sampled chunks over that of the recorded ones
+  (1 is as smooth as the demonstrations; the limiter clamps what is rougher);
+- with ``prefix_delay`` d: the first d recorded actions are given as the executed prefix (a model trained
+  with training-time RTC gets them clean, any other model is guided to them), and the error is taken on
+  the steps after them: whether a model follows a correct prefix, apart from the runtime that builds it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from internvla_ros.learning.dataset_reader import open_dataset
+from internvla_ros.learning.training_data import TrainingSamples
+from internvla_ros.model.checkpoint import STATS_FILE, load_checkpoint
+from internvla_ros.model.normalization import NormalizationStats
+from internvla_ros.model.pipeline import InferencePipeline, select
+from internvla_ros.model.preprocessing import load_tokenizer
+from internvla_ros.model.rtc import RtcGuidance, RtcPrefix
+from internvla_ros.model.torch_stages import TorchStages
+
+GUIDANCE_BETA = 5.0  # the published RTC guidance clip, for models without training-time RTC
+REPORTED_STEPS = (1, 5, 10, 25, 50)
+
+
+class ChunkCheckError(ValueError):
+    """A check that cannot run: the message names the input and the fix."""
+
+
+@dataclass(frozen=True)
+class ChunkCheckOptions:
+    samples: int = 256
+    batch_size: int = 16
+    seed: int = 0
+    noise_scale: float = 1.0  # the sampler's starting noise is scaled by this (0: from the mean)
+    prefix_delay: int = 0  # the first d recorded actions given as the executed prefix
+
+
+def check_chunks(model_dir: Path, dataset_dir: Path, cache_dir: Path, options: ChunkCheckOptions) -> dict[str, Any]:
+    """The report (see the module docstring); ``cache_dir`` holds the decoded frames (reused while valid)."""
+    checkpoint = load_checkpoint(model_dir)
+    config, model = checkpoint.config, checkpoint.model.eval()
+    if not 0 <= options.prefix_delay < config.chunk_size:
+        raise ChunkCheckError(f"--prefix-delay {options.prefix_delay} must lie in [0, {config.chunk_size - 1}]")
+    if options.samples < 1 or options.batch_size < 1 or options.noise_scale < 0:
+        raise ChunkCheckError("--samples and --batch-size must be >= 1 and --noise-scale >= 0")
+    dataset = open_dataset(dataset_dir)
+    robot_type = dataset.schema.robot_type
+    stats = NormalizationStats.load(Path(model_dir) / STATS_FILE, robot_type)
+    samples = TrainingSamples(dataset, config, stats, load_tokenizer(None), cache_dir)
+    rng = np.random.default_rng(options.seed)
+    picked = np.sort(rng.choice(samples.frame_index, size=min(options.samples, len(samples)), replace=False))
+    pipeline = InferencePipeline(TorchStages(model), config)
+    generator = torch.Generator().manual_seed(options.seed)
+    predicted, recorded = [], []
+    for start in range(0, len(picked), options.batch_size):
+        batch = samples.batch(picked[start:start + options.batch_size].tolist())
+        noise = torch.randn(len(batch.actions), config.chunk_size, config.max_action_dim,
+                            generator=generator) * options.noise_scale
+        with torch.inference_mode():
+            actions = _sample(pipeline, batch.inputs, noise, batch.actions, options.prefix_delay)
+        predicted.append(actions[:, :, : batch.action_dim].numpy())
+        recorded.append(batch.actions.numpy())
+    return chunk_report(np.concatenate(predicted), np.concatenate(recorded), options.prefix_delay) | {
+        "model": str(model_dir), "dataset": str(dataset_dir), "robot_type": robot_type,
+        "samples": len(picked), "noise_scale": options.noise_scale, "seed": options.seed,
+        "prefix": "none" if options.prefix_delay == 0 else
+        "clean (training-time RTC)" if config.rtc_training_max_delay > 0 else f"guided (beta {GUIDANCE_BETA})"}
+
+
+def _sample(pipeline: InferencePipeline, inputs: Any, noise: torch.Tensor, recorded: torch.Tensor,
+            delay: int) -> torch.Tensor:
+    if delay == 0:
+        return pipeline.run(inputs, noise).actions
+    dim = pipeline.config.max_action_dim
+    trained = pipeline.config.rtc_training_max_delay
+    if trained > 0:
+        prefix = RtcPrefix.build(recorded[0].numpy(), delay, trained, dim)
+        padded = torch.zeros(len(recorded), recorded.shape[1], dim)
+        padded[:, :, : recorded.shape[2]] = recorded
+        return pipeline.run(inputs, noise, rtc=RtcPrefix(padded, prefix.delay)).actions
+    chunks = []
+    for i in range(len(recorded)):  # guidance targets one chunk: element by element
+        guidance = RtcGuidance.build(recorded[i].numpy(), delay, delay, GUIDANCE_BETA, "hard", dim)
+        chunks.append(pipeline.run(select(inputs, i), noise[i:i + 1], rtc=guidance).actions)
+    return torch.cat(chunks)
+
+
+def chunk_report(predicted: np.ndarray, recorded: np.ndarray, prefix_delay: int = 0) -> dict[str, Any]:
+    """Errors and roughness of ``predicted`` against ``recorded`` chunks, both ``(N, chunk, dim)`` normalised."""
+    error = predicted - recorded
+    by_step = np.sqrt(np.mean(error ** 2, axis=(0, 2)))
+    after = slice(prefix_delay, None)
+    roughness = None  # a second difference needs three steps
+    if predicted.shape[1] - prefix_delay >= 3:
+        rough = np.mean(np.abs(np.diff(predicted[:, after], n=2, axis=1)))
+        smooth = np.mean(np.abs(np.diff(recorded[:, after], n=2, axis=1)))
+        roughness = float(rough / smooth) if smooth > 0 else float("inf")
+    return {"prefix_delay": prefix_delay,
+            "rmse": float(np.sqrt(np.mean(error[:, after] ** 2))),
+            "rmse_by_step": [round(float(v), 5) for v in by_step],
+            "roughness": roughness}
+
+
+def format_report(report: dict[str, Any]) -> str:
+    steps = [s for s in REPORTED_STEPS if s <= len(report["rmse_by_step"])]
+    cells = "  ".join(f"step {s}: {report['rmse_by_step'][s - 1]:.3f}" for s in steps)
+    return (f"{report['samples']} samples of {report['dataset']}, noise x{report['noise_scale']}, "
+            f"prefix {report['prefix_delay']} ({report['prefix']})\n"
+            f"rmse (action std units) after the prefix {report['rmse']:.4f}; {cells}\n"
+            f"roughness (second differences / the recorded ones) {_round(report['roughness'])}")
+
+
+def _round(value: float | None) -> str:
+    return "n/a (under 3 steps after the prefix)" if value is None else f"{value:.2f}"
