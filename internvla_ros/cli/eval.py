@@ -7,21 +7,22 @@ Usage examples::
     internvla eval --policy random --episodes 5        # the random baseline
     internvla eval --model models/sorting --execution rtc --added-latency-ms 200   # RTC against 200 ms more delay
 
-Runs sim_robot with the policy node (`--policy internvla`, the model from `--model`, actuation on) or
-with expert_node (`expert`, `random`) as processes on a DDS domain of their own, on seeds S, S+1, ...
-(default S = 1000000: the held-out range that `internvla record` never uses). Prints each episode's
-outcomes, the success rate (parcels sorted into the right bin / parcels) and parcels sorted right per
-minute; `--json PATH` writes them with `success_rate`, `episodes`, `parcels`, `parcels_per_minute` and
-`per_episode`. `--execution MODE` runs the policy node in that execution mode (one of the config's
-execution modes; default: the cell's config) and `--added-latency-ms L` holds every chunk L ms after its
-inference before the runtime takes it (the node's `added_latency_ms`), as a slower model or network would:
-the measured delay, which delay compensation and real-time chunking use, includes it. `--backend NAME`
-runs the node's inference on that backend (`onnxruntime`: the model's ONNX export, made on first use and
-cached). All three are recorded in the report. With the policy node, the report's `node` holds its
-counters over the episodes (chunks computed and dropped, stale inputs, overruns, clamped commands, inference
-latency p50), each episode's own in its entry. `--record DIR` writes one rosbag2 per episode, as
-`internvla record` does: the inputs a policy saw and the commands it sent, e.g. for a replay regression
-bag. Exits 0 when it ran, 2 when it could not.
+Runs sim_robot with the policy node (`--policy internvla`, the model from `--model`, actuation on) or with
+expert_node (`expert`, `random`) as processes on a DDS domain of their own, on seeds S, S+1, ... (default S =
+1000000: the held-out range that `internvla record` never uses). Prints each episode's outcomes, the success
+rate (parcels sorted into the right bin / parcels) and parcels sorted right per minute; `--json PATH` writes
+them with `success_rate`, `episodes`, `parcels`, `parcels_per_minute` and `per_episode`. `--execution MODE`
+runs the policy node in that execution mode (one of the config's execution modes; default: the cell's config)
+and `--added-latency-ms L` holds every chunk L ms after its inference before the runtime takes it (the node's
+`added_latency_ms`), as a slower model or network would: the measured delay, which delay compensation and
+real-time chunking use, includes it. `--backend NAME` runs the node's inference on that backend
+(`onnxruntime`: the model's ONNX export, made on first use and cached). `--noise-scale S` scales the
+flow-matching sampler's starting noise (the node's `noise_scale`; 0: every chunk from the noise's mean). All
+four are recorded in the report. With the policy node, the report's `node` holds its counters over the
+episodes (chunks computed and dropped, stale inputs, overruns, clamped commands, inference latency p50), each
+episode's own in its entry. `--record DIR` writes one rosbag2 per episode, as `internvla record` does: the
+inputs a policy saw and the commands it sent, e.g. for a replay regression bag. Exits 0 when it ran, 2 when it
+could not.
 """
 
 from __future__ import annotations
@@ -57,7 +58,8 @@ def command(args: argparse.Namespace) -> int:
         return 2
     report = aggregate(summaries, cell=args.cell, policy=args.policy,
                        model=str(args.model) if args.policy == "internvla" and args.model else None, seed=args.seed,
-                       backend=args.backend, execution=args.execution, added_latency_ms=args.added_latency_ms)
+                       backend=args.backend, execution=args.execution, added_latency_ms=args.added_latency_ms,
+                       noise_scale=args.noise_scale)
     print(format_report(report))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -66,7 +68,8 @@ def command(args: argparse.Namespace) -> int:
 
 
 def policy_overrides(args: argparse.Namespace) -> list[str]:
-    """The policy node parameters ``--backend``, ``--execution`` and ``--added-latency-ms`` ask for (checked here)."""
+    """The policy node parameters ``--backend``, ``--execution``, ``--added-latency-ms`` and ``--noise-scale`` ask
+    for (checked here)."""
     from internvla_ros.backends.factory import BACKEND_NAMES
     from internvla_ros.runtime.config import EXECUTION_MODES
 
@@ -83,8 +86,12 @@ def policy_overrides(args: argparse.Namespace) -> list[str]:
         if not 0.0 <= args.added_latency_ms <= 5000.0:
             raise ValueError(f"--added-latency-ms {args.added_latency_ms}: use 0 to 5000")
         overrides.append(f"added_latency_ms:={float(args.added_latency_ms)}")
+    if args.noise_scale is not None:
+        if not 0.0 <= args.noise_scale <= 1.0:
+            raise ValueError(f"--noise-scale {args.noise_scale}: use 0 to 1")
+        overrides.append(f"noise_scale:={float(args.noise_scale)}")
     if overrides and args.policy != "internvla":
-        raise ValueError(f"--backend, --execution and --added-latency-ms apply to --policy internvla, "
+        raise ValueError(f"--backend, --execution, --added-latency-ms and --noise-scale apply to --policy internvla, "
                          f"not {args.policy}")
     return overrides
 
@@ -103,6 +110,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "delay_compensated or rtc (default: the cell config's)")
     parser.add_argument("--added-latency-ms", type=float, default=0.0,
                         help="hold each chunk this long after inference (default: 0)")
+    parser.add_argument("--noise-scale", type=float, default=None,
+                        help="scale of the sampler's starting noise, 0-1 (default: the node's, 1 as trained)")
     parser.add_argument("--json", type=Path, default=None, help="write the report here")
     parser.add_argument("--record", type=Path, default=None, metavar="DIR",
                         help="also record each episode as a rosbag2 in DIR/episode_NNNN (as `internvla record`)")

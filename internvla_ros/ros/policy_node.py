@@ -172,6 +172,7 @@ class PolicyNode(AnsweringLifecycleNode):
              "dtype": self.get_parameter("dtype").value, "backend": self.get_parameter("backend").value,
              "fallback": bool(self.get_parameter("backend_fallback").value),
              "threads": int(self.get_parameter("inference_threads").value),
+             "noise_scale": float(self.get_parameter("noise_scale").value),
              "cameras": {camera.name: camera.slot for camera in config.cameras}},
             threads=int(self.get_parameter("inference_threads").value))
 

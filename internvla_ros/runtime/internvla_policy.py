@@ -61,8 +61,11 @@ class InternVLAPolicy:
     """Observation(s) -> normalised action chunk (chunk_size, max_action_dim) each."""
 
     def __init__(self, pipeline: InferencePipeline, preprocessor: ObservationPreprocessor, seed: int = 0,
-                 info: Mapping[str, Any] | None = None) -> None:
+                 info: Mapping[str, Any] | None = None, noise_scale: float = 1.0) -> None:
+        if not 0.0 <= noise_scale <= 1.0:
+            raise ValueError(f"noise_scale {noise_scale}: use 0 (sample from the noise's mean) to 1 (as trained)")
         self.pipeline = pipeline
+        self.noise_scale = noise_scale
         self.preprocessor = preprocessor
         self._seed = seed
         self._generator = torch.Generator().manual_seed(seed)
@@ -72,7 +75,7 @@ class InternVLAPolicy:
         self.info: dict[str, Any] = {"backend": pipeline.name, "backend_description": pipeline.description,
                                      "foresight_kv_reuse": getattr(pipeline.stages, "kv_reuse", True),
                                      "cosmos_precision": COSMOS_PRECISION_RULE,
-                                     **(info or {})}
+                                     "noise_scale": noise_scale, **(info or {})}
 
     @property
     def config(self) -> InternVLAConfig:
@@ -85,7 +88,7 @@ class InternVLAPolicy:
 
     def _noise(self, batch: int) -> torch.Tensor:
         shape = (1, self.config.chunk_size, self.config.max_action_dim)
-        return torch.cat([torch.randn(shape, generator=self._generator) for _ in range(batch)])
+        return torch.cat([torch.randn(shape, generator=self._generator) for _ in range(batch)]) * self.noise_scale
 
     def _preprocess(self, observation: Observation) -> ModelInputs:
         current = {camera.slot: camera.current for camera in observation.cameras.values()}
@@ -197,7 +200,7 @@ class InternVLAPolicy:
 def load_policy(model: str, tokenizer: str | None = None, dtype: str = "float32",
                 cameras: Mapping[str, int] | None = None, seed: int = 0, backend: str = "torch",
                 fallback: bool = False, threads: int | None = None,
-                export_cache: str | None = None) -> InternVLAPolicy:
+                export_cache: str | None = None, noise_scale: float = 1.0) -> InternVLAPolicy:
     """The inference worker's factory: load the checkpoint strictly and warm the policy up.
 
     ``backend``: one of ``internvla_ros.backends.factory.BACKEND_NAMES`` ("torch": eager with K/V reuse)
@@ -205,7 +208,9 @@ def load_policy(model: str, tokenizer: str | None = None, dtype: str = "float32"
     ``fallback`` (never silently: the info says which one runs and why others were skipped). A compiled
     backend uses the model's ONNX export in ``export_cache`` (default ~/.cache/internvla_ros/exports),
     made there when missing or stale. ``threads``: torch and ONNX Runtime threads (default: torch's
-    current setting).
+    current setting). ``noise_scale``: the sampler's starting noise is drawn as trained and scaled by it
+    (1: as trained; 0: every chunk from the noise's mean, deterministic; ``internvla model check-chunks
+    --noise-scale`` measures what it does to a checkpoint's chunks).
     """
     from internvla_ros.backends.factory import BackendOptions, create_backend
 
@@ -220,7 +225,7 @@ def load_policy(model: str, tokenizer: str | None = None, dtype: str = "float32"
     pipeline = choice.backend
     preprocessor = ObservationPreprocessor(PreprocessorConfig.from_model_config(pipeline.config),
                                            load_tokenizer(Path(tokenizer) if tokenizer else None), stats=None)
-    policy = InternVLAPolicy(pipeline, preprocessor, seed=seed, info={
+    policy = InternVLAPolicy(pipeline, preprocessor, seed=seed, noise_scale=noise_scale, info={
         "model": str(directory), "dtype": dtype, "skipped_backends": [f"{n}: {why}" for n, why in choice.skipped]})
     loaded = time.monotonic()
     warmup = warmup_observation(policy.config.n_views, cameras)

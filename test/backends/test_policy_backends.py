@@ -124,3 +124,17 @@ def test_robots_sharing_a_server_never_share_a_cached_latent(model_dir: Path) ->
     for got, expected in zip(cached, fresh, strict=True):
         np.testing.assert_allclose(got.actions, expected.actions, atol=BATCH_ATOL, rtol=0)
     assert np.abs(fresh[0].actions - fresh[1].actions).max() > 100 * BATCH_ATOL, "the images must matter"
+
+
+def test_noise_scale_zero_samples_every_chunk_from_the_noise_mean(model_dir: Path) -> None:
+    first = observations(1)[0]
+    scaled = [load_policy(str(model_dir), cameras=CAMERAS, seed=seed, noise_scale=0.0) for seed in (1, 2)]
+    assert scaled[0].info["noise_scale"] == 0.0
+    zero = [policy.infer(first).actions for policy in scaled]
+    np.testing.assert_array_equal(zero[0], zero[1])  # no noise drawn matters: the seed does not either
+    mean = load_policy(str(model_dir), cameras=CAMERAS, seed=1)  # as trained, given the zero noise by hand
+    np.testing.assert_allclose(mean.infer(first, noise=torch.zeros(1, *zero[0].shape)).actions, zero[0],
+                               atol=BATCH_ATOL, rtol=0)
+    assert np.abs(mean.infer(first).actions - zero[0]).max() > 10 * BATCH_ATOL
+    with pytest.raises(ValueError, match=r"noise_scale 1\.5: use 0"):
+        load_policy(str(model_dir), cameras=CAMERAS, noise_scale=1.5)

@@ -115,6 +115,8 @@ def run_eval(*argv: str) -> int:
     (("--execution", "teleport"), "--execution teleport: use one of delay_compensated, uncompensated, reference, rtc"),
     (("--added-latency-ms", "-5"), "--added-latency-ms -5.0: use 0 to 5000"),
     (("--added-latency-ms", "nan"), "--added-latency-ms nan: use 0 to 5000"),
+    (("--noise-scale", "1.5"), "--noise-scale 1.5: use 0 to 1"),
+    (("--policy", "expert", "--noise-scale", "0"), "apply to --policy internvla, not expert"),
     (("--policy", "expert", "--execution", "rtc"), "apply to --policy internvla, not expert"),
     (("--backend", "tensorflow"), "--backend tensorflow: use one of torch, torch-uncached, onnxruntime, tensorrt"),
     (("--policy", "random", "--backend", "onnxruntime"), "apply to --policy internvla, not random"),
@@ -130,12 +132,12 @@ def test_execution_settings_reach_the_policy_node_command_line(tmp_path: Path) -
     (tmp_path / "model.safetensors").write_bytes(b"")
     parser = argparse.ArgumentParser()
     eval_cli.register(parser.add_subparsers(required=True))
-    args = parser.parse_args(["eval", "--execution", "rtc", "--added-latency-ms", "200"])
+    args = parser.parse_args(["eval", "--execution", "rtc", "--added-latency-ms", "200", "--noise-scale", "0"])
     overrides = eval_cli.policy_overrides(args)
-    assert overrides == ["execution.mode:=rtc", "added_latency_ms:=200.0"]
+    assert overrides == ["execution.mode:=rtc", "added_latency_ms:=200.0", "noise_scale:=0.0"]
     module, argv = agent_command("internvla", CONFIG_DIR / "conveyor_sorting.yaml", tmp_path, 0, overrides)
     assert module == "internvla_ros.ros.policy_node"
-    assert argv[-4:] == ["-p", "execution.mode:=rtc", "-p", "added_latency_ms:=200.0"]
+    assert argv[-6:] == ["-p", "execution.mode:=rtc", "-p", "added_latency_ms:=200.0", "-p", "noise_scale:=0.0"]
     with pytest.raises(ValueError, match="--policy expert takes no policy node parameters"):
         agent_command("expert", CONFIG_DIR / "conveyor_sorting.yaml", None, 0, overrides)
 
