@@ -32,6 +32,7 @@ COMMAND_MODULES = [
     "internvla_ros.cli.bench_replay",
     "internvla_ros.cli.record",
     "internvla_ros.cli.eval",
+    "internvla_ros.cli.eval_table",
 ]
 
 
