@@ -95,28 +95,33 @@ class InternVLAPolicy:
         history = {camera.slot: camera.history for camera in observation.cameras.values()}
         return self.preprocessor(current, observation.normalized_state, observation.instruction, history)
 
-    def _cached_latents(self, cameras: Mapping[str, CameraFrames], frames: torch.Tensor) -> torch.Tensor:
-        """(1, n_views, 2, C, h, w): each camera's [t-15, t] latents, each distinct frame encoded once.
+    def _cached_latents(self, cameras: Sequence[Mapping[str, CameraFrames]], frames: torch.Tensor) -> torch.Tensor:
+        """(B, n_views, 2, C, h, w): each observation's cameras' [t-15, t] latents, each distinct frame encoded once.
 
         Frames are known by their pixels, not by camera name and stamp: robots sharing a server may
         stamp alike (two simulated cells in lock-step, a camera that stamps every frame 0), and a stamp
-        would then hand one robot the other's view. A frame index (t-15 or t) is encoded for all views at
-        once (the exported encoder takes every view) when any camera's frame is new.
+        would then hand one robot the other's view. A frame index (t-15 or t) of an observation is encoded
+        for all views at once (the exported encoder takes every view) when any camera's frame is new, and
+        every observation's new frames in one encoder call (one batch through a torch backend).
         """
         cfg = self.config
-        latents = torch.zeros(1, cfg.n_views, cfg.frames_per_view, cfg.cosmos_latent_channels,
+        keys = [[{camera.slot: _pixels_key(frames[b, camera.slot, index]) for camera in observation.values()}
+                 for index in range(cfg.frames_per_view)] for b, observation in enumerate(cameras)]
+        new = [(b, index) for b, per_index in enumerate(keys) for index, slots in enumerate(per_index)
+               if any(key not in self._latents for key in slots.values())]
+        if new:
+            encoded = self.pipeline.encode_frames(torch.stack([frames[b, :, index] for b, index in new])).cpu()
+            for row, (b, index) in enumerate(new):
+                for slot, key in keys[b][index].items():
+                    self._latents.setdefault(key, encoded[row, slot])
+        latents = torch.zeros(len(cameras), cfg.n_views, cfg.frames_per_view, cfg.cosmos_latent_channels,
                               *cfg.cosmos_latent_hw)
-        slots = [camera.slot for camera in cameras.values()]
-        for index in range(cfg.frames_per_view):
-            keys = {slot: _pixels_key(frames[0, slot, index]) for slot in slots}
-            if any(key not in self._latents for key in keys.values()):
-                encoded = self.pipeline.encode_frames(frames[:, :, index]).cpu()
-                for slot, key in keys.items():
-                    self._latents.setdefault(key, encoded[0, slot])
-            for slot, key in keys.items():
-                latents[0, slot, index] = self._latents[key]
-                self._latents.move_to_end(key)
-        while len(self._latents) > LATENT_CACHE_SIZE:
+        for b, per_index in enumerate(keys):
+            for index, slots in enumerate(per_index):
+                for slot, key in slots.items():
+                    latents[b, slot, index] = self._latents[key]
+                    self._latents.move_to_end(key)
+        while len(self._latents) > max(LATENT_CACHE_SIZE, len(new) * cfg.n_views):
             self._latents.popitem(last=False)
         return latents
 
@@ -132,7 +137,7 @@ class InternVLAPolicy:
         if reuse is None:
             mark = time.perf_counter_ns()
             assert inputs.frames is not None
-            inputs = replace(inputs, frames=None, cosmos_latents=self._cached_latents(observation.cameras,
+            inputs = replace(inputs, frames=None, cosmos_latents=self._cached_latents([observation.cameras],
                                                                                       inputs.frames))
             timings("cosmos_encode", time.perf_counter_ns() - mark)
         noise = self._noise(1) if noise is None else noise
@@ -160,9 +165,8 @@ class InternVLAPolicy:
         if cache_latents:
             mark = time.perf_counter_ns()
             assert inputs.frames is not None
-            latents = [self._cached_latents(observation.cameras, inputs.frames[index:index + 1])
-                       for index, observation in enumerate(observations)]
-            inputs = replace(inputs, frames=None, cosmos_latents=torch.cat(latents))
+            latents = self._cached_latents([observation.cameras for observation in observations], inputs.frames)
+            inputs = replace(inputs, frames=None, cosmos_latents=latents)
             timings("cosmos_encode", time.perf_counter_ns() - mark)
         decode = any(observation.decode_preview for observation in observations)
         noise = self._noise(len(observations)) if noise is None else noise

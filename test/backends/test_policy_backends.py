@@ -126,6 +126,27 @@ def test_robots_sharing_a_server_never_share_a_cached_latent(model_dir: Path) ->
     assert np.abs(fresh[0].actions - fresh[1].actions).max() > 100 * BATCH_ATOL, "the images must matter"
 
 
+def test_a_batchs_new_frames_are_encoded_in_one_call_and_known_frames_not_again(model_dir: Path) -> None:
+    policy = load_policy(str(model_dir), cameras=CAMERAS)
+    calls: list[int] = []
+    encode = policy.pipeline.encode_frames
+    policy.pipeline.encode_frames = lambda frames: calls.append(frames.shape[0]) or encode(frames)  # type: ignore
+    rng = np.random.default_rng(3)
+    robots = [observations(2) for _ in range(3)]  # each robot's second t-15 frame is its first current frame
+    for sequence in robots:
+        shift = rng.integers(1, 255, dtype=np.uint8)  # another robot's view: other pixels, same stamps
+        for k, observation in enumerate(sequence):
+            sequence[k] = dataclasses.replace(observation, decode_preview=False, cameras={
+                name: dataclasses.replace(camera, current=camera.current + shift, history=camera.history + shift)
+                for name, camera in observation.cameras.items()})
+    policy.infer_batch([sequence[0] for sequence in robots], cache_latents=True)
+    assert calls == [6]  # three robots x (t-15, t), every view of a frame index in one row
+    policy.infer_batch([sequence[1] for sequence in robots], cache_latents=True)
+    assert calls == [6, 3], "each robot's t-15 frame was its previous current frame: only t is new"
+    policy.infer_batch([dataclasses.replace(sequence[1], stamp_ns=99) for sequence in robots], cache_latents=True)
+    assert calls == [6, 3], "frames seen before are never encoded again"
+
+
 def test_noise_scale_zero_samples_every_chunk_from_the_noise_mean(model_dir: Path) -> None:
     first = observations(1)[0]
     scaled = [load_policy(str(model_dir), cameras=CAMERAS, seed=seed, noise_scale=0.0) for seed in (1, 2)]
