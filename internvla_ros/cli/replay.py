@@ -43,7 +43,7 @@ def command(bag: Path, config: Path, model: Path, out: Path | None = None, golde
             remaps: tuple[str, ...] = (), inference_latency_ms: float = DEFAULT_INFERENCE_LATENCY_NS / MS,
             status_rate_hz: float = NS_PER_S / DEFAULT_STATUS_PERIOD_NS, instruction: str = "", seed: int = 0,
             dtype: str = "float32", tokenizer: Path | None = None, force: bool = False, progress: bool = True,
-            batch: int = DEFAULT_BATCH) -> int:
+            batch: int = DEFAULT_BATCH, noise_scale: float = 1.0) -> int:
     """Replays ``bag``; prints a summary, writes ``out``/``report``, compares with ``golden``.
 
     ``command(Path("bags/run_01"), Path("config/conveyor_sorting.yaml"), Path("models/default"),
@@ -56,11 +56,14 @@ def command(bag: Path, config: Path, model: Path, out: Path | None = None, golde
     if inference_latency_ms < 0 or status_rate_hz <= 0:
         print("ERROR: --inference-latency-ms must be >= 0 and --status-rate-hz > 0", file=sys.stderr)
         return EXIT_UNUSABLE
+    if not 0.0 <= noise_scale <= 1.0:
+        print(f"ERROR: --noise-scale {noise_scale}: use 0 to 1 (1: as trained)", file=sys.stderr)
+        return EXIT_UNUSABLE
     request = ReplayRequest(
         bag=bag, config=config, model=model, out=out, golden=golden, report=report, tolerance=tolerance,
         namespace=namespace, remaps=remaps, inference_latency_ns=round(inference_latency_ms * MS),
         status_period_ns=round(NS_PER_S / status_rate_hz), instruction=instruction, seed=seed, dtype=dtype,
-        tokenizer=tokenizer, overwrite=force, batch=batch)
+        tokenizer=tokenizer, overwrite=force, batch=batch, noise_scale=noise_scale)
     console = Console(stderr=True)
     try:
         if progress and console.is_terminal:
@@ -105,7 +108,7 @@ def _run(args: argparse.Namespace) -> int:
         namespace=args.namespace, remaps=tuple(args.remap), inference_latency_ms=args.inference_latency_ms,
         status_rate_hz=args.status_rate_hz, instruction=args.instruction, seed=args.seed, dtype=args.dtype,
         tokenizer=Path(args.tokenizer) if args.tokenizer else None, force=args.force,
-        progress=not args.no_progress, batch=args.batch)
+        progress=not args.no_progress, batch=args.batch, noise_scale=args.noise_scale)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -129,6 +132,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--instruction", default="",
                         help="the instruction for the whole replay (default: the bag's instruction topic)")
     parser.add_argument("--seed", type=int, default=0, help="the policy's noise seed (default 0)")
+    parser.add_argument("--noise-scale", type=float, default=1.0,
+                        help="the node's noise_scale: the sampler's starting noise x this, 0-1 (default 1)")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     parser.add_argument("--tokenizer", help="tokenizer directory (default: the packaged Qwen vocabulary)")
     parser.add_argument("--batch", type=int, default=DEFAULT_BATCH,

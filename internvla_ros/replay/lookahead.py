@@ -36,10 +36,12 @@ AHEAD_BATCHES = 3  # results kept ready at most, in batches: bounds memory on lo
 
 
 def observation_noise(policy: InternVLAPolicy, seed: int, observation: Observation) -> torch.Tensor:
-    """``(1, chunk, max_action_dim)`` standard normal noise of ``observation``, from the seed and its stamp."""
+    """``(1, chunk, max_action_dim)`` noise of ``observation``: standard normal from the seed and its stamp, times
+    the policy's ``noise_scale`` (as the node's policy scales its own)."""
     state = np.random.SeedSequence([seed, observation.stamp_ns & (2**64 - 1)]).generate_state(2, np.uint64)
     generator = torch.Generator().manual_seed(int(state[0] >> np.uint64(1)))
-    return torch.randn((1, policy.config.chunk_size, policy.config.max_action_dim), generator=generator)
+    shape = (1, policy.config.chunk_size, policy.config.max_action_dim)
+    return torch.randn(shape, generator=generator) * policy.noise_scale
 
 
 def inputs_key(observation: Observation) -> tuple[Any, ...]:

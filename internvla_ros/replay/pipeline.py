@@ -53,6 +53,7 @@ class ReplayRequest:
     tokenizer: Path | None = None
     overwrite: bool = False
     batch: int = DEFAULT_BATCH
+    noise_scale: float = 1.0  # the node's noise_scale: the sampler's starting noise x this
 
 
 @dataclass
@@ -159,7 +160,8 @@ def load_model(request: ReplayRequest, config: RuntimeConfig) -> object:
     torch.set_num_threads(INFERENCE_THREADS)
     try:
         return load_policy(model=str(request.model), tokenizer=str(request.tokenizer) if request.tokenizer else None,
-                           dtype=request.dtype, cameras={c.name: c.slot for c in config.cameras}, seed=request.seed)
+                           dtype=request.dtype, cameras={c.name: c.slot for c in config.cameras}, seed=request.seed,
+                           noise_scale=request.noise_scale)
     except (ModelError, OSError, ValueError) as err:
         msg = f"--model {request.model}: {err}"
         raise ReplayError(msg) from err

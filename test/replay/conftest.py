@@ -20,11 +20,12 @@ _POLICIES: dict[tuple, object] = {}
 
 @pytest.fixture(autouse=True)
 def cached_model(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Loads each (model, seed) once; every replay resets the policy first, so reuse changes nothing."""
+    """Loads each (model, seed, dtype, noise scale) once; every replay resets the policy first, so reuse changes nothing."""
     load = pipeline.load_model
 
     def cached(request: pipeline.ReplayRequest, config: object) -> object:
-        key = (str(request.model), request.seed, request.dtype, tuple(sorted(c.name for c in config.cameras)))
+        key = (str(request.model), request.seed, request.dtype, request.noise_scale,
+               tuple(sorted(c.name for c in config.cameras)))
         if key not in _POLICIES:
             _POLICIES[key] = load(request, config)
         return _POLICIES[key]

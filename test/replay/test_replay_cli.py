@@ -68,6 +68,20 @@ def test_another_seed_is_out_of_tolerance_per_joint(
     assert "  - fr3_joint" in text and "(allowed 0.01)" in text
 
 
+def test_noise_scale_zero_replays_the_same_whatever_the_seed(
+        replay: Replay, sim_bag: Path, outputs: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    runs = {name: outputs / "zero" / name / "out" for name in ("seed0", "seed1", "noisy1")}
+    for name, extra in (("seed0", ("--noise-scale", "0")), ("seed1", ("--noise-scale", "0", "--seed", "1")),
+                        ("noisy1", ("--seed", "1"))):
+        runs[name].parent.mkdir(parents=True)
+        assert replay(sim_bag, "--out", str(runs[name]), *extra) == 0
+    assert _files(runs["seed0"]) == _files(runs["seed1"])  # no noise drawn matters, so the seed does not
+    assert _files(runs["seed0"]) != _files(runs["noisy1"])
+    capsys.readouterr()
+    assert replay(sim_bag, "--noise-scale", "1.5") == 2
+    assert "--noise-scale 1.5: use 0 to 1" in capsys.readouterr().err
+
+
 def test_a_changed_limit_is_out_of_tolerance_on_that_joint(
         replay: Replay, sim_bag: Path, outputs: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     golden = outputs / "a" / "out"
