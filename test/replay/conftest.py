@@ -20,7 +20,8 @@ _POLICIES: dict[tuple, object] = {}
 
 @pytest.fixture(autouse=True)
 def cached_model(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Loads each (model, seed, dtype, noise scale) once; every replay resets the policy first, so reuse changes nothing."""
+    """Loads each (model, seed, dtype, noise scale) once; every replay resets the policy first, so reuse changes
+    nothing."""
     load = pipeline.load_model
 
     def cached(request: pipeline.ReplayRequest, config: object) -> object:
