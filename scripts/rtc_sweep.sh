@@ -3,6 +3,7 @@
 #   scripts/rtc_sweep.sh                                  # models/sorting, 10 episodes per cell
 #   EPISODES=3 DELAYS="0 300" scripts/rtc_sweep.sh        # a quick look
 #   RTC_MODEL=out/sorting/train_rtc scripts/rtc_sweep.sh  # also a model trained with --rtc-max-delay
+#   NOISE_SCALE=0 scripts/rtc_sweep.sh                    # chunks sampled from the noise's mean
 # Cells run delay by delay, every mode at one delay before the next delay, so a machine that slows down
 # during the sweep weighs on every mode alike. Each cell is an `internvla eval --json` report in OUT; the
 # table (markdown) and the plot come from `internvla eval-table`.
@@ -17,6 +18,7 @@ MODES="${MODES:-delay_compensated rtc}"
 DELAYS="${DELAYS:-0 100 200 300 400}"
 EPISODES="${EPISODES:-10}"
 SEED="${SEED:-1000000}"
+NOISE_SCALE="${NOISE_SCALE:-}"       # empty: the node's default (1, as trained)
 OUT="${OUT:-out/rtc_sweep}"
 
 [[ -x "${BIN}/internvla" ]] || { echo "rtc_sweep: ERROR: ${BIN}/internvla not found; run scripts/setup.sh" >&2; exit 2; }
@@ -28,7 +30,7 @@ mkdir -p "${OUT}"
 cell() {  # model mode delay name
   local start=${SECONDS}
   "${BIN}/internvla" eval --cell conveyor_sorting --model "$1" --execution "$2" --added-latency-ms "$3" \
-    --episodes "${EPISODES}" --seed "${SEED}" --json "${OUT}/$4_$3ms.json" --logs "${OUT}/logs/$4_$3ms" \
+    --episodes "${EPISODES}" --seed "${SEED}" ${NOISE_SCALE:+--noise-scale "${NOISE_SCALE}"} --json "${OUT}/$4_$3ms.json" --logs "${OUT}/logs/$4_$3ms" \
     | tail -n 2
   echo "rtc_sweep: $4 at +$3 ms took $((SECONDS - start)) s" >&2
 }
