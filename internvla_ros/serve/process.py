@@ -20,10 +20,24 @@ from pathlib import Path
 READY_POLL_S = 0.25
 
 
+# Ports for a server we start: between Ray's worker ports (10002-19999 by default) and the kernel's
+# ephemeral range (32768 and up), from which Ray's own processes take theirs while the server starts, so a
+# port found free here is not taken before Serve binds it (a port from bind(0) was, once).
+PORT_RANGE = (20000, 30000)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as probe:
-        probe.bind((host, 0))
-        return int(probe.getsockname()[1])
+    """A port in PORT_RANGE that is free now (tried in random order)."""
+    import random
+
+    for port in random.sample(range(*PORT_RANGE), 200):
+        with socket.socket() as probe:
+            try:
+                probe.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise OSError(f"no free port in {PORT_RANGE[0]}-{PORT_RANGE[1] - 1} on {host} after 200 tries")
 
 
 class ServerProcess:
