@@ -87,11 +87,9 @@ def _sample(pipeline: InferencePipeline, inputs: Any, noise: torch.Tensor, recor
         return pipeline.run(inputs, noise).actions
     dim = pipeline.config.max_action_dim
     trained = pipeline.config.rtc_training_max_delay
-    if trained > 0:
-        prefix = RtcPrefix.build(recorded[0].numpy(), delay, trained, dim)
-        padded = torch.zeros(len(recorded), recorded.shape[1], dim)
-        padded[:, :, : recorded.shape[2]] = recorded
-        return pipeline.run(inputs, noise, rtc=RtcPrefix(padded, prefix.delay)).actions
+    if trained > 0:  # each sample its own prefix: the batch's chunks padded to the model's dims, d capped as trained
+        padded = torch.nn.functional.pad(recorded, (0, dim - recorded.shape[2]))
+        return pipeline.run(inputs, noise, rtc=RtcPrefix(padded, min(delay, trained))).actions
     chunks = []
     for i in range(len(recorded)):  # guidance targets one chunk: element by element
         guidance = RtcGuidance.build(recorded[i].numpy(), delay, delay, GUIDANCE_BETA, "hard", dim)
