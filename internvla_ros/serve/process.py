@@ -20,9 +20,12 @@ from pathlib import Path
 READY_POLL_S = 0.25
 
 
-# Ports for a server we start: between Ray's worker ports (10002-19999 by default) and the kernel's
-# ephemeral range (32768 and up), from which Ray's own processes take theirs while the server starts, so a
-# port found free here is not taken before Serve binds it (a port from bind(0) was, once).
+# Ports for a server we start. A port from bind(0) comes from the kernel's ephemeral range (32768-60999
+# here), where Ray's processes also bind theirs (port 0) and which holds Ray's fixed dashboard-agent port
+# 52365: bind(0) once returned 52365, Ray's agent took it while the server started, and Serve failed to
+# bind. This range lies below the ephemeral range, above the worker ports of a `ray start` cluster
+# (10002-19999), and clear of every fixed port Ray binds (6379, 8000, 8265, 9000, 52365); test_server
+# checks that against Ray's own constants.
 PORT_RANGE = (20000, 30000)
 
 

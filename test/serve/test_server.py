@@ -96,6 +96,23 @@ def body(obs: Observation, **changes: object) -> bytes:
     return frame_to_bytes(header, arrays)
 
 
+def test_server_ports_avoid_every_port_ray_binds_by_default() -> None:
+    """A port Ray binds on its own, taken by our server first, fails Ray's start (its dashboard agent's
+    52365 once did); Ray's fixed ports and the ephemeral range it binds from stay outside ours."""
+    from ray._private import ray_constants
+    from ray.serve._private import constants as serve_constants
+
+    from internvla_ros.serve.process import PORT_RANGE
+
+    fixed = {ray_constants.DEFAULT_PORT, ray_constants.DEFAULT_DASHBOARD_PORT,
+             ray_constants.DEFAULT_DASHBOARD_AGENT_LISTEN_PORT, serve_constants.DEFAULT_HTTP_PORT,
+             serve_constants.DEFAULT_GRPC_PORT}
+    assert not [port for port in fixed if PORT_RANGE[0] <= port < PORT_RANGE[1]]
+    ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    assert PORT_RANGE[1] <= ephemeral_low
+    assert PORT_RANGE[0] <= free_port() < PORT_RANGE[1]
+
+
 def test_a_driver_closes_the_loop_through_the_server(server: ServerProcess, tmp_path: Path) -> None:
     client = RemoteInference(server.url, ROBOT_TYPE, TOKEN)
     info = client.start(WAIT_S)
