@@ -32,7 +32,7 @@ import json
 import sys
 from pathlib import Path
 
-from internvla_ros.cli.groups import add_verb
+from internvla_ros.cli.groups import add_noise_scale, add_verb
 from internvla_ros.runtime.errors import PolicyRuntimeError
 
 
@@ -86,9 +86,7 @@ def policy_overrides(args: argparse.Namespace) -> list[str]:
         if not 0.0 <= args.added_latency_ms <= 5000.0:
             raise ValueError(f"--added-latency-ms {args.added_latency_ms}: use 0 to 5000")
         overrides.append(f"added_latency_ms:={float(args.added_latency_ms)}")
-    if args.noise_scale is not None:
-        if not 0.0 <= args.noise_scale <= 1.0:
-            raise ValueError(f"--noise-scale {args.noise_scale}: use 0 to 1")
+    if args.noise_scale is not None:  # range checked by its argparse type
         overrides.append(f"noise_scale:={float(args.noise_scale)}")
     if overrides and args.policy != "internvla":
         raise ValueError(f"--backend, --execution, --added-latency-ms and --noise-scale apply to --policy internvla, "
@@ -110,8 +108,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "delay_compensated or rtc (default: the cell config's)")
     parser.add_argument("--added-latency-ms", type=float, default=0.0,
                         help="hold each chunk this long after inference (default: 0)")
-    parser.add_argument("--noise-scale", type=float, default=None,
-                        help="scale of the sampler's starting noise, 0-1 (default: the node's, 1 as trained)")
+    add_noise_scale(parser, default=None)
     parser.add_argument("--json", type=Path, default=None, help="write the report here")
     parser.add_argument("--record", type=Path, default=None, metavar="DIR",
                         help="also record each episode as a rosbag2 in DIR/episode_NNNN (as `internvla record`)")

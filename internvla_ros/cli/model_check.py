@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from internvla_ros.cli.groups import add_verb
+from internvla_ros.cli.groups import add_noise_scale, add_verb
 from internvla_ros.cli.model_info import model_verbs
 from internvla_ros.learning.chunk_check import ChunkCheckError, ChunkCheckOptions, check_chunks, format_report
 from internvla_ros.learning.dataset_layout import DatasetError
@@ -56,8 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--samples", type=int, default=256, help="samples drawn from the dataset (default 256)")
     parser.add_argument("--batch-size", type=int, default=16, help="samples per pipeline call (default 16)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the samples and the noise (default 0)")
-    parser.add_argument("--noise-scale", type=float, default=1.0,
-                        help="scale of the sampler's starting noise (default 1; 0 starts from the mean)")
+    add_noise_scale(parser)
     parser.add_argument("--prefix-delay", type=int, default=0,
                         help="give the first D recorded actions as the executed prefix (default 0)")
     parser.add_argument("--cache", default=None, help="decoded frames (default: DATASET/cache, reused)")

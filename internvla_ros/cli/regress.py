@@ -32,7 +32,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from internvla_ros.cli.groups import add_verb
+from internvla_ros.cli.groups import add_noise_scale, add_verb
 from internvla_ros.paths import config_path
 from internvla_ros.replay.reader import METADATA_FILE, STORAGE_SUFFIXES
 from internvla_ros.serve.regress_task import NO_GOLDEN, BagJob, BagResult, RegressSettings, crashed, replay_bag
@@ -213,7 +213,7 @@ def _run(args: argparse.Namespace) -> int:
     settings = RegressSettings(
         config=str(config_path(args.config).resolve()), model=str(Path(args.model).resolve()),
         tolerance=str(Path(args.tolerance).resolve()) if args.tolerance else None, instruction=args.instruction,
-        seed=args.seed)
+        seed=args.seed, noise_scale=args.noise_scale)
     return regress(Path(args.bags_dir), settings, Path(args.golden_dir) if args.golden_dir else None, args.address,
                    args.record_golden, Path(args.json) if args.json else None)
 
@@ -234,4 +234,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--instruction", default="",
                         help="the instruction for every bag (default: each bag's instruction topic)")
     parser.add_argument("--seed", type=int, default=0, help="the policy's noise seed (default 0)")
+    add_noise_scale(parser)
     parser.set_defaults(func=_run)

@@ -27,7 +27,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from internvla_ros.cli.groups import add_verb
+from internvla_ros.cli.groups import add_noise_scale, add_verb
 from internvla_ros.paths import config_path
 from internvla_ros.replay.driver import DEFAULT_BATCH, DEFAULT_INFERENCE_LATENCY_NS, DEFAULT_STATUS_PERIOD_NS
 from internvla_ros.replay.errors import ReplayError
@@ -132,8 +132,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--instruction", default="",
                         help="the instruction for the whole replay (default: the bag's instruction topic)")
     parser.add_argument("--seed", type=int, default=0, help="the policy's noise seed (default 0)")
-    parser.add_argument("--noise-scale", type=float, default=1.0,
-                        help="the node's noise_scale: the sampler's starting noise x this, 0-1 (default 1)")
+    add_noise_scale(parser)
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     parser.add_argument("--tokenizer", help="tokenizer directory (default: the packaged Qwen vocabulary)")
     parser.add_argument("--batch", type=int, default=DEFAULT_BATCH,

@@ -20,7 +20,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from internvla_ros.cli.groups import add_verb
+from internvla_ros.cli.groups import add_noise_scale, add_verb
 from internvla_ros.paths import default_model_dir
 from internvla_ros.runtime.errors import PolicyRuntimeError
 
@@ -33,7 +33,7 @@ def command(args: argparse.Namespace) -> int:
         tokenizer=args.tokenizer, threads=args.threads, replicas=args.replicas, max_batch_size=args.max_batch_size,
         batch_wait_ms=args.batch_wait_ms, host=args.host, port=args.port, address=args.address,
         token_file=args.token_file, max_request_bytes=round(args.max_request_mb * (1 << 20)),
-        replica_cpus=args.replica_cpus, replica_gpus=args.replica_gpus)
+        replica_cpus=args.replica_cpus, replica_gpus=args.replica_gpus, noise_scale=args.noise_scale)
     try:
         return serve_until_stopped(settings, ready=lambda url: print(
             f"internvla serve: ready at {url} ({settings.replicas} replica(s), batches of up to "
@@ -66,6 +66,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-request-mb", type=float, default=32.0, help="largest /infer body [MiB] (default: 32)")
     parser.add_argument("--replica-cpus", type=float, default=1.0, help="CPUs Ray reserves per replica")
     parser.add_argument("--replica-gpus", type=float, default=0.0, help="GPUs Ray reserves per replica")
+    add_noise_scale(parser)
     parser.set_defaults(func=command)
 
 

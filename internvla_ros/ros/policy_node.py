@@ -158,6 +158,10 @@ class PolicyNode(AnsweringLifecycleNode):
         finally:
             self._starting_worker = None
         self.get_logger().info(f"inference ready: {info}")
+        node_noise = float(self.get_parameter("noise_scale").value)
+        if endpoint and info.get("noise_scale", 1.0) != node_noise:
+            self.get_logger().warning(f"noise_scale {node_noise:g} is not used: the inference server samples with "
+                                      f"its own --noise-scale {info.get('noise_scale', 1.0):g}")
         with self._lock:  # from here on, on_error releases what a failure leaves behind
             self._runtime, self._worker = runtime, worker
             self._reporter.health = HealthMonitor()

@@ -38,7 +38,8 @@ NODE_PARAMETERS: dict[str, NodeParameter] = {
     "backend_fallback": NodeParameter(False, "try the next listed backend when one cannot run here (logged)"),
     "inference_threads": NodeParameter(1, "threads of the inference worker's model", low=1, high=256),
     "noise_scale": NodeParameter(1.0, "scale of the flow-matching sampler's starting noise: 1 as trained, 0 every "
-                                      "chunk from the noise's mean (deterministic)", low=0.0, high=1.0),
+                                      "chunk from the noise's mean (deterministic); with inference_endpoint, the "
+                                      "server's --noise-scale applies", low=0.0, high=1.0),
     "autostart": NodeParameter(False, "configure and activate at start", read_only=True),
     "instruction": NodeParameter("", "the task in words; also settable on the instruction topic"),
     "status_rate_hz": NodeParameter(2.0, "rate of ~/status and /diagnostics [Hz]", read_only=True,

@@ -142,7 +142,7 @@ class RemoteInference:
                                  f"{sorted(metadata.get('robot_types', {}))}")
         self._reachable, self._last_error = True, ""
         self.info = {"endpoint": self.endpoint, **{k: metadata.get(k) for k in (
-            "model", "model_hash", "backend", "policy", "chunk_size", "n_views")}}
+            "model", "model_hash", "backend", "policy", "chunk_size", "n_views", "noise_scale")}}
         return self.info
 
     def restart(self, cancel: threading.Event | None = None) -> dict[str, Any]:

@@ -45,7 +45,8 @@ def model_hash(directory: Path) -> str:
     return digest.hexdigest()
 
 
-def model_metadata(directory: Path, policy: str, backend: str, max_request_bytes: int) -> dict[str, Any]:
+def model_metadata(directory: Path, policy: str, backend: str, max_request_bytes: int,
+                   noise_scale: float = 1.0) -> dict[str, Any]:
     """What a client checks before it sends anything: robot types (with their state sizes), cameras, chunk size."""
     stats_path = directory / "stats.json"
     try:
@@ -65,7 +66,7 @@ def model_metadata(directory: Path, policy: str, backend: str, max_request_bytes
             "robot_types": robot_types, "n_views": config.get("n_views", 3),
             "chunk_size": config.get("chunk_size"), "max_action_dim": config.get("max_action_dim"),
             "camera_slots": {"0": "head", "1": "left wrist", "2": "right wrist"},
-            "max_request_bytes": max_request_bytes, "max_image_side": MAX_IMAGE_SIDE}
+            "max_request_bytes": max_request_bytes, "max_image_side": MAX_IMAGE_SIDE, "noise_scale": noise_scale}
 
 
 def check_token(authorization: str | None, token: str | None) -> None:

@@ -30,6 +30,7 @@ class RegressSettings:
     tolerance: str | None = None
     instruction: str = ""
     seed: int = 0
+    noise_scale: float = 1.0  # the node's noise_scale
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,8 @@ def _cached_policy(request: object, config: object) -> object:
 
     model = Path(request.model).resolve()  # type: ignore[attr-defined]
     files = tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(model.iterdir()) if p.is_file())
-    key = (str(model), files, request.seed, request.dtype, str(request.tokenizer),  # type: ignore[attr-defined]
+    key = (str(model), files, request.seed, request.noise_scale, request.dtype,  # type: ignore[attr-defined]
+           str(request.tokenizer),  # type: ignore[attr-defined]
            tuple(sorted((c.name, c.slot) for c in config.cameras)))  # type: ignore[attr-defined]
     if key not in _POLICIES:
         _POLICIES.clear()
@@ -101,7 +103,7 @@ def replay_bag(job: BagJob, settings: RegressSettings) -> BagResult:
             bag=Path(job.bag), config=Path(settings.config), model=Path(settings.model),
             out=Path(job.golden) if job.record else None, golden=None if job.record else Path(job.golden),
             tolerance=Path(settings.tolerance) if settings.tolerance else None, instruction=settings.instruction,
-            seed=settings.seed)
+            seed=settings.seed, noise_scale=settings.noise_scale)
         try:
             outcome = run_replay(request, policy_loader=_cached_policy)
         except ReplayError as err:

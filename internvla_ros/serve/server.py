@@ -40,6 +40,7 @@ class ServerSettings:
     max_request_bytes: int = MAX_REQUEST_BYTES
     replica_cpus: float = 1.0
     replica_gpus: float = 0.0
+    noise_scale: float = 1.0  # the node's noise_scale, for every client
 
 
 def is_loopback(host: str) -> bool:
@@ -85,7 +86,7 @@ def check_settings(settings: ServerSettings) -> str | None:
 def policy_kwargs(settings: ServerSettings) -> dict[str, Any]:
     """The policy factory's keyword arguments (the inference worker's convention)."""
     return {"model": str(settings.model), "tokenizer": settings.tokenizer, "dtype": settings.dtype,
-            "backend": settings.backend, "threads": settings.threads}
+            "backend": settings.backend, "threads": settings.threads, "noise_scale": settings.noise_scale}
 
 
 def _stop_on_signals(stop: threading.Event) -> None:
@@ -96,7 +97,8 @@ def _stop_on_signals(stop: threading.Event) -> None:
 def serve_until_stopped(settings: ServerSettings, ready: Callable[[str], None] = print) -> int:
     """Starts Ray and the app, calls ``ready`` with the URL, serves until SIGINT/SIGTERM, then shuts down."""
     token = check_settings(settings)
-    metadata = model_metadata(settings.model, settings.policy, settings.backend, settings.max_request_bytes)
+    metadata = model_metadata(settings.model, settings.policy, settings.backend, settings.max_request_bytes,
+                              settings.noise_scale)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
     from ray import serve

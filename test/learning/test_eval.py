@@ -115,7 +115,6 @@ def run_eval(*argv: str) -> int:
     (("--execution", "teleport"), "--execution teleport: use one of delay_compensated, uncompensated, reference, rtc"),
     (("--added-latency-ms", "-5"), "--added-latency-ms -5.0: use 0 to 5000"),
     (("--added-latency-ms", "nan"), "--added-latency-ms nan: use 0 to 5000"),
-    (("--noise-scale", "1.5"), "--noise-scale 1.5: use 0 to 1"),
     (("--policy", "expert", "--noise-scale", "0"), "apply to --policy internvla, not expert"),
     (("--policy", "expert", "--execution", "rtc"), "apply to --policy internvla, not expert"),
     (("--backend", "tensorflow"), "--backend tensorflow: use one of torch, torch-uncached, onnxruntime, tensorrt"),

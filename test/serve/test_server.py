@@ -59,7 +59,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     (tmp / "token").write_text(TOKEN + "\n")
     process = ServerProcess(["--model", str(model), "--policy", "test_sine", "--token-file", str(tmp / "token"),
                              "--max-batch-size", str(MAX_BATCH_SIZE), "--batch-wait-ms", str(BATCH_WAIT_MS),
-                             "--max-request-mb", str(MAX_REQUEST_MB)], tmp / "server.log", free_port())
+                             "--max-request-mb", str(MAX_REQUEST_MB), "--noise-scale", "0.5"], tmp / "server.log",
+                            free_port())
     try:
         print(f"server ready after {process.wait_ready(READY_S):.1f} s")
         yield process
@@ -117,6 +118,7 @@ def test_a_driver_closes_the_loop_through_the_server(server: ServerProcess, tmp_
     client = RemoteInference(server.url, ROBOT_TYPE, TOKEN)
     info = client.start(WAIT_S)
     assert info["policy"] == "test_sine" and len(info["model_hash"]) == 64
+    assert info["noise_scale"] == 0.5  # what the node compares its own noise_scale with
     events = []
     clock = SteadyClock()
     run = Run(make_runtime(tmp_path), client, clock, events.append, inference_timeout_s=WAIT_S)
