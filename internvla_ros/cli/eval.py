@@ -39,7 +39,7 @@ from internvla_ros.runtime.errors import PolicyRuntimeError
 def command(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from internvla_ros.learning.eval import aggregate, format_report
+    from internvla_ros.learning.eval import aggregate, format_report, model_identity
     from internvla_ros.learning.record import EVAL_SEED_START, episode_specs
     from internvla_ros.ros.episodes import run_episodes, task_defaults  # rclpy only for this verb
 
@@ -56,8 +56,9 @@ def command(args: argparse.Namespace) -> int:
     except (FileNotFoundError, RuntimeError, ValueError, PolicyRuntimeError) as err:
         print(f"ERROR: {err}", file=sys.stderr)
         return 2
-    report = aggregate(summaries, cell=args.cell, policy=args.policy,
-                       model=str(args.model) if args.policy == "internvla" and args.model else None, seed=args.seed,
+    model = args.model if args.policy == "internvla" and args.model else None
+    report = aggregate(summaries, cell=args.cell, policy=args.policy, model=str(model) if model else None,
+                       **({"model_identity": model_identity(model)} if model else {}), seed=args.seed,
                        backend=args.backend, execution=args.execution, added_latency_ms=args.added_latency_ms,
                        noise_scale=args.noise_scale)
     print(format_report(report))

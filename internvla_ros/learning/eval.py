@@ -9,7 +9,9 @@ over the episodes, ``mean_abs_jerk`` the mean of the episodes' means.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from pathlib import Path
 from statistics import median
 from typing import Any
 
@@ -24,6 +26,17 @@ def _motion(summaries: Sequence[dict[str, Any]]) -> dict[str, float]:
     jerks = [float(s["mean_abs_jerk"]) for s in summaries if s.get("mean_abs_jerk") is not None]
     return {**({"max_acceleration_ratio": max(ratios)} if ratios else {}),
             **({"mean_abs_jerk": round(sum(jerks) / len(jerks), 4)} if jerks else {})}
+
+
+def model_identity(model: Path) -> dict[str, Any]:
+    """Which weights were evaluated, kept in the report: a model directory is often retrained in place."""
+    from internvla_ros.model.config import load_config
+    from internvla_ros.serve.protocol import model_hash
+
+    train_config = model / "train_config.json"
+    step = json.loads(train_config.read_text()).get("step") if train_config.is_file() else None
+    return {"hash": model_hash(model), "train_step": step,
+            "rtc_training_max_delay": load_config(model).rtc_training_max_delay}
 
 
 def aggregate(summaries: Sequence[dict[str, Any]], **meta: Any) -> dict[str, Any]:

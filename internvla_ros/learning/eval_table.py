@@ -8,6 +8,7 @@ could show, so two modes whose intervals overlap are not told apart by these run
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from collections.abc import Sequence
@@ -36,18 +37,23 @@ def wilson_interval(successes: int, trials: int, z: float = Z_95) -> tuple[float
 
 
 def mode_label(report: dict[str, Any]) -> str:
-    """What ran: the execution mode (real-time chunking as the model runs it), the model, the noise scale."""
+    """What ran: the execution mode (real-time chunking as the model runs it), the model (and its training
+    step), the noise scale. The report's ``model_identity`` says what the weights were when evaluated; older
+    reports fall back to the model directory's config as it is now."""
     mode = report.get("execution") or "config default"
     model = report.get("model")
+    identity = report.get("model_identity") or {}
     if mode == "rtc" and model:
-        try:
-            trained = load_config(Path(model)).rtc_training_max_delay > 0
-            mode = "rtc (training-time)" if trained else "rtc (guidance)"
-        except (OSError, ValueError, ModelError):
-            pass  # the model is not on this machine: plain "rtc"
+        trained = identity.get("rtc_training_max_delay")
+        if trained is None:
+            with contextlib.suppress(OSError, ValueError, ModelError):  # not on this machine: plain "rtc"
+                trained = load_config(Path(model)).rtc_training_max_delay
+        if trained is not None:
+            mode = "rtc (training-time)" if trained > 0 else "rtc (guidance)"
     parts = [mode]
     if model:
-        parts.append(Path(model).name)
+        step = identity.get("train_step")
+        parts.append(Path(model).name + (f" step {step}" if step is not None else ""))
     if report.get("noise_scale") is not None:
         parts.append(f"noise x{report['noise_scale']}")
     return ", ".join(parts)

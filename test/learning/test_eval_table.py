@@ -40,6 +40,25 @@ def test_rtc_is_labelled_as_the_model_runs_it(tmp_path: Path) -> None:
     assert mode_label(report(None, 0, 1, 3) | {"noise_scale": 0.0}) == "config default, noise x0.0"
 
 
+def test_the_report_says_which_weights_ran_even_after_the_model_directory_is_retrained(tmp_path: Path) -> None:
+    from internvla_ros.learning.eval import model_identity
+
+    model = tmp_path / "sorting"
+    model.mkdir()
+    for name in ("arch.json", "config.json", "model.safetensors", "stats.json"):
+        (model / name).write_bytes((TINY_MODEL / name).read_bytes())
+    (model / "train_config.json").write_text(json.dumps({"step": 3000}))
+    identity = model_identity(model)
+    evaluated = report("rtc", 0, 1, 3, model) | {"model_identity": identity}
+    assert identity["train_step"] == 3000 and len(identity["hash"]) == 64
+    config = json.loads((model / "config.json").read_text())  # retrained in place, now with RTC
+    (model / "config.json").write_text(json.dumps({**config, "rtc_training_max_delay": 10}))
+    (model / "train_config.json").write_text(json.dumps({"step": 4000}))
+    assert mode_label(evaluated) == "rtc (guidance), sorting step 3000"
+    assert mode_label(report("rtc", 0, 1, 3, model)) == "rtc (training-time), sorting"
+    assert model_identity(model)["hash"] != identity["hash"]
+
+
 def test_cli_writes_table_and_plot_sorted_by_mode_then_delay(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     paths = []
     for index, (execution, added, right) in enumerate([("delay_compensated", 200, 4), ("delay_compensated", 0, 6),
