@@ -86,9 +86,13 @@ def markdown(rows: Sequence[dict[str, Any]]) -> str:
         low, high = row["ci95"]
         lines.append(f"| {row['label']} | {row['added_latency_ms']:g} | {row['right']} / {row['parcels']} | "
                      f"{row['success_rate']:.2f} ({low:.2f}-{high:.2f}) | {row['grasps']} / {row['closes']} | "
-                     f"{row['max_acceleration_ratio']} | {row['mean_abs_jerk']} | {row['clamped_per_episode']} | "
-                     f"{row['inference_p50_ms']} |")
+                     f"{_number(row['max_acceleration_ratio'], '.2f')} | {_number(row['mean_abs_jerk'], '.1f')} | "
+                     f"{_number(row['clamped_per_episode'], ',')} | {_number(row['inference_p50_ms'], 'd')} |")
     return "\n".join(lines)
+
+
+def _number(value: float | int | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
 
 
 def plot_success(rows: Sequence[dict[str, Any]], path: Path) -> Path:

@@ -74,6 +74,7 @@ def test_cli_writes_table_and_plot_sorted_by_mode_then_delay(tmp_path: Path, cap
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     lines = table.read_text().splitlines()
     assert len(lines) == 5 and "| delay_compensated | 0 | 6 / 9 | 0.67 (0.35-0.88) |" in lines[2]
+    assert lines[2].endswith("| 6 / 7 | 0.70 | 1.5 | 10 | 68 |")
     capsys.readouterr()
     (tmp_path / "bad.json").write_text(json.dumps({"episodes": 1}))
     assert main(["eval-table", str(tmp_path / "bad.json")]) == 2
