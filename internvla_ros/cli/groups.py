@@ -18,14 +18,14 @@ def verb_group(subparsers: argparse._SubParsersAction, name: str, help_text: str
 
 def add_noise_scale(parser: argparse.ArgumentParser, default: float | None = 1.0) -> None:
     """``--noise-scale S`` (the node's ``noise_scale``), refused outside 0-1 by argparse (exit 2)."""
-    def unit_interval(text: str) -> float:
+    def noise_scale(text: str) -> float:  # argparse names it in "invalid noise_scale value"
         value = float(text)
         if not 0.0 <= value <= 1.0:
             raise argparse.ArgumentTypeError(f"{text}: use 0 (every chunk from the noise's mean) to 1 (as trained)")
         return value
 
     shown = "the node's, 1" if default is None else f"{default:g}"
-    parser.add_argument("--noise-scale", type=unit_interval, default=default, metavar="S",
+    parser.add_argument("--noise-scale", type=noise_scale, default=default, metavar="S",
                         help=f"the flow-matching sampler's starting noise x S, 0-1 (default {shown}: as trained)")
 
 

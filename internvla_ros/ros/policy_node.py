@@ -158,10 +158,11 @@ class PolicyNode(AnsweringLifecycleNode):
         finally:
             self._starting_worker = None
         self.get_logger().info(f"inference ready: {info}")
-        node_noise = float(self.get_parameter("noise_scale").value)
-        if endpoint and info.get("noise_scale", 1.0) != node_noise:
-            self.get_logger().warning(f"noise_scale {node_noise:g} is not used: the inference server samples with "
-                                      f"its own --noise-scale {info.get('noise_scale', 1.0):g}")
+        if endpoint:  # the server's noise scale is what applies (None: a server older than the setting, as trained)
+            node_noise, server_noise = float(self.get_parameter("noise_scale").value), info.get("noise_scale")
+            if (1.0 if server_noise is None else server_noise) != node_noise:
+                self.get_logger().warning(f"noise_scale {node_noise:g} is not used: the inference server samples "
+                                          f"with its own --noise-scale {server_noise}")
         with self._lock:  # from here on, on_error releases what a failure leaves behind
             self._runtime, self._worker = runtime, worker
             self._reporter.health = HealthMonitor()

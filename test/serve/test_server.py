@@ -292,6 +292,8 @@ def test_a_node_stops_when_its_server_dies_and_resumes_when_it_answers_again(ser
     try:
         cell = Cell(context, policy)
         cell.wait(lambda: any(s.state == PolicyStatus.STATE_RUNNING for s in cell.statuses), "running", READY_S)
+        assert ("noise_scale 1 is not used: the inference server samples with its own --noise-scale 0.5"
+                in (tmp_path / "policy_node.log").read_text())
         cell.moving()
         before = cell.statuses[-1]
         killed = cell.now()
