@@ -4,7 +4,9 @@ Success rate is parcels sorted into the right bin over all parcels; parcels per 
 sorted right per minute of episode time (from each episode's start to its end: its last outcome or
 its time limit). ``closes`` and ``grasps`` count the empty gripper closing, and closing around a parcel.
 Smoothness, from the sim's judge of the executed arm motion: ``max_acceleration_ratio`` is the largest
-over the episodes, ``mean_abs_jerk`` the mean of the episodes' means.
+over the episodes, ``mean_abs_jerk`` the mean of the episodes' means. ``switches``: how far each chunk the
+policy node published disagreed with the one it replaced, at the hand-over (sim/chunk_switches.py): median and
+largest velocity jump and position gap over every hand-over of every episode.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 from statistics import median
 from typing import Any
 
+from internvla_ros.sim.chunk_switches import switch_summary
 from internvla_ros.sim.task import OUTCOMES
 
 GRASP_COUNTS = ("closes", "grasps")
@@ -26,6 +29,17 @@ def _motion(summaries: Sequence[dict[str, Any]]) -> dict[str, float]:
     jerks = [float(s["mean_abs_jerk"]) for s in summaries if s.get("mean_abs_jerk") is not None]
     return {**({"max_acceleration_ratio": max(ratios)} if ratios else {}),
             **({"mean_abs_jerk": round(sum(jerks) / len(jerks), 4)} if jerks else {})}
+
+
+def _switches(summaries: Sequence[dict[str, Any]], *, samples: bool = False) -> dict[str, Any]:
+    """The hand-overs' summary pooled over ``summaries`` ({} when no episode judged any); with ``samples``, every
+    hand-over's figures too (``eval-table`` pools reports with them)."""
+    found = [s["switch_samples"] for s in summaries if s.get("switch_samples")]
+    if not found:
+        return {}
+    pooled = {key: [value for sample in found for value in sample[key]] for key in ("position_gap", "velocity_jump")}
+    return {"switches": switch_summary(pooled["position_gap"], pooled["velocity_jump"]),
+            **({"switch_samples": pooled} if samples else {})}
 
 
 def model_identity(model: Path) -> dict[str, Any]:
@@ -43,6 +57,8 @@ def aggregate(summaries: Sequence[dict[str, Any]], **meta: Any) -> dict[str, Any
     """The eval report: ``meta`` (cell, policy, model, seeds...) then the totals and every episode; with the
     policy node, ``node``: its counters over all episodes (each episode's own in its ``node``)."""
     parcels = sum(int(s["parcels"]) for s in summaries)
+    switches = _switches(summaries, samples=True)
+    samples = switches.pop("switch_samples", None)
     nodes = [s["node"] for s in summaries if s.get("node")]
     node = {key: sum(n[key] for n in nodes) for key in nodes[0] if key != "inference_latency_p50_s"} if nodes else {}
     if nodes:
@@ -60,12 +76,14 @@ def aggregate(summaries: Sequence[dict[str, Any]], **meta: Any) -> dict[str, Any
         "episode_time_s": round(minutes * 60.0, 3),
         **grasping,
         **_motion(summaries),
+        **switches,
         **({"node": node} if node else {}),
         "per_episode": [{key: s[key] for key in ("episode", "seed", "variant", "instruction", "parcels",
                                                   *OUTCOMES, *GRASP_COUNTS, "close_distance_px_median", *MOTION,
                                                   "success_rate", "duration_s", "outcomes", "node")
-                         if key in s}
+                         if key in s} | _switches([s])
                         for s in summaries],
+        **({"switch_samples": samples} if samples else {}),
     }
 
 
@@ -80,6 +98,11 @@ def format_report(report: dict[str, Any]) -> str:
                  f"{report['episodes']} episodes), parcels_per_minute={report['parcels_per_minute']:.2f}, "
                  f"grasps {report.get('grasps', 0)} of {report.get('closes', 0)} closes"
                  + "".join(f", {key}={report[key]}" for key in MOTION if key in report))
+    if report.get("switches"):
+        switches = report["switches"]
+        lines.append(f"chunk hand-overs: {switches['switches']}, velocity jump p50 {switches['velocity_jump_p50']} "
+                     f"max {switches['velocity_jump_max']} rad/s, position gap p50 {switches['position_gap_p50']} "
+                     f"max {switches['position_gap_max']} rad")
     if report.get("node"):
         lines.append("policy node: " + ", ".join(f"{key}={value}" for key, value in report["node"].items()))
     return "\n".join(lines)

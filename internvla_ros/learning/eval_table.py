@@ -1,8 +1,9 @@
-"""Several `internvla eval` reports side by side: a table and a PNG of success rate against added delay.
-
-Real-time chunking is judged by how a policy's success falls as the inference delay grows, per execution
-mode (``--execution``, ``--added-latency-ms``), and by how smooth the executed motion stays. Each report is
-one cell of that sweep. The success rate's 95 % interval (Wilson, over parcels) is the spread a re-run
+"""Several `internvla eval` reports side by side: a table and a PNG of success rate against added delay. Real-time
+chunking is judged by how a policy's success falls as the inference delay grows, per execution mode
+(``--execution``, ``--added-latency-ms``), and by how smooth the executed motion stays. Each report is one cell of
+that sweep; reports of the same cell (the sweep run again on other seeds) are pooled into one row. The hand-over
+velocity jump is how far each new chunk's velocity differed from the one it replaced (eval's ``switches``); reports
+from before it was judged show "-". The success rate's 95 % interval (Wilson, over parcels) is the spread a re-run
 could show, so two modes whose intervals overlap are not told apart by these runs.
 """
 
@@ -13,6 +14,7 @@ import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 import matplotlib
@@ -22,6 +24,7 @@ import matplotlib.pyplot as plt  # after choosing the headless backend
 
 from internvla_ros.model.config import load_config
 from internvla_ros.model.errors import ModelError
+from internvla_ros.sim.chunk_switches import switch_summary
 
 Z_95 = 1.96
 
@@ -60,32 +63,66 @@ def mode_label(report: dict[str, Any]) -> str:
 
 
 def table_rows(reports: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per report, sorted by label then added delay."""
-    rows = []
+    """One row per execution and added delay, sorted by label then delay. Reports of the same cell (a sweep
+    run again on other seeds) are pooled: their episodes and parcels add up, the interval narrows."""
+    groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
     for report in reports:
-        low, high = wilson_interval(int(report["right"]), int(report["parcels"]))
-        node = report.get("node", {})
-        rows.append({"label": mode_label(report), "added_latency_ms": float(report.get("added_latency_ms") or 0.0),
-                     "episodes": report["episodes"], "parcels": report["parcels"], "right": report["right"],
-                     "success_rate": report["success_rate"], "ci95": (round(low, 3), round(high, 3)),
-                     "grasps": report.get("grasps"), "closes": report.get("closes"),
-                     "max_acceleration_ratio": report.get("max_acceleration_ratio"),
-                     "mean_abs_jerk": report.get("mean_abs_jerk"),
-                     "clamped_per_episode": round(node["commands_clamped"] / report["episodes"])
-                     if "commands_clamped" in node and report["episodes"] else None,
-                     "inference_p50_ms": round(node["inference_latency_p50_s"] * 1000)
-                     if "inference_latency_p50_s" in node else None})
+        key = (mode_label(report), float(report.get("added_latency_ms") or 0.0))
+        groups.setdefault(key, []).append(report)
+    rows = [_row(label, delay, group) for (label, delay), group in groups.items()]
     return sorted(rows, key=lambda row: (row["label"], row["added_latency_ms"]))
+
+
+def _row(label: str, delay: float, group: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    episodes = sum(int(r["episodes"]) for r in group)
+    parcels, right = sum(int(r["parcels"]) for r in group), sum(int(r["right"]) for r in group)
+    low, high = wilson_interval(right, parcels)
+    ratios = [r["max_acceleration_ratio"] for r in group if r.get("max_acceleration_ratio") is not None]
+    jerks = [(r["mean_abs_jerk"], int(r["episodes"])) for r in group if r.get("mean_abs_jerk") is not None]
+    nodes = [r["node"] for r in group if "commands_clamped" in r.get("node", {})]
+    p50s = [p50 for r in group for p50 in _episode_p50s(r)]
+    samples = [r["switch_samples"] for r in group if r.get("switch_samples")]
+    switches = switch_summary([g for x in samples for g in x["position_gap"]],
+                              [v for x in samples for v in x["velocity_jump"]]) if samples else {}
+    return {"label": label, "added_latency_ms": delay, "runs": len(group), "episodes": episodes,
+            "parcels": parcels, "right": right, "success_rate": round(right / parcels, 4) if parcels else 0.0,
+            "ci95": (round(low, 3), round(high, 3)),
+            "grasps": _total(group, "grasps"), "closes": _total(group, "closes"),
+            "max_acceleration_ratio": max(ratios) if ratios else None,
+            "mean_abs_jerk": round(sum(j * n for j, n in jerks) / sum(n for _, n in jerks), 4) if jerks else None,
+            "clamped_per_episode": round(sum(n["commands_clamped"] for n in nodes)
+                                         / sum(int(r["episodes"]) for r in group if "node" in r)) if nodes else None,
+            "inference_p50_ms": round(median(p50s) * 1000) if p50s else None,
+            "switch_velocity_jump_p50": switches.get("velocity_jump_p50"),
+            "switch_velocity_jump_max": switches.get("velocity_jump_max")}
+
+
+def _episode_p50s(report: dict[str, Any]) -> list[float]:
+    """The inference p50 of each episode (of the whole report when it lists no episode's)."""
+    episodes = [e["node"]["inference_latency_p50_s"] for e in report.get("per_episode", ())
+                if "inference_latency_p50_s" in e.get("node", {})]
+    if episodes:
+        return episodes
+    node = report.get("node", {})
+    return [node["inference_latency_p50_s"]] if "inference_latency_p50_s" in node else []
+
+
+def _total(group: Sequence[dict[str, Any]], key: str) -> int | None:
+    values = [int(r[key]) for r in group if r.get(key) is not None]
+    return sum(values) if values else None
 
 
 def markdown(rows: Sequence[dict[str, Any]]) -> str:
     header = ("| execution | added delay (ms) | right / parcels | success (95 % interval) | grasps / closes | "
-              "max accel / limit | mean abs jerk (rad/s^3) | clamped per episode | inference p50 (ms) |")
-    lines = [header, "|" + " --- |" * 9]
+              "hand-over velocity jump p50 / max (rad/s) | max accel / limit | mean abs jerk (rad/s^3) | "
+              "clamped per episode | inference p50 (ms) |")
+    lines = [header, "|" + " --- |" * 10]
     for row in rows:
         low, high = row["ci95"]
         lines.append(f"| {row['label']} | {row['added_latency_ms']:g} | {row['right']} / {row['parcels']} | "
                      f"{row['success_rate']:.2f} ({low:.2f}-{high:.2f}) | {row['grasps']} / {row['closes']} | "
+                     f"{_number(row['switch_velocity_jump_p50'], '.2f')} / "
+                     f"{_number(row['switch_velocity_jump_max'], '.2f')} | "
                      f"{_number(row['max_acceleration_ratio'], '.2f')} | {_number(row['mean_abs_jerk'], '.1f')} | "
                      f"{_number(row['clamped_per_episode'], ',')} | {_number(row['inference_p50_ms'], 'd')} |")
     return "\n".join(lines)

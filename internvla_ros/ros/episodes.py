@@ -26,12 +26,14 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import String
 
 from internvla_ros.learning.record import bag_name
-from internvla_ros.msg import PolicyStatus
+from internvla_ros.msg import ActionChunk, PolicyStatus
 from internvla_ros.paths import config_path, default_model_dir
+from internvla_ros.ros.conversions import duration_to_ns, time_to_ns
 from internvla_ros.ros.demo_processes import start_node, stop_node
 from internvla_ros.ros.domain import claim_domain
 from internvla_ros.ros.episode_recorder import EpisodeRecorder
 from internvla_ros.runtime.config import RuntimeConfig
+from internvla_ros.sim.chunk_switches import SwitchJudge
 from internvla_ros.sim.task import EpisodeSpec, SortingTask, TaskConfig, task_config_from_yaml
 
 NAMESPACE = "/sorting"
@@ -69,6 +71,7 @@ class Monitor:
     """What the run waits on: the sim's joint states, the node's status, the episodes' summaries."""
 
     node: Node
+    switch_judge: SwitchJudge | None = None  # the policy node's chunk hand-overs (sim/chunk_switches.py)
     joint_states: int = 0
     status: PolicyStatus | None = None
     summaries: dict[int, dict[str, Any]] = field(default_factory=dict)
@@ -79,6 +82,8 @@ class Monitor:
         self.node.create_subscription(JointState, f"{ns}/joint_states", self._on_state, 10)
         self.node.create_subscription(PolicyStatus, f"{ns}/policy_node/status", self._on_status, 10)
         self.node.create_subscription(String, f"{ns}/task/summary", self._on_summary, TASK_QOS)
+        if self.switch_judge is not None:
+            self.node.create_subscription(ActionChunk, f"{ns}/policy_node/action_chunk", self._on_chunk, TASK_QOS)
 
     def _on_state(self, _: JointState) -> None:
         self.joint_states += 1
@@ -86,9 +91,21 @@ class Monitor:
     def _on_status(self, msg: PolicyStatus) -> None:
         self.status = msg
 
+    def _on_chunk(self, msg: ActionChunk) -> None:
+        assert self.switch_judge is not None
+        self.switch_judge.add(int(msg.chunk_id), time_to_ns(msg.header.stamp), time_to_ns(msg.observation_stamp),
+                              duration_to_ns(msg.control_period), msg.positions)
+
     def _on_summary(self, msg: String) -> None:
         summary = json.loads(msg.data)
         self.summaries[int(summary["episode"])] = summary
+
+
+def switch_judge(config: RuntimeConfig, policy_parameters: Sequence[str]) -> SwitchJudge:
+    """The judge of the policy node's chunk hand-overs, for the execution mode the node runs in."""
+    modes = [value.split(":=", 1)[1] for value in policy_parameters if value.startswith("execution.mode:=")]
+    judged = [joint for c in config.controllers if c.type == "joint_trajectory" for joint in c.joints]
+    return SwitchJudge(config.joint_names, judged, modes[-1] if modes else config.execution.mode)
 
 
 def agent_command(policy: str, config_file: Path, model: Path | None, seed: int,
@@ -143,7 +160,7 @@ def run_episodes(cell: str, specs: list[EpisodeSpec], policy: str, logs: Path, r
     rclpy.init()
     try:
         node = rclpy.create_node("episode_runner", namespace=NAMESPACE)
-        monitor = Monitor(node)
+        monitor = Monitor(node, switch_judge=switch_judge(config, policy_parameters) if policy == "internvla" else None)
         executor = SingleThreadedExecutor()
         executor.add_node(node)
         recorder = None
@@ -189,6 +206,8 @@ def run_episodes(cell: str, specs: list[EpisodeSpec], policy: str, logs: Path, r
                     previous.close()
                 recorder.start_recording()
             before = node_counters(monitor.status)
+            if monitor.switch_judge is not None:
+                monitor.switch_judge.take()  # hand-overs between episodes are no episode's
             monitor.start.publish(String(data=json.dumps(spec.__dict__)))
             limit = SortingTask(task, spec, 0.0, 0.0).time_limit_s
             spin_until(lambda s=spec: s.episode in monitor.summaries, limit + EPISODE_MARGIN_S,
@@ -196,6 +215,11 @@ def run_episodes(cell: str, specs: list[EpisodeSpec], policy: str, logs: Path, r
             during = counters_during(before, node_counters(monitor.status))
             if during:
                 monitor.summaries[spec.episode]["node"] = during
+            if monitor.switch_judge is not None:
+                switches = monitor.switch_judge.take()
+                monitor.summaries[spec.episode]["switch_samples"] = {
+                    "position_gap": [round(s.position_gap, 5) for s in switches],
+                    "velocity_jump": [round(s.velocity_jump, 5) for s in switches]}
             settle = time.monotonic()
             spin_until(lambda t=settle: time.monotonic() - t >= SETTLE_S, SETTLE_S + 5.0, "after an episode")
             if recorder is not None:
