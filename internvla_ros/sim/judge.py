@@ -87,9 +87,17 @@ class MotionStats:
     def add_acceleration(self, acceleration: np.ndarray, limit: np.ndarray) -> None:
         self.max_acceleration_ratio = max(self.max_acceleration_ratio, float(np.max(np.abs(acceleration) / limit)))
 
-    def add_jerk(self, jerk: np.ndarray) -> None:
-        self._jerk_sum += float(np.sum(np.abs(jerk)))
-        self._jerk_count += jerk.size
+    def add_jerk(self, jerk: np.ndarray) -> tuple[float, int]:
+        """Adds a sample's jerk; returns what it added, for ``remove_jerk`` when the sample is judged again."""
+        added = float(np.sum(np.abs(jerk))), int(jerk.size)
+        self._jerk_sum += added[0]
+        self._jerk_count += added[1]
+        return added
+
+    def remove_jerk(self, added: tuple[float, int]) -> None:
+        """Takes back a sample's jerk (the judge rewound past it and judges it again)."""
+        self._jerk_sum -= added[0]
+        self._jerk_count -= added[1]
 
     def summary(self) -> dict[str, float | None]:
         """``max_acceleration_ratio`` and ``mean_abs_jerk`` (rad/s^3); None before any motion was judged."""
@@ -128,10 +136,11 @@ class TrajectoryJudge:
         self._log = log
         self._next_ns: int | None = None
         self._previous: deque[np.ndarray] = deque(maxlen=3)
-        # Judged samples of the last few delays: a trajectory handled after the grid passed its arrival
-        # rewinds the judge to its arrival, so the verdict follows what the controller executed.
+        # Judged samples of the last few delays (time, positions, the jerk each added): a trajectory handled
+        # after the grid passed its arrival rewinds the judge to its arrival, so the verdict follows what the
+        # controller executed, and the jerk of the samples judged again is counted once.
         kept = max(4 * round(settings.delay_s * settings.grid_hz), 8)
-        self._judged: deque[tuple[int, np.ndarray]] = deque(maxlen=kept)
+        self._judged: deque[tuple[int, np.ndarray, tuple[float, int]]] = deque(maxlen=kept)
         self.late_submissions = 0  # trajectories handled after the grid had passed their arrival
 
     @property
@@ -145,9 +154,9 @@ class TrajectoryJudge:
             return
         self.late_submissions += 1
         while self._judged and self._judged[-1][0] >= activation_ns:
-            self._judged.pop()
+            self.motion.remove_jerk(self._judged.pop()[2])
         self._previous.clear()
-        self._previous.extend(positions for _, positions in list(self._judged)[-3:])
+        self._previous.extend(positions for _, positions, _ in list(self._judged)[-3:])
         self._next_ns = self._judged[-1][0] + self._period_ns if self._judged else self._next_ns
 
     def advance(self, now_ns: int) -> None:
@@ -172,11 +181,12 @@ class TrajectoryJudge:
                                 np.abs(acceleration) > lim.acceleration * (1 + ACCELERATION_TOLERANCE),
                                 lambda k: f"above {lim.acceleration[k]}", t)
                 self.motion.add_acceleration(acceleration, lim.acceleration)
+            added = 0.0, 0
             if len(self._previous) == 3:
                 p1, p2, p3 = self._previous[-1], self._previous[-2], self._previous[-3]
-                self.motion.add_jerk((positions - 3.0 * p1 + 3.0 * p2 - p3) / period_s**3)
+                added = self.motion.add_jerk((positions - 3.0 * p1 + 3.0 * p2 - p3) / period_s**3)
             self._previous.append(positions)
-            self._judged.append((t, positions))
+            self._judged.append((t, positions, added))
             self._next_ns += self._period_ns
 
 

@@ -216,3 +216,24 @@ def test_motion_smoothness_is_measured_on_the_executed_motion() -> None:
     jumping = Trajectory(("j",), switch - 20 * MS, (point(0.01, 0), point(0.01, 500)))
     judged([(T0, hold), (switch, jumping)], limits(), motion=motion)
     assert motion.summary()["max_acceleration_ratio"] == pytest.approx(0.01 / 0.005**2 / 8.0, rel=1e-6)  # 50x
+
+
+def test_samples_judged_again_after_a_rewind_count_once_in_the_jerk() -> None:
+    """The same executed motion gives the same smoothness whether its trajectory was handled on time or after
+    the grid had passed its arrival (the judge rewinds and judges those samples again)."""
+    summaries = []
+    for late in (False, True):
+        motion = MotionStats()
+        executor = JointTrajectoryExecutor(("j",), np.zeros(1))
+        judge = TrajectoryJudge("arm_controller", executor, [limits()], SETTINGS, ViolationLog(), motion)
+        arrival = T0 + 600 * MS
+        trajectory = Trajectory(("j",), 0, (point(0.1, 500),))
+        handled = T0 + 1000 * MS if late else arrival  # late: the grid has been judged to 0.75 s
+        for step in range(1, 601):
+            now = T0 + step * 5 * MS
+            if now == handled:
+                judge.note_submission(executor.submit(trajectory, arrival).activation_ns)
+            judge.advance(now)
+        assert judge.late_submissions == int(late)
+        summaries.append(motion.summary())
+    assert summaries[0]["mean_abs_jerk"] > 0 and summaries[1] == summaries[0]
