@@ -34,49 +34,38 @@ from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException
 from rclpy.lifecycle import LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
-from rclpy.qos_overriding_options import QoSOverridingOptions
 from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CompressedImage, Image, JointState
-from std_msgs.msg import Float64MultiArray, String
+from std_msgs.msg import String
 from std_srvs.srv import Trigger
-from trajectory_msgs.msg import JointTrajectory
 
 from internvla_ros.model.errors import ModelError
 from internvla_ros.model.normalization import NormalizationStats
-from internvla_ros.msg import ActionChunk
 from internvla_ros.paths import default_model_dir
 from internvla_ros.ros.conversions import NS_PER_S, RclpyClock, time_to_ns
 from internvla_ros.ros.images import ImageError, to_rgb
+from internvla_ros.ros.inference_setup import node_inference, noise_scale_warning
 from internvla_ros.ros.lifecycle import AnsweringLifecycleNode, TransitionExecutor, transition
-from internvla_ros.ros.messages import action_chunk_msg, forward_msg, rgb_image_msg, trajectory_msg
+from internvla_ros.ros.node_interfaces import NodeInterfaces
 from internvla_ros.ros.node_parameters import declare_node_parameters, robot_parameters
 from internvla_ros.ros.node_status import NodeSnapshot, StatusReporter
+from internvla_ros.ros.operator import OPERATOR_ACTIONS, operator_request, parameter_refusal
 from internvla_ros.runtime import ActionMapper, ControlOutput, PolicyRuntime, RuntimeConfig
 from internvla_ros.runtime.driver import ChunkEvent, RuntimeDriver
 from internvla_ros.runtime.errors import PolicyRuntimeError
-from internvla_ros.runtime.health import ControllerLink, HealthMonitor
+from internvla_ros.runtime.health import HealthMonitor
 from internvla_ros.runtime.node_parameters import NOT_ROBOT_CONFIG, QOS_OVERRIDES_PREFIX
 from internvla_ros.runtime.policy_registry import policy_entry
 from internvla_ros.runtime.worker import InferenceWorker
-from internvla_ros.serve.client import RemoteInference, remote_inference
+from internvla_ros.serve.client import RemoteInference
 from internvla_ros.serve.errors import ServeError
 
 NODE_NAME = "policy_node"
-# Safe to change while configured or active; every other change needs cleanup first.
-LIVE_PARAMETERS = {"instruction", "safety.dry_run"}
 LATENCY_WINDOW = 200
 LOG_THROTTLE_S = 2.0
-# Forward commands are a stream where each value is one control period's step: a slow reader must get them
-# late rather than lose one (a lost command makes the next step twice as large). 1 s at 100 Hz.
-FORWARD_COMMAND_DEPTH = 100
 SIGNAL_POLL_S = 0.1  # how soon the executor loop notices SIGINT/SIGTERM
 # Smaller steps back of ROS time (two /clock publishers out of step) only delay control by as much.
 CLOCK_JUMP_MIN_NS = 100_000_000
-INSTRUCTION_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
-# Every topic's history, depth and reliability can be overridden with qos_overrides.<topic>.<kind>.<policy>.
-QOS_OVERRIDES = QoSOverridingOptions.with_default_policies()
 
 
 class PolicyNode(AnsweringLifecycleNode):
@@ -95,12 +84,9 @@ class PolicyNode(AnsweringLifecycleNode):
         self._runtime: PolicyRuntime | None = None
         self._worker: InferenceWorker | RemoteInference | None = None
         self._driver: RuntimeDriver | None = None
-        self._outputs: dict[str, Any] = {}
-        self._inputs: list[Any] = []
-        self._operator_services: list[Any] = []
+        self._interfaces = NodeInterfaces(self, self._lock)
         self._reporter = StatusReporter(self)
         self._latencies: deque[int] = deque(maxlen=LATENCY_WINDOW)
-        self._chunk_id = 0
         self._commands_sent = 0
         self._invalid_inputs = 0
         self._instruction = str(self.get_parameter("instruction").value)
@@ -137,20 +123,13 @@ class PolicyNode(AnsweringLifecycleNode):
         except (PolicyRuntimeError, ModelError, OSError) as err:
             return self._failed(f"configure failed: {err}")
         runtime.set_instruction(self._instruction)
-        endpoint = str(self.get_parameter("inference_endpoint").value).strip()
-        if endpoint:  # the policy runs on an inference server: wait until it answers and knows this robot
-            try:
-                worker: InferenceWorker | RemoteInference = remote_inference(
-                    endpoint, config.robot_type, str(self.get_parameter("inference_token_file").value))
-            except (ValueError, ServeError) as err:
-                return self._failed(f"configure failed: {err}")
-            self.get_logger().info(f"using the inference server {endpoint}")
-            self._progress = (time.monotonic(), f"waiting for the inference server {endpoint}")
-            self._starting_worker = worker
-        else:
-            self.get_logger().info(f"starting the inference worker for {model_dir}")
-            self._progress = (time.monotonic(), f"loading the model from {model_dir}")
-            self._starting_worker = worker = self._local_worker(config, model_dir)
+        try:
+            worker, starting = node_inference(self, config, model_dir)
+        except (ValueError, ServeError) as err:
+            return self._failed(f"configure failed: {err}")
+        self.get_logger().info(starting)
+        self._progress = (time.monotonic(), starting)
+        self._starting_worker = worker
         try:
             info = worker.start(timeout_s=float(self.get_parameter("startup_timeout_s").value))
         except PolicyRuntimeError as err:
@@ -158,28 +137,18 @@ class PolicyNode(AnsweringLifecycleNode):
         finally:
             self._starting_worker = None
         self.get_logger().info(f"inference ready: {info}")
-        if endpoint:  # the server's noise scale is what applies (None: a server older than the setting, as trained)
-            node_noise, server_noise = float(self.get_parameter("noise_scale").value), info.get("noise_scale")
-            if (1.0 if server_noise is None else server_noise) != node_noise:
-                self.get_logger().warning(f"noise_scale {node_noise:g} is not used: the inference server samples "
-                                          f"with its own --noise-scale {server_noise}")
+        if isinstance(worker, RemoteInference):
+            warning = noise_scale_warning(float(self.get_parameter("noise_scale").value), info)
+            if warning:
+                self.get_logger().warning(warning)
         with self._lock:  # from here on, on_error releases what a failure leaves behind
             self._runtime, self._worker = runtime, worker
             self._reporter.health = HealthMonitor()
-            self._create_interfaces(config)
+            self._interfaces.create(config, self._on_image, self._on_joint_state, self._on_instruction,
+                                    {action: lambda _, response, a=action: self._service(response, a)
+                                     for action in OPERATOR_ACTIONS})
             self._configured, self._failure = True, ""
         return super().on_configure(state)
-
-    def _local_worker(self, config: RuntimeConfig, model_dir: Path) -> InferenceWorker:
-        return InferenceWorker(
-            str(self.get_parameter("policy_factory").value),
-            {"model": str(model_dir), "tokenizer": self.get_parameter("tokenizer_path").value or None,
-             "dtype": self.get_parameter("dtype").value, "backend": self.get_parameter("backend").value,
-             "fallback": bool(self.get_parameter("backend_fallback").value),
-             "threads": int(self.get_parameter("inference_threads").value),
-             "noise_scale": float(self.get_parameter("noise_scale").value),
-             "cameras": {camera.name: camera.slot for camera in config.cameras}},
-            threads=int(self.get_parameter("inference_threads").value))
 
     def _failed(self, reason: str) -> TransitionCallbackReturn:
         self.get_logger().error(reason)
@@ -237,61 +206,12 @@ class PolicyNode(AnsweringLifecycleNode):
             self.get_logger().info("shutting down: hold commanded")
         self._release()
 
-    def _create_interfaces(self, config: RuntimeConfig) -> None:
-        for controller in config.controllers:
-            if controller.type == "joint_trajectory":
-                self._outputs[controller.name] = self._publisher(JointTrajectory, f"{controller.name}/joint_trajectory")
-            else:
-                self._outputs[controller.name] = self._publisher(Float64MultiArray, f"{controller.name}/commands",
-                                                                 FORWARD_COMMAND_DEPTH)
-        self._outputs["~/action_chunk"] = self._publisher(ActionChunk, "~/action_chunk")
-        for camera in config.cameras:
-            self._outputs[f"foresight/{camera.name}"] = self._publisher(Image, f"~/foresight/{camera.name}",
-                                                                        qos_profile_sensor_data)
-            self._inputs += [
-                self._subscription(Image, camera.topic, lambda m, c=camera.name: self._on_image(c, m)),
-                self._subscription(CompressedImage, f"{camera.topic}/compressed",
-                                   lambda m, c=camera.name: self._on_image(c, m)),
-            ]
-        self._inputs += [
-            self._subscription(JointState, "joint_states", self._on_joint_state),
-            self._subscription(String, "instruction", self._on_instruction, INSTRUCTION_QOS),
-        ]
-        services = {"pause": self._on_pause, "resume": self._on_resume, "estop": self._on_estop,
-                    "reset": self._on_reset}
-        self._operator_services += [self.create_service(Trigger, f"~/{name}", self._locked(callback))
-                                    for name, callback in services.items()]
-
-    def _publisher(self, msg_type: Any, topic: str, qos: QoSProfile | int = 10) -> Any:
-        return self.create_lifecycle_publisher(msg_type, topic, qos, qos_overriding_options=QOS_OVERRIDES)
-
-    def _subscription(self, msg_type: Any, topic: str, callback: Callable[[Any], None],
-                      qos: QoSProfile = qos_profile_sensor_data) -> Any:
-        return self.create_subscription(msg_type, topic, self._locked(callback), qos,
-                                        qos_overriding_options=QOS_OVERRIDES)
-
-    def _locked(self, callback: Callable[..., Any]) -> Callable[..., Any]:
-        """The callback under the node's lock: a transition on the lifecycle thread never changes what it
-        reads half-way (the lock is held for microseconds on both sides, never while the model loads)."""
-
-        def run(*args: Any) -> Any:
-            with self._lock:
-                return callback(*args)
-
-        return run
-
     def _release(self) -> None:
         self._stop_worker_threads()
         with self._lock:
-            inputs, services, outputs, worker = self._inputs, self._operator_services, self._outputs, self._worker
-            self._inputs, self._operator_services, self._outputs = [], [], {}
+            worker = self._worker
             self._worker, self._runtime, self._configured = None, None, False
-        for subscription in inputs:
-            self.destroy_subscription(subscription)
-        for service in services:
-            self.destroy_service(service)
-        for publisher in outputs.values():
-            self.destroy_lifecycle_publisher(publisher)
+        self._interfaces.release()
         if worker is not None:
             worker.close()
 
@@ -364,17 +284,10 @@ class PolicyNode(AnsweringLifecycleNode):
         for parameter in parameters:
             if parameter.name.startswith(QOS_OVERRIDES_PREFIX):
                 continue  # rclpy declares them read-only with each publisher and subscription
-            if self._progress is not None and parameter.name not in LIVE_PARAMETERS:
-                return SetParametersResult(successful=False, reason=f"'{parameter.name}' cannot change while "
-                                           "the node configures: wait for it, clean up, then set it")
-            if self._configured and parameter.name not in LIVE_PARAMETERS:
-                return SetParametersResult(
-                    successful=False,
-                    reason=f"'{parameter.name}' cannot change while configured: deactivate and clean up the node, "
-                           f"set it, then configure again (live: {sorted(LIVE_PARAMETERS)})")
-            if parameter.name == "instruction" and not str(parameter.value).strip():
-                return SetParametersResult(successful=False, reason="an empty instruction is not a task; "
-                                                                    "keep the current one or send a new one")
+            refusal = parameter_refusal(parameter.name, parameter.value, configuring=self._progress is not None,
+                                        configured=self._configured)
+            if refusal is not None:
+                return SetParametersResult(successful=False, reason=refusal)
         with self._lock:
             for parameter in parameters:
                 if parameter.name == "instruction":
@@ -386,40 +299,13 @@ class PolicyNode(AnsweringLifecycleNode):
     # Services --------------------------------------------------------------------------------------
 
     def _service(self, response: Trigger.Response, action: str) -> Trigger.Response:
-        if self._runtime is None:
-            response.success, response.message = False, "not configured"
-            return response
-        if action == "pause":
-            self._runtime.pause()
-        elif action == "resume":
-            self._runtime.resume()
-        elif action == "estop":
-            self._runtime.estop("e-stop requested on ~/estop")
-        elif action == "reset":
-            failed = self._driver.failed_threads if self._driver is not None else ()
-            if failed:
-                response.success = False
-                response.message = (f"reset refused: the {' and '.join(failed)} thread failed (see last_error on "
-                                    "~/status), so nothing would run the robot; the e-stop stays latched: "
-                                    "deactivate, cleanup and configure the node again")
-                self.get_logger().error(response.message)
-                return response
-            self._runtime.reset_estop()
-        response.success, response.message = True, f"{action}: state {self._runtime.state.value}"
-        self.get_logger().warn(f"{action} requested: {response.message}")
+        failed = self._driver.failed_threads if self._driver is not None else ()
+        response.success, response.message = operator_request(self._runtime, failed, action)
+        if response.success:
+            self.get_logger().warn(f"{action} requested: {response.message}")
+        elif self._runtime is not None:
+            self.get_logger().error(response.message)
         return response
-
-    def _on_pause(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
-        return self._service(response, "pause")
-
-    def _on_resume(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
-        return self._service(response, "resume")
-
-    def _on_estop(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
-        return self._service(response, "estop")
-
-    def _on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
-        return self._service(response, "reset")
 
     def _on_clock_jump(self, now_ns: int, jump_ns: int) -> None:
         """ROS time went back (a looping bag, a simulation reset) or changed source: the runtime moves to
@@ -435,25 +321,13 @@ class PolicyNode(AnsweringLifecycleNode):
     # Control and inference -------------------------------------------------------------------------
 
     def _publish_commands(self, output: ControlOutput) -> None:
-        for command in output.trajectories:
-            self._outputs[command.controller].publish(trajectory_msg(command))
-            self._commands_sent += 1
-        for command in output.forward:
-            self._outputs[command.controller].publish(forward_msg(command))
-            self._commands_sent += 1
+        self._commands_sent += self._interfaces.publish_commands(output)
 
     def _on_chunk(self, event: ChunkEvent) -> None:
         runtime = self._runtime
         assert runtime is not None
         self._latencies.append(event.ready_ns - event.observation.request_ns)
-        if event.outcome.accepted:
-            self._chunk_id += 1
-            self._outputs["~/action_chunk"].publish(action_chunk_msg(
-                self._chunk_id, event.ready_ns, event.observation.stamp_ns, runtime.config.rates.chunk_step_ns,
-                event.outcome.start_index, runtime.config.joint_names, event.outcome.positions))
-        for camera, pixels in event.result.preview.items():
-            self._outputs[f"foresight/{camera}"].publish(
-                rgb_image_msg(pixels, event.ready_ns, f"{camera}_camera_optical_frame"))
+        self._interfaces.publish_chunk(event, runtime.config)
 
     # Status ----------------------------------------------------------------------------------------
 
@@ -471,9 +345,7 @@ class PolicyNode(AnsweringLifecycleNode):
                 inference_timeouts=driver.inference_timeouts if driver else 0,
                 worker_restarts=driver.worker_restarts if driver else 0,
                 endpoint=self._worker.report() if isinstance(self._worker, RemoteInference) else None,
-                controllers=tuple(ControllerLink(c.name, self._outputs[c.name].topic_name,
-                                                 self._outputs[c.name].get_subscription_count())
-                                  for c in (runtime.config.controllers if runtime else ()) if c.name in self._outputs))
+                controllers=self._interfaces.controller_links(runtime.config if runtime else None))
         self._reporter.publish(snapshot)
 
 
