@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -31,8 +32,6 @@ PORT_RANGE = (20000, 30000)
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A port in PORT_RANGE that is free now (tried in random order)."""
-    import random
-
     for port in random.sample(range(*PORT_RANGE), 200):
         with socket.socket() as probe:
             try:
