@@ -154,6 +154,16 @@ def check_length(bag: BagInfo, config: RuntimeConfig) -> None:
         raise ReplayError(msg)
 
 
+def load_key(request: ReplayRequest, config: RuntimeConfig) -> tuple:
+    """Everything ``load_model``'s policy depends on, for callers that keep loaded policies: the model
+    directory's files by name, size and time (a model retrained in place loads again), the sampling settings
+    and the cameras' slots."""
+    model = Path(request.model).resolve()
+    files = tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(model.iterdir()) if p.is_file())
+    return (str(model), files, request.seed, request.noise_scale, request.dtype, str(request.tokenizer),
+            tuple(sorted((c.name, c.slot) for c in config.cameras)))
+
+
 def load_model(request: ReplayRequest, config: RuntimeConfig) -> object:
     from internvla_ros.runtime.internvla_policy import load_policy  # torch-heavy: only once inputs are fine
 

@@ -75,13 +75,9 @@ _POLICIES: dict[tuple, object] = {}
 
 def _cached_policy(request: object, config: object) -> object:
     """The replay's model loader, loading once per worker process and model (one model kept)."""
-    from internvla_ros.replay.pipeline import load_model
+    from internvla_ros.replay.pipeline import load_key, load_model
 
-    model = Path(request.model).resolve()  # type: ignore[attr-defined]
-    files = tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(model.iterdir()) if p.is_file())
-    key = (str(model), files, request.seed, request.noise_scale, request.dtype,  # type: ignore[attr-defined]
-           str(request.tokenizer),  # type: ignore[attr-defined]
-           tuple(sorted((c.name, c.slot) for c in config.cameras)))  # type: ignore[attr-defined]
+    key = load_key(request, config)  # type: ignore[arg-type]
     if key not in _POLICIES:
         _POLICIES.clear()
         _POLICIES[key] = load_model(request, config)  # type: ignore[arg-type]

@@ -11,6 +11,7 @@ import pytest
 from internvla_ros.cli import replay as replay_cli
 from internvla_ros.paths import default_model_dir
 from internvla_ros.replay import pipeline
+from internvla_ros.runtime.config import RuntimeConfig
 from test.replay.bagfactory import BagSpec, write_sim_bag
 
 INSTRUCTION = "sort the parcels"
@@ -20,13 +21,12 @@ _POLICIES: dict[tuple, object] = {}
 
 @pytest.fixture(autouse=True)
 def cached_model(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Loads each (model, seed, dtype, noise scale) once; every replay resets the policy first, so reuse changes
-    nothing."""
+    """Loads each model and its settings once (the production cache key); every replay resets the policy
+    first, so reuse changes nothing."""
     load = pipeline.load_model
 
-    def cached(request: pipeline.ReplayRequest, config: object) -> object:
-        key = (str(request.model), request.seed, request.dtype, request.noise_scale,
-               tuple(sorted(c.name for c in config.cameras)))
+    def cached(request: pipeline.ReplayRequest, config: RuntimeConfig) -> object:
+        key = pipeline.load_key(request, config)
         if key not in _POLICIES:
             _POLICIES[key] = load(request, config)
         return _POLICIES[key]
