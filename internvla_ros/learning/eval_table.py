@@ -133,20 +133,34 @@ def _number(value: float | int | None, spec: str) -> str:
 
 
 def plot_success(rows: Sequence[dict[str, Any]], path: Path) -> Path:
-    """Success rate against added delay, one line per execution, the 95 % interval as error bars."""
-    figure, axes = plt.subplots(figsize=(7, 4.5))
+    """Success rate against added delay, one line per execution, the 95 % interval as error bars; beside it,
+    when the reports judged chunk hand-overs, their median velocity jump (the bar up to the largest)."""
+    jumps = any(row.get("switch_velocity_jump_p50") is not None for row in rows)
+    figure, axes = plt.subplots(1, 2 if jumps else 1, figsize=(12 if jumps else 7, 4.5), squeeze=False)
+    success, jump = axes[0][0], axes[0][-1]
     for label in dict.fromkeys(row["label"] for row in rows):
         mine = [row for row in rows if row["label"] == label]
         delays = [row["added_latency_ms"] for row in mine]
         rates = [row["success_rate"] for row in mine]
         errors = [[rate - row["ci95"][0] for rate, row in zip(rates, mine, strict=True)],
                   [row["ci95"][1] - rate for rate, row in zip(rates, mine, strict=True)]]
-        axes.errorbar(delays, rates, yerr=errors, marker="o", capsize=3, label=label)
-    axes.set_xlabel("added inference delay (ms)")
-    axes.set_ylabel("parcels sorted right")
-    axes.set_ylim(-0.02, 1.02)
-    axes.grid(alpha=0.3)
-    axes.legend(fontsize=8)
+        success.errorbar(delays, rates, yerr=errors, marker="o", capsize=3, label=label)
+        judged = [row for row in mine if row.get("switch_velocity_jump_p50") is not None]
+        if jumps and judged:
+            medians = [row["switch_velocity_jump_p50"] for row in judged]
+            tops = [row["switch_velocity_jump_max"] - median for row, median in zip(judged, medians, strict=True)]
+            jump.errorbar([row["added_latency_ms"] for row in judged], medians, yerr=[[0.0] * len(tops), tops],
+                          marker="o", capsize=3, label=label)
+    success.set_xlabel("added inference delay (ms)")
+    success.set_ylabel("parcels sorted right")
+    success.set_ylim(-0.02, 1.02)
+    success.grid(alpha=0.3)
+    success.legend(fontsize=8)
+    if jumps:
+        jump.set_xlabel("added inference delay (ms)")
+        jump.set_ylabel("velocity jump at chunk hand-overs (rad/s)\nmedian, bar to the largest")
+        jump.set_yscale("log")
+        jump.grid(alpha=0.3, which="both")
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=120)

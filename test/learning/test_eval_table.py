@@ -99,3 +99,15 @@ def test_reports_of_one_cell_on_other_seeds_pool_into_one_row_with_their_hand_ov
     assert pooled["clamped_per_episode"] == 40 and pooled["inference_p50_ms"] == 300
     assert (pooled["switch_velocity_jump_p50"], pooled["switch_velocity_jump_max"]) == (1.0, 2.0)
     assert rows[1]["switch_velocity_jump_p50"] is None
+
+
+def test_the_plot_gains_a_hand_over_panel_when_reports_judged_hand_overs(tmp_path: Path) -> None:
+    from internvla_ros.learning.eval_table import plot_success
+
+    judged = report("rtc", 0, 1, 15) | {"switch_samples": {"position_gap": [0.01, 0.02], "velocity_jump": [0.1, 0.5]}}
+    sizes = []
+    for reports in ([report("rtc", 0, 1, 15)], [judged, report("rtc", 200, 0, 15)]):
+        path = plot_success(table_rows(reports), tmp_path / f"plot{len(sizes)}.png")
+        width = int.from_bytes(path.read_bytes()[16:20], "big")  # the PNG header's width
+        sizes.append(width)
+    assert sizes == [7 * 120, 12 * 120]
