@@ -70,12 +70,19 @@ class SwitchJudge:
         self._at_arrival = mode in PLACED_AT_ARRIVAL
         self._previous: PublishedChunk | None = None
         self.switches: list[Switch] = []
+        self.unjudged = 0  # chunks that were no table of the configured joints
 
     def add(self, chunk_id: int, ready_ns: int, observation_ns: int, step_ns: int,
             positions: Sequence[float]) -> Switch | None:
         """A chunk as published (``positions`` row-major, horizon x joints); the switch it makes, or None when
-        there is no previous chunk to compare with (the first one, or one after a chunk that was not seen)."""
-        rows = np.asarray(positions, np.float64).reshape(-1, self._width)[:, self._columns]
+        there is no previous chunk to compare with (the first one, or one after a chunk that was not seen or
+        not judged). A chunk that is not a table of the configured joints is counted in ``unjudged``."""
+        values = np.asarray(positions, np.float64)
+        if values.size == 0 or values.size % self._width or step_ns <= 0:
+            self.unjudged += 1
+            self._previous = None
+            return None
+        rows = values.reshape(-1, self._width)[:, self._columns]
         chunk = PublishedChunk(chunk_id, ready_ns, ready_ns if self._at_arrival else observation_ns, step_ns, rows)
         previous, self._previous = self._previous, chunk
         if previous is None or chunk_id != previous.chunk_id + 1:

@@ -78,3 +78,12 @@ def test_summary_gives_median_and_largest_and_none_without_a_switch() -> None:
         "switches": 3, "velocity_jump_p50": 2.0, "velocity_jump_max": 4.0,
         "position_gap_p50": 0.2, "position_gap_max": 0.3}
     assert switch_summary([], [])["velocity_jump_max"] is None
+
+
+def test_a_chunk_of_another_shape_is_counted_and_not_compared() -> None:
+    judge = SwitchJudge(JOINTS, ("a",), "delay_compensated")
+    judge.add(1, ns(0.25), 0, STEP, line(0.0, (1.0, 0.0)))
+    assert judge.add(2, ns(0.55), ns(0.3), STEP, [0.0, 1.0]) is None  # 2 values for 3 joints
+    assert judge.add(3, ns(0.85), ns(0.6), STEP, line(0.6, (1.0, 0.0))) is None  # nothing judged to compare with
+    assert judge.add(4, ns(1.15), ns(0.9), STEP, line(0.9, (1.0, 0.0))) is not None
+    assert judge.unjudged == 1
