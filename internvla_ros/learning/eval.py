@@ -5,8 +5,8 @@ sorted right per minute of episode time (from each episode's start to its end: i
 its time limit). ``closes`` and ``grasps`` count the empty gripper closing, and closing around a parcel.
 Smoothness, from the sim's judge of the executed arm motion: ``max_acceleration_ratio`` is the largest
 over the episodes, ``mean_abs_jerk`` the mean of the episodes' means. ``switches``: how far each chunk the
-policy node published disagreed with the one it replaced, at the hand-over (sim/chunk_switches.py): median and
-largest velocity jump and position gap over every hand-over of every episode.
+policy node published disagreed with the one it replaced, at the hand-over (sim/chunk_switches.py): median,
+90th percentile and largest velocity jump and position gap over every hand-over of every episode.
 """
 
 from __future__ import annotations
@@ -101,7 +101,8 @@ def format_report(report: dict[str, Any]) -> str:
     if report.get("switches"):
         switches = report["switches"]
         lines.append(f"chunk hand-overs: {switches['switches']}, velocity jump p50 {switches['velocity_jump_p50']} "
-                     f"max {switches['velocity_jump_max']} rad/s, position gap p50 {switches['position_gap_p50']} "
+                     f"p90 {switches['velocity_jump_p90']} max {switches['velocity_jump_max']} rad/s, position gap "
+                     f"p50 {switches['position_gap_p50']} p90 {switches['position_gap_p90']} "
                      f"max {switches['position_gap_max']} rad")
     if report.get("node"):
         lines.append("policy node: " + ", ".join(f"{key}={value}" for key, value in report["node"].items()))

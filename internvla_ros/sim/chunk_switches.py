@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from statistics import median
 
 import numpy as np
 
@@ -100,12 +99,15 @@ class SwitchJudge:
 
 
 def switch_summary(position_gaps: Sequence[float], velocity_jumps: Sequence[float]) -> dict[str, float | int | None]:
-    """Median and largest position gap (rad) and velocity jump (rad/s) over switches; None without one."""
+    """Median, 90th percentile and largest position gap (rad) and velocity jump (rad/s) over switches (None
+    without one). The 90th percentile leaves out the few hand-overs after a hold, which the largest includes."""
     def stat(values: Sequence[float], pick: str) -> float | None:
         if not values:
             return None
-        return round(float(median(values) if pick == "p50" else max(values)), 4)
+        if pick == "max":
+            return round(float(max(values)), 4)
+        return round(float(np.quantile(np.asarray(values, np.float64), 0.5 if pick == "p50" else 0.9)), 4)
 
     return {"switches": len(velocity_jumps),
-            "velocity_jump_p50": stat(velocity_jumps, "p50"), "velocity_jump_max": stat(velocity_jumps, "max"),
-            "position_gap_p50": stat(position_gaps, "p50"), "position_gap_max": stat(position_gaps, "max")}
+            **{f"velocity_jump_{pick}": stat(velocity_jumps, pick) for pick in ("p50", "p90", "max")},
+            **{f"position_gap_{pick}": stat(position_gaps, pick) for pick in ("p50", "p90", "max")}}

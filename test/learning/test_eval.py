@@ -63,12 +63,13 @@ def test_hand_overs_are_pooled_over_episodes_with_each_episodes_own_summary() ->
     episodes[0]["switch_samples"] = {"position_gap": [0.01, 0.05], "velocity_jump": [0.2, 3.0]}
     episodes[1]["switch_samples"] = {"position_gap": [0.02], "velocity_jump": [0.4]}
     report = aggregate(episodes, policy="internvla")
-    assert report["switches"] == {"switches": 3, "velocity_jump_p50": 0.4, "velocity_jump_max": 3.0,
-                                  "position_gap_p50": 0.02, "position_gap_max": 0.05}
+    assert report["switches"] == {"switches": 3, "velocity_jump_p50": 0.4, "velocity_jump_p90": 2.48,
+                                  "velocity_jump_max": 3.0, "position_gap_p50": 0.02, "position_gap_p90": 0.044,
+                                  "position_gap_max": 0.05}
     assert report["per_episode"][0]["switches"]["velocity_jump_p50"] == 1.6
     assert "switches" not in report["per_episode"][2] and "switch_samples" not in report["per_episode"][0]
     assert report["switch_samples"]["velocity_jump"] == [0.2, 3.0, 0.4] and list(report)[-1] == "switch_samples"
-    assert "chunk hand-overs: 3, velocity jump p50 0.4 max 3.0 rad/s" in format_report(report)
+    assert "chunk hand-overs: 3, velocity jump p50 0.4 p90 2.48 max 3.0 rad/s" in format_report(report)
     assert "switches" not in aggregate([summary(0, 3, 3, 30.0)], policy="expert")
 
 

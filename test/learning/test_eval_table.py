@@ -74,7 +74,7 @@ def test_cli_writes_table_and_plot_sorted_by_mode_then_delay(tmp_path: Path, cap
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     lines = table.read_text().splitlines()
     assert len(lines) == 5 and "| delay_compensated | 0 | 6 / 9 | 0.67 (0.35-0.88) |" in lines[2]
-    assert lines[2].endswith("| 6 / 7 | - / - | 0.70 | 1.5 | 10 | 68 |")
+    assert lines[2].endswith("| 6 / 7 | - / - / - | 0.70 | 1.5 | 10 | 68 |")
     capsys.readouterr()
     (tmp_path / "bad.json").write_text(json.dumps({"episodes": 1}))
     assert main(["eval-table", str(tmp_path / "bad.json")]) == 2
@@ -97,7 +97,8 @@ def test_reports_of_one_cell_on_other_seeds_pool_into_one_row_with_their_hand_ov
         round(x, 3) for x in wilson_interval(4, 30))
     assert pooled["mean_abs_jerk"] == 15.0 and pooled["max_acceleration_ratio"] == 0.9
     assert pooled["clamped_per_episode"] == 40 and pooled["inference_p50_ms"] == 300
-    assert (pooled["switch_velocity_jump_p50"], pooled["switch_velocity_jump_max"]) == (1.0, 2.0)
+    assert (pooled["switch_velocity_jump_p50"], pooled["switch_velocity_jump_p90"],
+            pooled["switch_velocity_jump_max"]) == (1.0, 1.8, 2.0)
     assert rows[1]["switch_velocity_jump_p50"] is None
 
 

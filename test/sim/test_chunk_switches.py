@@ -73,10 +73,10 @@ def test_judged_joints_must_be_among_the_chunks_columns() -> None:
         SwitchJudge(JOINTS, ("a", "elbow"), "rtc")
 
 
-def test_summary_gives_median_and_largest_and_none_without_a_switch() -> None:
+def test_summary_gives_median_90th_percentile_and_largest_and_none_without_a_switch() -> None:
     assert switch_summary([0.1, 0.3, 0.2], [1.0, 4.0, 2.0]) == {
-        "switches": 3, "velocity_jump_p50": 2.0, "velocity_jump_max": 4.0,
-        "position_gap_p50": 0.2, "position_gap_max": 0.3}
+        "switches": 3, "velocity_jump_p50": 2.0, "velocity_jump_p90": 3.6, "velocity_jump_max": 4.0,
+        "position_gap_p50": 0.2, "position_gap_p90": 0.28, "position_gap_max": 0.3}
     assert switch_summary([], [])["velocity_jump_max"] is None
 
 
