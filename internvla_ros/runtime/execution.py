@@ -128,15 +128,21 @@ class RtcMode(DelayCompensatedMode):
 
     def request(self, previous: np.ndarray | None, previous_origin_ns: int, obs_stamp_ns: int) -> RtcRequest | None:
         """The guidance for an observation at ``obs_stamp_ns`` given the previous chunk in model space
-        ``previous`` (chunk, dim) whose index 0 lies at ``previous_origin_ns``; None without a previous chunk."""
+        ``previous`` (chunk, dim) whose index 0 lies at ``previous_origin_ns``; None without a previous chunk or
+        once it has ended."""
         if previous is None:
             return None
+        chunk = previous.shape[0]
         executed = _round_div(max(0, obs_stamp_ns - previous_origin_ns), self._step_ns)
+        if executed >= chunk:  # the previous chunk has ended: nothing of it runs while this one is computed
+            return None
         target = np.zeros_like(previous, dtype=np.float32)
-        if executed < previous.shape[0]:
-            target[: previous.shape[0] - executed] = previous[executed:]
-        delay = min(self.delay_steps, previous.shape[0] - self._horizon)
-        return RtcRequest(target=target, delay=delay, horizon=self._horizon, beta=self._rtc.beta,
+        target[: chunk - executed] = previous[executed:]
+        # The mask ends where the shifted previous chunk does: an inference slower than its period shifts it
+        # by more than the configured s, and rows past its end are padding, not a target to guide towards.
+        horizon = max(self._horizon, executed)
+        delay = min(self.delay_steps, chunk - horizon)
+        return RtcRequest(target=target, delay=delay, horizon=horizon, beta=self._rtc.beta,
                           schedule=self._rtc.schedule)
 
 

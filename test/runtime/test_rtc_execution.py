@@ -60,11 +60,30 @@ def test_target_is_the_previous_chunk_from_the_new_observation_on() -> None:
     assert request is not None
     np.testing.assert_array_equal(request.target[: CHUNK - 7], previous[7:])
     assert not request.target[CHUNK - 7:].any()
-    assert (request.delay, request.horizon, request.beta, request.schedule) == (4, 6, 8.0, "exp")
+    # 7 steps executed, more than s = 6: the mask ends with the shifted chunk, at 50 - 7
+    assert (request.delay, request.horizon, request.beta, request.schedule) == (4, 7, 8.0, "exp")
     auto = execution_mode(make_config(execution__mode="rtc"))  # s = the inference period: 30 Hz / 5 Hz
     assert isinstance(auto, RtcMode)
     req = auto.request(previous, 0, 0)
     assert req is not None and req.horizon == 6
+
+
+def test_a_slow_inference_guides_only_towards_what_is_left_of_the_previous_chunk() -> None:
+    """An inference slower than its period shifts the previous chunk by more than s: its padded rows must get
+    no weight, and d must stay inside what is left; a chunk that has ended guides nothing."""
+    from internvla_ros.model.rtc import prefix_weights
+
+    mode = execution_mode(make_config(execution__mode="rtc"))  # s = 6
+    assert isinstance(mode, RtcMode)
+    for _ in range(5):
+        mode.record_latency(40 * STEP_NS)  # d = 40 steps
+    previous = np.ones((CHUNK, 2), np.float32)
+    request = mode.request(previous, previous_origin_ns=0, obs_stamp_ns=30 * STEP_NS)  # 30 steps executed
+    assert request is not None and (request.horizon, request.delay) == (30, CHUNK - 30)
+    weights = prefix_weights(request.delay, request.horizon, CHUNK, request.schedule)
+    assert weights[: CHUNK - 30].min() > 0 and not weights[CHUNK - 30:].any()
+    assert request.target[: CHUNK - 30].all() and not request.target[CHUNK - 30:].any()
+    assert mode.request(previous, previous_origin_ns=0, obs_stamp_ns=CHUNK * STEP_NS) is None
 
 
 ARM = slice(0, 2)  # shoulder, elbow: delta joints on the trajectory controller
