@@ -77,27 +77,31 @@ class MotionStats:
     the mean absolute jerk (third difference), over every joint of every trajectory controller."""
 
     def __init__(self) -> None:
+        self._epoch = 0  # counts resets: a sample judged before one is no longer in the sums
         self.reset()
 
     def reset(self) -> None:
         self.max_acceleration_ratio = 0.0
         self._jerk_sum = 0.0
         self._jerk_count = 0
+        self._epoch += 1
 
     def add_acceleration(self, acceleration: np.ndarray, limit: np.ndarray) -> None:
         self.max_acceleration_ratio = max(self.max_acceleration_ratio, float(np.max(np.abs(acceleration) / limit)))
 
-    def add_jerk(self, jerk: np.ndarray) -> tuple[float, int]:
+    def add_jerk(self, jerk: np.ndarray) -> tuple[float, int, int]:
         """Adds a sample's jerk; returns what it added, for ``remove_jerk`` when the sample is judged again."""
-        added = float(np.sum(np.abs(jerk))), int(jerk.size)
+        added = float(np.sum(np.abs(jerk))), int(jerk.size), self._epoch
         self._jerk_sum += added[0]
         self._jerk_count += added[1]
         return added
 
-    def remove_jerk(self, added: tuple[float, int]) -> None:
-        """Takes back a sample's jerk (the judge rewound past it and judges it again)."""
-        self._jerk_sum -= added[0]
-        self._jerk_count -= added[1]
+    def remove_jerk(self, added: tuple[float, int, int]) -> None:
+        """Takes back a sample's jerk (the judge rewound past it and judges it again), unless a reset since
+        has already dropped it."""
+        if added[2] == self._epoch:
+            self._jerk_sum -= added[0]
+            self._jerk_count -= added[1]
 
     def summary(self) -> dict[str, float | None]:
         """``max_acceleration_ratio`` and ``mean_abs_jerk`` (rad/s^3); None before any motion was judged."""
@@ -140,7 +144,7 @@ class TrajectoryJudge:
         # after the grid passed its arrival rewinds the judge to its arrival, so the verdict follows what the
         # controller executed, and the jerk of the samples judged again is counted once.
         kept = max(4 * round(settings.delay_s * settings.grid_hz), 8)
-        self._judged: deque[tuple[int, np.ndarray, tuple[float, int]]] = deque(maxlen=kept)
+        self._judged: deque[tuple[int, np.ndarray, tuple[float, int, int]]] = deque(maxlen=kept)
         self.late_submissions = 0  # trajectories handled after the grid had passed their arrival
 
     @property
@@ -181,7 +185,7 @@ class TrajectoryJudge:
                                 np.abs(acceleration) > lim.acceleration * (1 + ACCELERATION_TOLERANCE),
                                 lambda k: f"above {lim.acceleration[k]}", t)
                 self.motion.add_acceleration(acceleration, lim.acceleration)
-            added = 0.0, 0
+            added = 0.0, 0, -1
             if len(self._previous) == 3:
                 p1, p2, p3 = self._previous[-1], self._previous[-2], self._previous[-3]
                 added = self.motion.add_jerk((positions - 3.0 * p1 + 3.0 * p2 - p3) / period_s**3)

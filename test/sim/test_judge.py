@@ -237,3 +237,14 @@ def test_samples_judged_again_after_a_rewind_count_once_in_the_jerk() -> None:
         assert judge.late_submissions == int(late)
         summaries.append(motion.summary())
     assert summaries[0]["mean_abs_jerk"] > 0 and summaries[1] == summaries[0]
+
+
+def test_a_rewind_past_a_reset_takes_nothing_from_the_new_episodes_jerk() -> None:
+    motion = MotionStats()
+    added = motion.add_jerk(np.array([4.0]))
+    motion.reset()  # a new episode
+    kept = motion.add_jerk(np.array([2.0]))
+    motion.remove_jerk(added)  # judged before the reset: already dropped with it
+    assert motion.summary()["mean_abs_jerk"] == 2.0
+    motion.remove_jerk(kept)
+    assert motion.summary() == {"max_acceleration_ratio": None, "mean_abs_jerk": None}
