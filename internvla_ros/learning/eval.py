@@ -31,9 +31,9 @@ def _motion(summaries: Sequence[dict[str, Any]]) -> dict[str, float]:
             **({"mean_abs_jerk": round(sum(jerks) / len(jerks), 4)} if jerks else {})}
 
 
-def _switches(summaries: Sequence[dict[str, Any]], *, samples: bool = False) -> dict[str, Any]:
-    """The hand-overs' summary pooled over ``summaries`` ({} when no episode judged any); with ``samples``, every
-    hand-over's figures too (``eval-table`` pools reports with them)."""
+def pooled_switches(summaries: Sequence[dict[str, Any]], *, samples: bool = False) -> dict[str, Any]:
+    """The hand-overs' summary pooled over ``summaries`` (episodes, or eval reports: both carry
+    ``switch_samples``; {} when none judged any); with ``samples``, every hand-over's figures too."""
     found = [s["switch_samples"] for s in summaries if s.get("switch_samples")]
     if not found:
         return {}
@@ -57,7 +57,7 @@ def aggregate(summaries: Sequence[dict[str, Any]], **meta: Any) -> dict[str, Any
     """The eval report: ``meta`` (cell, policy, model, seeds...) then the totals and every episode; with the
     policy node, ``node``: its counters over all episodes (each episode's own in its ``node``)."""
     parcels = sum(int(s["parcels"]) for s in summaries)
-    switches = _switches(summaries, samples=True)
+    switches = pooled_switches(summaries, samples=True)
     samples = switches.pop("switch_samples", None)
     nodes = [s["node"] for s in summaries if s.get("node")]
     node = {key: sum(n[key] for n in nodes) for key in nodes[0] if key != "inference_latency_p50_s"} if nodes else {}
@@ -81,7 +81,7 @@ def aggregate(summaries: Sequence[dict[str, Any]], **meta: Any) -> dict[str, Any
         "per_episode": [{key: s[key] for key in ("episode", "seed", "variant", "instruction", "parcels",
                                                   *OUTCOMES, *GRASP_COUNTS, "close_distance_px_median", *MOTION,
                                                   "success_rate", "duration_s", "outcomes", "node")
-                         if key in s} | _switches([s])
+                         if key in s} | pooled_switches([s])
                         for s in summaries],
         **({"switch_samples": samples} if samples else {}),
     }

@@ -22,9 +22,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # after choosing the headless backend
 
+from internvla_ros.learning.eval import pooled_switches
 from internvla_ros.model.config import load_config
 from internvla_ros.model.errors import ModelError
-from internvla_ros.sim.chunk_switches import switch_summary
 
 Z_95 = 1.96
 
@@ -81,9 +81,7 @@ def _row(label: str, delay: float, group: Sequence[dict[str, Any]]) -> dict[str,
     jerks = [(r["mean_abs_jerk"], int(r["episodes"])) for r in group if r.get("mean_abs_jerk") is not None]
     nodes = [r["node"] for r in group if "commands_clamped" in r.get("node", {})]
     p50s = [p50 for r in group for p50 in _episode_p50s(r)]
-    samples = [r["switch_samples"] for r in group if r.get("switch_samples")]
-    switches = switch_summary([g for x in samples for g in x["position_gap"]],
-                              [v for x in samples for v in x["velocity_jump"]]) if samples else {}
+    switches = pooled_switches(group).get("switches", {})
     return {"label": label, "added_latency_ms": delay, "runs": len(group), "episodes": episodes,
             "parcels": parcels, "right": right, "success_rate": round(right / parcels, 4) if parcels else 0.0,
             "ci95": (round(low, 3), round(high, 3)),
