@@ -11,7 +11,10 @@ the normalised action space (units of the action's standard deviation):
   (1 is as smooth as the demonstrations; the limiter clamps what is rougher);
 - with ``prefix_delay`` d: the first d recorded actions are given as the executed prefix (a model trained
   with training-time RTC gets them clean, any other model is guided to them), and the error is taken on
-  the steps after them: whether a model follows a correct prefix, apart from the runtime that builds it.
+  the steps after them: whether a model follows a correct prefix, apart from the runtime that builds it;
+- ``rmse_by_joint``: the same error in each joint's own unit (rad for the arm, the gripper's 0-1, m/s for a
+  belt) at the reported steps, for the joints that move in the recording. A joint the demonstrations never
+  move adds a zero to every average above; per joint, it is left out, so a few badly placed joints show.
 """
 
 from __future__ import annotations
@@ -74,7 +77,9 @@ def check_chunks(model_dir: Path, dataset_dir: Path, cache_dir: Path, options: C
             actions = _sample(pipeline, batch.inputs, noise, batch.actions, options.prefix_delay)
         predicted.append(actions[:, :, : batch.action_dim].numpy())
         recorded.append(batch.actions.numpy())
-    return chunk_report(np.concatenate(predicted), np.concatenate(recorded), options.prefix_delay) | {
+    scale = stats.action_std[: dataset.schema.dim] + np.float32(stats.eps)
+    return chunk_report(np.concatenate(predicted), np.concatenate(recorded), options.prefix_delay,
+                        dict(zip(dataset.schema.joint_names, scale, strict=True))) | {
         "model": str(model_dir), "dataset": str(dataset_dir), "robot_type": robot_type,
         "samples": len(picked), "noise_scale": options.noise_scale, "seed": options.seed,
         "prefix": "none" if options.prefix_delay == 0 else
@@ -97,8 +102,10 @@ def _sample(pipeline: InferencePipeline, inputs: Any, noise: torch.Tensor, recor
     return torch.cat(chunks)
 
 
-def chunk_report(predicted: np.ndarray, recorded: np.ndarray, prefix_delay: int = 0) -> dict[str, Any]:
-    """Errors and roughness of ``predicted`` against ``recorded`` chunks, both ``(N, chunk, dim)`` normalised."""
+def chunk_report(predicted: np.ndarray, recorded: np.ndarray, prefix_delay: int = 0,
+                 joint_scale: dict[str, float] | None = None) -> dict[str, Any]:
+    """Errors and roughness of ``predicted`` against ``recorded`` chunks, both ``(N, chunk, dim)`` normalised;
+    ``joint_scale`` (each dim's name and normalisation scale, in order) adds ``rmse_by_joint``."""
     error = predicted - recorded
     by_step = np.sqrt(np.mean(error ** 2, axis=(0, 2)))
     after = slice(prefix_delay, None)
@@ -110,7 +117,19 @@ def chunk_report(predicted: np.ndarray, recorded: np.ndarray, prefix_delay: int 
     return {"prefix_delay": prefix_delay,
             "rmse": float(np.sqrt(np.mean(error[:, after] ** 2))),
             "rmse_by_step": [round(float(v), 5) for v in by_step],
-            "roughness": roughness}
+            "roughness": roughness,
+            "rmse_by_joint": {} if joint_scale is None else _by_joint(error, recorded, joint_scale)}
+
+
+def _by_joint(error: np.ndarray, recorded: np.ndarray, joint_scale: dict[str, float]) -> dict[str, dict[str, float]]:
+    steps = [s for s in REPORTED_STEPS if s <= error.shape[1]]
+    table = {}
+    for dim, (name, scale) in enumerate(joint_scale.items()):
+        if np.ptp(recorded[:, :, dim]) == 0:
+            continue  # never moves in the recording
+        rmse = np.sqrt(np.mean(error[:, :, dim] ** 2, axis=0)) * float(scale)
+        table[name] = {str(s): round(float(rmse[s - 1]), 5) for s in steps}
+    return table
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -119,7 +138,9 @@ def format_report(report: dict[str, Any]) -> str:
     return (f"{report['samples']} samples of {report['dataset']}, noise x{report['noise_scale']}, "
             f"prefix {report['prefix_delay']} ({report['prefix']})\n"
             f"rmse (action std units) after the prefix {report['rmse']:.4f}; {cells}\n"
-            f"roughness (second differences / the recorded ones) {_round(report['roughness'])}")
+            f"roughness (second differences / the recorded ones) {_round(report['roughness'])}"
+            + "".join(f"\n  {name} (own unit): " + "  ".join(f"step {s}: {v:.3f}" for s, v in by_step.items())
+                      for name, by_step in report.get("rmse_by_joint", {}).items()))
 
 
 def _round(value: float | None) -> str:

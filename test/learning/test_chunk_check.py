@@ -43,6 +43,19 @@ def test_report_measures_error_per_step_and_roughness_against_the_recording() ->
     assert last["rmse"] == pytest.approx(2.0) and last["roughness"] is None
 
 
+def test_per_joint_error_is_in_the_joints_own_unit_and_leaves_out_joints_that_never_move() -> None:
+    recorded = np.zeros((2, 10, 3))
+    recorded[:, :, 0] = np.linspace(0.0, 1.0, 10)  # moves; dim 1 never moves; dim 2 moves
+    recorded[1, :, 2] = 0.5
+    predicted = recorded.copy()
+    predicted[:, 4, 0] += 0.1  # step 5 of the first joint off by 0.1 std
+    predicted[:, :, 1] += 0.2  # a still joint predicted off: in the averages, not in the per-joint table
+    report = chunk_report(predicted, recorded, joint_scale={"shoulder": 2.0, "wrist": 1.0, "gripper": 1.0})
+    assert set(report["rmse_by_joint"]) == {"shoulder", "gripper"}
+    assert report["rmse_by_joint"]["shoulder"] == {"1": 0.0, "5": pytest.approx(0.2), "10": 0.0}
+    assert report["rmse_by_joint"]["gripper"]["5"] == 0.0
+    assert chunk_report(predicted, recorded)["rmse_by_joint"] == {}
+
 def test_a_prefix_is_given_clean_to_an_rtc_model_and_guides_a_plain_one(models: dict[str, Path], dataset: Path,
                                                                        tmp_path: Path) -> None:
     cache = tmp_path / "cache"
