@@ -17,7 +17,8 @@ import torch
 from internvla_ros.model.checkpoint import STATS_FILE
 from internvla_ros.model.errors import ModelError
 from internvla_ros.model.normalization import NormalizationStats
-from internvla_ros.replay.compare import CommandRecorder, Comparison, Tolerance, compare, load_golden
+from internvla_ros.replay.command_log import CommandRecorder, load_golden
+from internvla_ros.replay.compare import Comparison, Tolerance, compare
 from internvla_ros.replay.driver import DEFAULT_BATCH, DriverOptions, ReplayDriver, ReplaySink, ReplayStats
 from internvla_ros.replay.errors import ReplayError
 from internvla_ros.replay.lookahead import LookaheadInference, SequentialInference

@@ -14,7 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from internvla_ros.replay.compare import grid_between, sample, span
+from internvla_ros.replay.command_log import grid_between, sample, span
 from internvla_ros.replay.errors import ReplayError
 from internvla_ros.replay.pipeline import ReplayOutcome
 from internvla_ros.runtime.config import NS_PER_S

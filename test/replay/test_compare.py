@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from internvla_ros.paths import config_path
-from internvla_ros.replay.compare import CommandLog, Tolerance, TrajectoryRecord, compare, sample
+from internvla_ros.replay.command_log import CommandLog, TrajectoryRecord, sample
+from internvla_ros.replay.compare import Tolerance, compare
 from internvla_ros.replay.errors import ReplayError
 from internvla_ros.runtime import RuntimeConfig
 
