@@ -11,7 +11,9 @@ observation.images.<camera> (mp4), the task is the bag's instruction topic (or -
 action is what the config's controllers executed from the recorded commands (or, for a teleoperated
 robot, the --action-topic: a leader arm's JointState or a Float64MultiArray in config order). Frames
 are sampled at --fps (default: the config's chunk_step_hz) and never paired with a later message; frames
-without fresh data are dropped and counted. Exit codes: 0 written, 2 unusable input (the reason on stderr).
+without fresh data are dropped and counted. As LeRobot, data and video files are split at episode boundaries
+once they reach --data-file-size-mb / --video-file-size-mb (100 / 200). Exit codes: 0 written, 2 unusable
+input (the reason on stderr).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from pathlib import Path
 
 from internvla_ros.cli.groups import add_verb, verb_group
 from internvla_ros.learning.dataset_convert import ConversionOptions, ConversionReport, convert_bags
-from internvla_ros.learning.dataset_layout import DatasetError
+from internvla_ros.learning.dataset_layout import DATA_FILES_SIZE_IN_MB, VIDEO_FILES_SIZE_IN_MB, DatasetError
 from internvla_ros.learning.dataset_video import CODECS
 from internvla_ros.paths import config_path
 from internvla_ros.replay.errors import ReplayError
@@ -60,7 +62,8 @@ def _run(args: argparse.Namespace) -> int:
                                 remaps=tuple(args.remap), instruction=args.instruction,
                                 max_state_age_s=args.max_state_age, max_camera_age_s=args.max_camera_age,
                                 max_action_age_s=args.max_action_age,
-                                codec=args.codec, force=args.force)
+                                codec=args.codec, force=args.force, data_file_size_mb=args.data_file_size_mb,
+                                video_file_size_mb=args.video_file_size_mb)
     return command([Path(b) for b in args.bags], config_path(args.config), Path(args.out), options)
 
 
@@ -87,4 +90,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--codec", choices=sorted(CODECS), default="h264",
                         help="h264: 4:4:4 CRF 0, decoded within 2/255 (default); av1: LeRobot's default, lossy")
     parser.add_argument("--force", action="store_true", help="replace an existing dataset at --out")
+    parser.add_argument("--data-file-size-mb", type=float, default=DATA_FILES_SIZE_IN_MB, metavar="MB",
+                        help="start a new data file after an episode once the current one holds this much "
+                             f"(default {DATA_FILES_SIZE_IN_MB}, as LeRobot)")
+    parser.add_argument("--video-file-size-mb", type=float, default=VIDEO_FILES_SIZE_IN_MB, metavar="MB",
+                        help="likewise for each camera's video files (default "
+                             f"{VIDEO_FILES_SIZE_IN_MB}, as LeRobot)")
     parser.set_defaults(func=_run)

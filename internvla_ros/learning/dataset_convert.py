@@ -21,7 +21,15 @@ from typing import Any
 import numpy as np
 
 from internvla_ros.learning.dataset_actions import ActionSource, ControllerActions, TeleopActions
-from internvla_ros.learning.dataset_layout import CONVERSION_PATH, DatasetError, DatasetSchema, write_json
+from internvla_ros.learning.dataset_layout import (
+    CONVERSION_PATH,
+    DATA_FILES_SIZE_IN_MB,
+    VIDEO_FILES_SIZE_IN_MB,
+    DatasetError,
+    DatasetSchema,
+    FileLimits,
+    write_json,
+)
 from internvla_ros.learning.dataset_video import CODECS
 from internvla_ros.learning.dataset_writer import DatasetWriter
 from internvla_ros.replay.errors import ReplayError
@@ -47,6 +55,8 @@ class ConversionOptions:
     max_action_age_s: float | None = None  # default: forward commands held (as the controller); teleop: state age
     codec: str = "h264"
     force: bool = False
+    data_file_size_mb: float = DATA_FILES_SIZE_IN_MB  # a data file this full ends at the next episode
+    video_file_size_mb: float = VIDEO_FILES_SIZE_IN_MB  # likewise each camera's video file
 
 
 @dataclass
@@ -219,10 +229,11 @@ def convert_bags(bags: Sequence[Path], config_path: Path, out: Path, options: Co
         raise DatasetError(f"--fps {fps}: must be positive")
     if options.codec not in CODECS:
         raise DatasetError(f"--codec {options.codec}: choose one of {', '.join(CODECS)}")
+    limits = FileLimits(options.data_file_size_mb, options.video_file_size_mb)
     plans = [_plan(Path(bag), config, mapper, options) for bag in bags]  # every bag checked before writing
     schema = DatasetSchema(robot_type=config.robot_type, fps=fps, joint_names=config.joint_names,
                            cameras={c.name: c.slot for c in config.cameras}, absolute_mask=config.absolute_mask)
-    writer = DatasetWriter(out, schema, CODECS[options.codec], force=options.force)
+    writer = DatasetWriter(out, schema, CODECS[options.codec], force=options.force, limits=limits)
     report = ConversionReport()
     try:
         for plan in plans:

@@ -2,7 +2,11 @@
 
 Written from LeRobot's documented v3.0 format (``datasets/utils.py`` defaults), without depending on
 lerobot (not installable here). One dataset directory holds ``meta/`` (info, stats, tasks, episodes),
-``data/`` (one row per frame) and ``videos/<key>/`` (all episodes of a camera concatenated per file).
+``data/`` (one row per frame) and ``videos/<key>/`` (episodes of a camera concatenated per file). As
+LeRobot does, a data or video file that has reached its size limit (``data_files_size_in_mb``,
+``video_files_size_in_mb``) is closed at the next episode boundary and the next episode starts the next
+file (``file-001``, ...; ``chunk-001`` after ``chunks_size`` files); the episodes table says where each
+episode lies.
 
 State and action are stored in the model's units, config joint order: joint positions, a velocity-state
 joint (a conveyor) as its speed, and grippers as 0 (open) .. 1 (closed), which is what the policy
@@ -33,6 +37,28 @@ STATE_KEY = "observation.state"
 ACTION_KEY = "action"
 IMAGE_PREFIX = "observation.images."
 OWN_INFO_KEY = "internvla_ros"
+MB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class FileLimits:
+    """Sizes at which a data or video file is full (MB, as LeRobot's ``*_files_size_in_mb``)."""
+
+    data_mb: float = DATA_FILES_SIZE_IN_MB
+    video_mb: float = VIDEO_FILES_SIZE_IN_MB
+
+    def __post_init__(self) -> None:
+        if not (self.data_mb > 0 and self.video_mb > 0):
+            raise DatasetError(f"file size limits must be positive MB, got data {self.data_mb}, video {self.video_mb}")
+
+
+LEROBOT_LIMITS = FileLimits()  # LeRobot's defaults
+
+
+def next_file(location: tuple[int, int]) -> tuple[int, int]:
+    """The (chunk_index, file_index) after ``location``: ``chunks_size`` files per chunk directory."""
+    chunk, file = location
+    return (chunk + 1, 0) if file + 1 >= CHUNKS_SIZE else (chunk, file + 1)
 DEFAULT_FEATURES: dict[str, dict[str, Any]] = {
     "timestamp": {"dtype": "float32", "shape": [1], "names": None},
     "frame_index": {"dtype": "int64", "shape": [1], "names": None},
@@ -96,9 +122,8 @@ class DatasetSchema:
 
 
 def build_info(schema: DatasetSchema, videos: dict[str, VideoSpec], episodes: int, frames: int,
-               tasks: int) -> dict[str, Any]:
+               tasks: int, limits: FileLimits = LEROBOT_LIMITS) -> dict[str, Any]:
     """``meta/info.json`` with LeRobot v3.0's fields, plus the ``internvla_ros`` block."""
-    fps: float | int = int(schema.fps) if float(schema.fps).is_integer() else schema.fps
     return {
         "codebase_version": CODEBASE_VERSION,
         "robot_type": schema.robot_type,
@@ -106,15 +131,19 @@ def build_info(schema: DatasetSchema, videos: dict[str, VideoSpec], episodes: in
         "total_frames": frames,
         "total_tasks": tasks,
         "chunks_size": CHUNKS_SIZE,
-        "data_files_size_in_mb": DATA_FILES_SIZE_IN_MB,
-        "video_files_size_in_mb": VIDEO_FILES_SIZE_IN_MB,
-        "fps": fps,
+        "data_files_size_in_mb": _number(limits.data_mb),
+        "video_files_size_in_mb": _number(limits.video_mb),
+        "fps": _number(schema.fps),
         "splits": {"train": f"0:{episodes}"},
         "data_path": DATA_PATH,
         "video_path": VIDEO_PATH if videos else None,
         "features": schema.features(videos),
         OWN_INFO_KEY: schema.own_info(),
     }
+
+
+def _number(value: float) -> float | int:
+    return int(value) if float(value).is_integer() else value
 
 
 def write_json(path: Path, value: Any) -> None:

@@ -43,14 +43,16 @@ def even(value: int) -> int:
 
 
 class VideoTrack:
-    """One camera's mp4: opened at its first frame (which fixes the size), frames appended in order.
+    """One camera's mp4: opened at its first frame (which fixes the size unless ``size`` is given), frames
+    appended in order.
 
     A frame of another size (a camera reconfigured mid-recording) is resized to the track's size and
     counted in ``resized``.
     """
 
-    def __init__(self, path: Path, fps: float, codec: VideoCodec) -> None:
+    def __init__(self, path: Path, fps: float, codec: VideoCodec, size: tuple[int, int] | None = None) -> None:
         self.path = path
+        self._size = size  # (height, width) for every frame, e.g. the camera's earlier files'; else the first frame's
         self.fps = fps
         self.codec = codec
         self.frames = 0
@@ -73,7 +75,7 @@ class VideoTrack:
 
     def add(self, rgb: np.ndarray) -> None:
         if self._stream is None:
-            self._open(rgb.shape[0], rgb.shape[1])
+            self._open(*(self._size or rgb.shape[:2]))
         assert self._stream is not None and self._container is not None and self.spec is not None
         if rgb.shape[:2] != (self.spec.height, self.spec.width):
             rgb = cv2.resize(rgb, (self.spec.width, self.spec.height), interpolation=cv2.INTER_AREA)

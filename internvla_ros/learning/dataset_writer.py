@@ -1,8 +1,9 @@
 """Writes a LeRobotDataset v3.0 directory frame by frame (see :mod:`internvla_ros.learning.dataset_layout`).
 
 Frames go straight to the video encoders; an episode's state/action rows are appended to the data
-parquet when the episode ends, so memory holds at most one episode's vectors. Everything is written
-under ``<out>.partial`` and renamed to ``<out>`` only when complete.
+parquet when the episode ends, so memory holds at most one episode's vectors. At an episode's end, a data
+or video file that has reached its size limit is closed and the next episode goes to the next file.
+Everything is written under ``<out>.partial`` and renamed to ``<out>`` only when complete.
 """
 
 from __future__ import annotations
@@ -22,18 +23,22 @@ from internvla_ros.learning.dataset_layout import (
     DATA_PATH,
     EPISODES_PATH,
     INFO_PATH,
+    LEROBOT_LIMITS,
+    MB,
     STATE_KEY,
     STATS_PATH,
     TASKS_PATH,
     VIDEO_PATH,
     DatasetError,
     DatasetSchema,
+    FileLimits,
     build_info,
+    next_file,
     video_key,
     write_json,
 )
 from internvla_ros.learning.dataset_stats import RunningStats
-from internvla_ros.learning.dataset_video import VideoCodec, VideoTrack
+from internvla_ros.learning.dataset_video import VideoCodec, VideoSpec, VideoTrack
 
 IMAGE_STATS_STRIDE = 8  # image statistics from every 8th pixel in each direction (LeRobot also subsamples)
 SCALARS = ("timestamp", "frame_index", "episode_index", "index", "task_index")
@@ -68,17 +73,22 @@ class _Episode:
 
 
 class DatasetWriter:
-    def __init__(self, out: Path, schema: DatasetSchema, codec: VideoCodec, force: bool = False) -> None:
+    def __init__(self, out: Path, schema: DatasetSchema, codec: VideoCodec, force: bool = False,
+                 limits: FileLimits = LEROBOT_LIMITS) -> None:
         self.out = Path(out)
         if self.out.exists() and any(self.out.iterdir()) and not force:
             raise DatasetError(f"{self.out} exists and is not empty; choose another --out or pass --force")
         self.schema = schema
+        self.codec = codec
+        self.limits = limits
         self.root = self.out.with_name(self.out.name + ".partial")
         shutil.rmtree(self.root, ignore_errors=True)
         self.root.mkdir(parents=True)
-        self.tracks = {c: VideoTrack(self.root / VIDEO_PATH.format(video_key=video_key(c), chunk_index=0,
-                                                                   file_index=0), schema.fps, codec)
-                       for c in schema.cameras}
+        self._data_at = (0, 0)  # (chunk_index, file_index) of the data file being written
+        self._video_at = dict.fromkeys(schema.cameras, (0, 0))
+        self._video_specs: dict[str, VideoSpec] = {}  # each camera's first file's (the dataset's features)
+        self._resized = dict.fromkeys(schema.cameras, 0)  # frames resized in the files already closed
+        self.tracks = {c: self._track(c) for c in schema.cameras}
         self.tasks: dict[str, int] = {}
         self.episodes: list[dict[str, Any]] = []
         self.frames = 0
@@ -122,13 +132,14 @@ class DatasetWriter:
         self._write_rows(columns)
         row: dict[str, Any] = {
             "episode_index": index, "tasks": [self._task_text(episode.task_index)], "length": length,
-            "data/chunk_index": 0, "data/file_index": 0,
+            "data/chunk_index": self._data_at[0], "data/file_index": self._data_at[1],
             "dataset_from_index": self.frames, "dataset_to_index": self.frames + length,
         }
         for camera, track in self.tracks.items():
             key = video_key(camera)
             start = track.frames - length
-            row |= {f"videos/{key}/chunk_index": 0, f"videos/{key}/file_index": 0,
+            chunk_index, file_index = self._video_at[camera]
+            row |= {f"videos/{key}/chunk_index": chunk_index, f"videos/{key}/file_index": file_index,
                     f"videos/{key}/from_timestamp": start / self.schema.fps,
                     f"videos/{key}/to_timestamp": track.frames / self.schema.fps}
         for key, values in columns.items():
@@ -141,6 +152,36 @@ class DatasetWriter:
         row |= {"meta/episodes/chunk_index": 0, "meta/episodes/file_index": 0}
         self.episodes.append(row)
         self.frames += length
+        self._next_files()
+
+    def _track(self, camera: str) -> VideoTrack:
+        chunk_index, file_index = self._video_at[camera]
+        path = self.root / VIDEO_PATH.format(video_key=video_key(camera), chunk_index=chunk_index,
+                                             file_index=file_index)
+        first = self._video_specs.get(camera)  # a later file keeps the camera's first file's size
+        return VideoTrack(path, self.schema.fps, self.codec, None if first is None else (first.height, first.width))
+
+    def _data_path(self) -> Path:
+        return self.root / DATA_PATH.format(chunk_index=self._data_at[0], file_index=self._data_at[1])
+
+    def _next_files(self) -> None:
+        """Between episodes: close every file that has reached its limit; the next episode opens the next."""
+        if self._data is not None and self._data_path().stat().st_size >= self.limits.data_mb * MB:
+            self._data.close()
+            self._data, self._data_at = None, next_file(self._data_at)
+        for camera, track in self.tracks.items():
+            if track.path.is_file() and track.path.stat().st_size >= self.limits.video_mb * MB:
+                self._finish_track(camera)
+                self._video_at[camera] = next_file(self._video_at[camera])
+                self.tracks[camera] = self._track(camera)
+
+    def _finish_track(self, camera: str) -> None:
+        track = self.tracks[camera]
+        track.close()
+        self._resized[camera] += track.resized
+        track.resized = 0  # moved into the writer's count (close() may finish the current track later)
+        if track.spec is not None:
+            self._video_specs.setdefault(camera, track.spec)
 
     def _task_text(self, task_index: int) -> str:
         return next(text for text, i in self.tasks.items() if i == task_index)
@@ -155,7 +196,7 @@ class DatasetWriter:
                 arrays[key] = pa.array(values)
         table = pa.table(arrays)
         if self._data is None:
-            path = self.root / DATA_PATH.format(chunk_index=0, file_index=0)
+            path = self._data_path()
             path.parent.mkdir(parents=True, exist_ok=True)
             self._data = pq.ParquetWriter(str(path), table.schema)
         self._data.write_table(table)
@@ -167,12 +208,12 @@ class DatasetWriter:
         if not self.episodes:
             self.abort()
             raise DatasetError("no frame could be converted (see the counts of dropped frames); nothing written")
-        for track in self.tracks.values():
-            track.close()
+        for camera in self.tracks:
+            self._finish_track(camera)
         if self._data is not None:
             self._data.close()
-        videos = {c: t.spec for c, t in self.tracks.items() if t.spec is not None}
-        info = build_info(self.schema, videos, len(self.episodes), self.frames, len(self.tasks))
+        info = build_info(self.schema, self._video_specs, len(self.episodes), self.frames, len(self.tasks),
+                          self.limits)
         write_json(self.root / INFO_PATH, info)
         stats = {key: s.result() for key, s in self.stats.items()}
         stats |= {video_key(c): s.result() for c, s in self.image_stats.items()}
@@ -195,4 +236,6 @@ class DatasetWriter:
 
     @property
     def resized_frames(self) -> dict[str, int]:
-        return {c: t.resized for c, t in self.tracks.items() if t.resized}
+        """Frames resized to their camera's video size, over all files so far."""
+        counts = {c: self._resized[c] + t.resized for c, t in self.tracks.items()}
+        return {c: n for c, n in counts.items() if n}

@@ -8,12 +8,22 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from internvla_ros.cli import dataset as dataset_cli
 from internvla_ros.cli import model_stats as stats_cli
-from internvla_ros.learning.dataset_layout import CODEBASE_VERSION, DATA_PATH, EPISODES_PATH, VIDEO_PATH
+from internvla_ros.learning.dataset_layout import (
+    CODEBASE_VERSION,
+    DATA_PATH,
+    EPISODES_PATH,
+    VIDEO_PATH,
+    DatasetError,
+    FileLimits,
+    next_file,
+)
+from internvla_ros.learning.dataset_reader import frame_cache, open_dataset
 from internvla_ros.learning.dataset_video import CODEC_TOLERANCE, decode_frames
 from internvla_ros.model.normalization import NormalizationStats
 from internvla_ros.paths import default_model_dir, share_dir
@@ -210,3 +220,67 @@ def test_add_stats_writes_the_robot_type_and_refuses_other_dims(
     assert run(["model", "add-stats", str(model), "--dataset", str(conveyor), "--robot-type", "franka",
                 "--config", str(config)], stats_cli.register) == 2
     assert "differ from the dataset's" in capsys.readouterr().err
+
+
+def test_files_roll_over_at_episode_boundaries_and_read_back_as_one_dataset(conveyor: Path, tmp_path: Path) -> None:
+    """Tiny size limits: every episode ends its data and video files, as LeRobot's writer does at its limits."""
+    bag = write_bag(tmp_path / "bag", CONVEYOR, CONVEYOR_SPEC)
+    split = tmp_path / "split"
+    assert run(["dataset", "from-bags", str(bag), "--config", str(CONVEYOR), "--out", str(split),
+                "--data-file-size-mb", "0.000001", "--video-file-size-mb", "0.000001"], dataset_cli.register) == 0
+    info = json.loads((split / "meta/info.json").read_text())
+    assert info["data_files_size_in_mb"] == 0.000001 and info["video_files_size_in_mb"] == 0.000001
+    assert sorted(p.name for p in (split / "data/chunk-000").iterdir()) == [f"file-00{i}.parquet" for i in range(3)]
+    episodes = pq.read_table(split / EPISODES_PATH.format(chunk_index=0, file_index=0)).to_pylist()
+    for i, episode in enumerate(episodes):
+        assert (episode["data/chunk_index"], episode["data/file_index"]) == (0, i)
+        for camera in ("head", "wrist"):
+            key = f"videos/observation.images.{camera}"
+            assert (episode[f"{key}/chunk_index"], episode[f"{key}/file_index"]) == (0, i)
+            assert episode[f"{key}/from_timestamp"] == 0.0
+            assert episode[f"{key}/to_timestamp"] * FPS == pytest.approx(episode["length"])
+            video = split / VIDEO_PATH.format(video_key=f"observation.images.{camera}", chunk_index=0, file_index=i)
+            assert sum(1 for _ in decode_frames(video)) == episode["length"]
+    assert info["features"]["observation.images.head"]["shape"] == [48, 64, 3]
+
+    whole, parts = open_dataset(conveyor), open_dataset(split)
+    np.testing.assert_array_equal(parts.states, whole.states)
+    np.testing.assert_array_equal(parts.actions, whole.actions)
+    assert parts.episodes == whole.episodes and len(parts.video_files["head"]) == 3
+    for camera in ("head", "wrist"):
+        one = frame_cache(whole, camera, tmp_path / "cache_whole", (32, 32))
+        many = frame_cache(parts, camera, tmp_path / "cache_parts", (32, 32))
+        assert one.shape == many.shape == (len(whole), 32, 32, 3)
+        assert int(np.abs(one.astype(int) - many.astype(int)).max()) <= CODEC_TOLERANCE
+
+
+def test_a_dataset_whose_episodes_leave_their_video_files_out_of_order_is_refused(conveyor: Path,
+                                                                                   tmp_path: Path) -> None:
+    copy = tmp_path / "ds"
+    shutil.copytree(conveyor, copy)
+    path = copy / EPISODES_PATH.format(chunk_index=0, file_index=0)
+    rows = pq.read_table(path).to_pylist()
+    rows[1]["videos/observation.images.wrist/from_timestamp"] += 0.5  # a gap inside the wrist file
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    with pytest.raises(DatasetError, match=r"episode 1 starts at .* of its observation\.images\.wrist file"):
+        open_dataset(copy)
+    key = "videos/observation.images.wrist"
+    rows[1] |= {f"{key}/file_index": 1, f"{key}/from_timestamp": 0.0,  # episode 1 alone in file 1,
+                f"{key}/to_timestamp": rows[1]["length"] / FPS}  # then episode 2 back in file 0
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    with pytest.raises(DatasetError, match=r"episode 2 returns to an earlier observation\.images\.wrist file"):
+        open_dataset(copy)
+
+
+def test_file_limits_and_the_next_file_name() -> None:
+    assert next_file((0, 0)) == (0, 1) and next_file((0, 999)) == (1, 0)
+    with pytest.raises(DatasetError, match="must be positive"):
+        FileLimits(data_mb=0)
+
+
+def test_a_size_limit_that_is_not_positive_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    bag = write_bag(tmp_path / "bag", CONVEYOR, Spec(duration_s=0.5))
+    assert run(["dataset", "from-bags", str(bag), "--config", str(CONVEYOR), "--out", str(tmp_path / "ds"),
+                "--video-file-size-mb", "0"], dataset_cli.register) == 2
+    assert "file size limits must be positive" in capsys.readouterr().err
+    assert not (tmp_path / "ds").exists()
