@@ -59,6 +59,8 @@ def next_file(location: tuple[int, int]) -> tuple[int, int]:
     """The (chunk_index, file_index) after ``location``: ``chunks_size`` files per chunk directory."""
     chunk, file = location
     return (chunk + 1, 0) if file + 1 >= CHUNKS_SIZE else (chunk, file + 1)
+
+
 DEFAULT_FEATURES: dict[str, dict[str, Any]] = {
     "timestamp": {"dtype": "float32", "shape": [1], "names": None},
     "frame_index": {"dtype": "int64", "shape": [1], "names": None},
