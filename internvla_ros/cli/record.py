@@ -10,7 +10,9 @@ Runs sim_robot and expert_node over ROS (a DDS domain of their own, kept on this
 OUT/episode_0000/ ... (mcap rosbag2: joint_states, every command on the controller topics, the
 instruction, head and wrist cameras as JPEG at 10 Hz, task/state, task/outcome, task/summary in the
 namespace /sorting), OUT/episodes.jsonl (one summary per episode) and the two nodes' logs in OUT/logs.
-Episode i uses seed S + i and rule variant (S + i) % 2; seeds from 1000000 on are held out for
+Episode i uses seed S + i and rule variant (S + i) % 2; ``--both-rules`` records each seed under both
+rules instead (episodes 2k and 2k + 1 use seed S + k), so that only the instruction tells the bins
+apart in the demonstrations. Seeds from 1000000 on are held out for
 `internvla eval` and refused here. Exits 1 when an episode sorted a parcel wrong, dropped or missed
 one, 2 when the recording could not run. ``--perturb-px P`` records recoveries: most approaches first go
 to a random point up to P head-camera pixels off the intercept and then correct onto it (400 px = 1 m).
@@ -38,8 +40,8 @@ def command(args: argparse.Namespace) -> int:
         if not 0.0 <= args.perturb_px <= 100.0:
             raise ValueError(f"--perturb-px {args.perturb_px}: give 0 (no perturbation) to 100 pixels")
         parcels = args.parcels or task_defaults(args.cell).parcels
-        specs = episode_specs(args.seed, args.episodes, parcels)
-        check_training_seeds(args.seed, args.episodes)
+        specs = episode_specs(args.seed, args.episodes, parcels, args.both_rules)
+        check_training_seeds(args.seed, specs[-1].seed - args.seed + 1)
         existing = [p for p in (args.out / f"episode_{s.episode:04d}" for s in specs) if p.exists()]
         if existing:
             raise ValueError(f"{existing[0]} exists: choose another --out or remove the old recording")
@@ -75,6 +77,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the first episode (default: 0)")
     parser.add_argument("--parcels", type=int, default=0, help="parcels per episode (default: the config's task)")
     parser.add_argument("--out", type=Path, required=True, help="output directory (one bag per episode)")
+    parser.add_argument("--both-rules", action="store_true",
+                        help="record each seed under both rules (an even --episodes; episodes 2k, 2k+1: seed S+k)")
     parser.add_argument("--perturb-px", type=float, default=0.0,
                         help="record recoveries: approaches first end up to this far off the intercept (default 0)")
     parser.set_defaults(func=command)

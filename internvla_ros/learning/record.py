@@ -1,9 +1,12 @@
 """Which episodes `internvla record` and `internvla eval` run: seeds, rule variants, held-out ranges.
 
 Episode i of a run started at seed S uses seed S + i and rule variant (S + i) % 2, so any run covers
-both instructions equally. Seeds below EVAL_SEED_START are for training recordings; from
-EVAL_SEED_START on they are held out for evaluation (`internvla record` refuses them, `internvla eval`
-starts there by default), so an evaluated episode never has the parcel layout of a training one.
+both instructions equally. With ``both_rules`` each seed is recorded under both rules (episodes 2k and
+2k + 1 use seed S + k): the same parcels, sorted into opposite bins, so that only the instruction
+separates the two, and a policy cannot learn the bins from a layout it remembers. Seeds below
+EVAL_SEED_START are for training recordings; from EVAL_SEED_START on they are held out for evaluation
+(`internvla record` refuses them, `internvla eval` starts there by default), so an evaluated episode
+never has the parcel layout of a training one.
 """
 
 from __future__ import annotations
@@ -14,15 +17,20 @@ EVAL_SEED_START = 1_000_000
 SEED_MAX = 2**31 - 1
 
 
-def episode_specs(seed: int, episodes: int, parcels: int) -> list[EpisodeSpec]:
+def episode_specs(seed: int, episodes: int, parcels: int, both_rules: bool = False) -> list[EpisodeSpec]:
     """The run's episodes; a bad count or seed is refused with the allowed range."""
     if episodes < 1:
         raise ValueError(f"--episodes must be 1 or more, got {episodes}")
+    if both_rules and episodes % 2:
+        raise ValueError(f"--both-rules records each seed twice: give an even --episodes, got {episodes}")
     if parcels < 1:
         raise ValueError(f"--parcels must be 1 or more, got {parcels}")
-    if seed < 0 or seed + episodes - 1 > SEED_MAX:
-        raise ValueError(f"--seed must be in 0..{SEED_MAX - episodes + 1} for {episodes} episodes, got {seed}")
-    return [EpisodeSpec(seed + i, (seed + i) % len(RULES), parcels, episode=i) for i in range(episodes)]
+    per_seed = 2 if both_rules else 1
+    seeds = episodes // per_seed
+    if seed < 0 or seed + seeds - 1 > SEED_MAX:
+        raise ValueError(f"--seed must be in 0..{SEED_MAX - seeds + 1} for {episodes} episodes, got {seed}")
+    return [EpisodeSpec(seed + i // per_seed, (seed + i // per_seed + i % per_seed) % len(RULES), parcels, episode=i)
+            for i in range(episodes)]
 
 
 def check_training_seeds(seed: int, episodes: int) -> None:

@@ -2,7 +2,9 @@
 
 Parcels of two colours ride the belt (they move with the belt joint's travel, so a stopped belt stops
 them); one bin on each side of the arm. The instruction names the rule, and its two variants swap it,
-so the bins look alike and only the language says where a colour goes. Grasping is kinematic: a
+so the bins look alike and only the language says where a colour goes. The variants differ in a word,
+not only in word order: "red ... left ..., blue ... right" and its mirror are the same bag of words,
+and a policy trained from scratch on two such sentences was measured not to tell them apart. Grasping is kinematic: a
 gripper that closes with its tip within `grasp_radius_m` of a parcel on the belt holds it; opening
 it drops the parcel where the tip is. Each parcel ends `right` (in its bin), `wrong` (in the other
 bin), `dropped` (released anywhere else) or `missed` (left the belt's end, or was still on the belt,
@@ -39,8 +41,8 @@ SIM_NODE_BLOCKS = ("/**/sim_robot", "sim_robot")  # where a robot file keeps the
 
 
 def instruction(variant: int) -> str:
-    rule = RULES[variant]
-    return f"put the red parcels in the {rule['red']} bin and the blue parcels in the {rule['blue']} bin"
+    """The rule in words: where red parcels go, and that blue ones go to the other bin."""
+    return f"put the red parcels in the {RULES[variant]['red']} bin and the blue parcels in the other bin"
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,15 @@ def test_episodes_cover_both_rules_and_training_seeds_stay_below_the_held_out_ra
         episode_specs(0, 0, 2)
 
 
+def test_both_rules_records_each_seed_under_each_rule() -> None:
+    specs = episode_specs(7, 4, 3, both_rules=True)
+    assert [(s.seed, s.variant, s.episode) for s in specs] == [(7, 1, 0), (7, 0, 1), (8, 0, 2), (8, 1, 3)]
+    with pytest.raises(ValueError, match="even --episodes"):
+        episode_specs(7, 3, 3, both_rules=True)
+    with pytest.raises(ValueError, match=r"--seed must be in 0\.\.2147483647 for 2 episodes"):
+        episode_specs(2**31, 2, 3, both_rules=True)
+
+
 def test_record_writes_one_bag_per_episode_with_the_experts_sorting(tmp_path: Path) -> None:
     out = tmp_path / "bags"
     assert run_cli(record, "record", "--episodes", "1", "--parcels", "2", "--seed", "4", "--out", str(out)) == 0

@@ -47,12 +47,14 @@ def test_a_parcel_released_over_a_bin_is_right_or_wrong_by_the_instructions_rule
     expected = "right" if task.rule[colour] == bin_name else "wrong"
     assert [(d.outcome, d.bin) for d in decided] == [(expected, bin_name)]
     assert task.done and task.summary()[expected] == 1 and task.summary()["success_rate"] == (expected == "right")
-    assert (f"{colour} parcels in the {bin_name} bin" in task.instruction) == (expected == "right")
+    said = "red parcels in the left bin" in task.instruction  # else red goes right
+    assert ((colour == "red") == (bin_name == ("left" if said else "right"))) == (expected == "right")
 
 
-def test_the_two_instruction_variants_swap_the_rule() -> None:
-    assert instruction(0) == "put the red parcels in the left bin and the blue parcels in the right bin"
-    assert instruction(1) == "put the red parcels in the right bin and the blue parcels in the left bin"
+def test_the_two_instruction_variants_swap_the_rule_and_differ_in_a_word() -> None:
+    assert instruction(0) == "put the red parcels in the left bin and the blue parcels in the other bin"
+    assert instruction(1) == "put the red parcels in the right bin and the blue parcels in the other bin"
+    assert sorted(instruction(0).split()) != sorted(instruction(1).split())  # not only the order
 
 
 def test_released_outside_the_bins_is_dropped() -> None:
