@@ -14,7 +14,7 @@ BIN="${ROOT}/.venv/bin"
 WORK="${WORK:-out/sorting}"          # bags, dataset, evaluation reports
 MODEL="${MODEL:-models/sorting}"     # the trained checkpoint
 INIT="${INIT:-models/default}"
-EPISODES="${EPISODES:-20}"           # expert episodes (3 parcels each), seeds 0 .. EPISODES-1
+EPISODES="${EPISODES:-60}"           # expert episodes (3 parcels each): seeds 0 .. EPISODES/2-1, each under both rules
 PERTURB="${PERTURB:-30}"             # recovery demonstrations: approaches first end up to this many px off
 STEPS="${STEPS:-4000}"
 BATCH="${BATCH:-16}"
@@ -32,8 +32,8 @@ timed() { local start=${SECONDS}; "$@"; echo "train_sorting: '$*' took $((SECOND
 
 if stage record; then
   # exit 1 means an expert episode lost a parcel: its bag is still a demonstration, so keep going
-  timed "${BIN}/internvla" record --cell conveyor_sorting --episodes "${EPISODES}" --seed 0 --perturb-px "${PERTURB}" \
-    --out "${WORK}/bags" || [[ $? == 1 ]]
+  timed "${BIN}/internvla" record --cell conveyor_sorting --episodes "${EPISODES}" --seed 0 --both-rules \
+    --perturb-px "${PERTURB}" --out "${WORK}/bags" || [[ $? == 1 ]]
 fi
 if stage dataset; then
   # joint states and camera frames up to 1 s old: on a loaded machine the recorder receives them in bursts
