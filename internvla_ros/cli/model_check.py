@@ -35,7 +35,8 @@ def command(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     options = ChunkCheckOptions(samples=args.samples, batch_size=args.batch_size, seed=args.seed,
-                                noise_scale=args.noise_scale, prefix_delay=args.prefix_delay)
+                                noise_scale=args.noise_scale, prefix_delay=args.prefix_delay,
+                                instruction=args.instruction)
     cache = Path(args.cache) if args.cache else Path(args.dataset) / "cache"
     try:
         report = check_chunks(Path(args.model), Path(args.dataset), cache, options)
@@ -59,6 +60,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_noise_scale(parser)
     parser.add_argument("--prefix-delay", type=int, default=0,
                         help="give the first D recorded actions as the executed prefix (default 0)")
+    parser.add_argument("--instruction", default=None, metavar="TEXT",
+                        help="also sample under this instruction and report how much the chunks change")
     parser.add_argument("--cache", default=None, help="decoded frames (default: DATASET/cache, reused)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--json", default=None, metavar="PATH", help="write the report as JSON")

@@ -14,7 +14,11 @@ the normalised action space (units of the action's standard deviation):
   the steps after them: whether a model follows a correct prefix, apart from the runtime that builds it;
 - ``rmse_by_joint``: the same error in each joint's own unit (rad for the arm, the gripper's 0-1, m/s for a
   belt) at the reported steps, for the joints that move in the recording. A joint the demonstrations never
-  move adds a zero to every average above; per joint, it is left out, so a few badly placed joints show.
+  move adds a zero to every average above; per joint, it is left out, so a few badly placed joints show;
+- with ``instruction``: every sample is sampled again, with the same noise, under that instruction instead
+  of its episode's, and ``instruction_effect`` is how much the chunks change (RMS and largest, std units)
+  over the samples whose episode has another instruction. A language-conditioned policy must change; one
+  that changes by a small fraction of its error does not read the words.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ class ChunkCheckOptions:
     seed: int = 0
     noise_scale: float = 1.0  # the sampler's starting noise is scaled by this (0: from the mean)
     prefix_delay: int = 0  # the first d recorded actions given as the executed prefix
+    instruction: str | None = None  # also sample every chunk under this instruction (see the module docstring)
 
 
 def check_chunks(model_dir: Path, dataset_dir: Path, cache_dir: Path, options: ChunkCheckOptions) -> dict[str, Any]:
@@ -68,22 +73,39 @@ def check_chunks(model_dir: Path, dataset_dir: Path, cache_dir: Path, options: C
     picked = np.sort(rng.choice(samples.frame_index, size=min(options.samples, len(samples)), replace=False))
     pipeline = InferencePipeline(TorchStages(model), config)
     generator = torch.Generator().manual_seed(options.seed)
-    predicted, recorded = [], []
+    differs = np.asarray([samples.task(int(i)) != options.instruction for i in picked])
+    if options.instruction is not None and not differs.any():
+        raise ChunkCheckError(f"every sampled episode already has the instruction {options.instruction!r}: "
+                              "give another one (e.g. the other rule's sentence)")
+    predicted, recorded, instructed = [], [], []
     for start in range(0, len(picked), options.batch_size):
-        batch = samples.batch(picked[start:start + options.batch_size].tolist())
+        indices = picked[start:start + options.batch_size].tolist()
+        batch = samples.batch(indices)
         noise = torch.randn(len(batch.actions), config.chunk_size, config.max_action_dim,
                             generator=generator) * options.noise_scale
         with torch.inference_mode():
             actions = _sample(pipeline, batch.inputs, noise, batch.actions, options.prefix_delay)
+            if options.instruction is not None:
+                other = samples.batch(indices, instruction=options.instruction)
+                instructed.append(_sample(pipeline, other.inputs, noise, batch.actions, options.prefix_delay)
+                                  [:, :, : batch.action_dim].numpy())
         predicted.append(actions[:, :, : batch.action_dim].numpy())
         recorded.append(batch.actions.numpy())
     scale = stats.action_std[: dataset.schema.dim] + np.float32(stats.eps)
-    return chunk_report(np.concatenate(predicted), np.concatenate(recorded), options.prefix_delay,
-                        dict(zip(dataset.schema.joint_names, scale, strict=True))) | {
+    chunks = np.concatenate(predicted)
+    effect = {} if not instructed else {"instruction": options.instruction, "instruction_samples": int(differs.sum()),
+                                        **_effect(np.concatenate(instructed)[differs] - chunks[differs])}
+    return chunk_report(chunks, np.concatenate(recorded), options.prefix_delay,
+                        dict(zip(dataset.schema.joint_names, scale, strict=True))) | effect | {
         "model": str(model_dir), "dataset": str(dataset_dir), "robot_type": robot_type,
         "samples": len(picked), "noise_scale": options.noise_scale, "seed": options.seed,
         "prefix": "none" if options.prefix_delay == 0 else
         "clean (training-time RTC)" if config.rtc_training_max_delay > 0 else f"guided (beta {GUIDANCE_BETA})"}
+
+
+def _effect(change: np.ndarray) -> dict[str, float]:
+    return {"instruction_effect": float(np.sqrt(np.mean(change ** 2))),
+            "instruction_effect_max": float(np.max(np.abs(change)))}
 
 
 def _sample(pipeline: InferencePipeline, inputs: Any, noise: torch.Tensor, recorded: torch.Tensor,
@@ -140,7 +162,11 @@ def format_report(report: dict[str, Any]) -> str:
             f"rmse (action std units) after the prefix {report['rmse']:.4f}; {cells}\n"
             f"roughness (second differences / the recorded ones) {_round(report['roughness'])}"
             + "".join(f"\n  {name} (own unit): " + "  ".join(f"step {s}: {v:.3f}" for s, v in by_step.items())
-                      for name, by_step in report.get("rmse_by_joint", {}).items()))
+                      for name, by_step in report.get("rmse_by_joint", {}).items())
+            + ("" if "instruction" not in report else
+               f"\nunder {report['instruction']!r}: chunks change by {report['instruction_effect']:.4f} rms "
+               f"(largest {report['instruction_effect_max']:.4f}) over the {report['instruction_samples']} samples "
+               "whose episode has another instruction"))
 
 
 def _round(value: float | None) -> str:

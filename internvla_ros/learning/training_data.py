@@ -85,11 +85,16 @@ class TrainingSamples:
     def _slots(self, index: int) -> dict[int, np.ndarray]:
         return {slot: np.asarray(self.frames[camera][index]) for camera, slot in self.dataset.schema.cameras.items()}
 
-    def batch(self, indices: Sequence[int]) -> TrainingBatch:
+    def task(self, index: int) -> str:
+        return self._bounds[int(self.dataset.episode_of[index])][2]
+
+    def batch(self, indices: Sequence[int], instruction: str | None = None) -> TrainingBatch:
+        """The samples at ``indices``; ``instruction`` replaces their episodes' task (a counterfactual check)."""
         items, actions, futures, frame_indices = [], [], [], []
         cfg = self.config
         for index in indices:
             start, stop, task = self._bounds[int(self.dataset.episode_of[index])]
+            task = task if instruction is None else instruction
             past, future = max(index - self.history, start), min(index + self.history, stop - 1)
             frame_indices.append((past, index, future))
             items.append(self.preprocessor(self._slots(index), self.dataset.states[index], task, self._slots(past)))

@@ -11,7 +11,8 @@ import pytest
 
 from internvla_ros.cli import train as train_cli
 from internvla_ros.cli.main import main
-from internvla_ros.learning.chunk_check import ChunkCheckOptions, check_chunks, chunk_report
+from internvla_ros.learning.chunk_check import ChunkCheckError, ChunkCheckOptions, check_chunks, chunk_report
+from internvla_ros.learning.dataset_reader import open_dataset
 from internvla_ros.learning.training import TrainingOptions
 from test.learning.conftest import TINY_MODEL
 
@@ -90,3 +91,17 @@ def test_cli_writes_json_and_refuses_a_prefix_as_long_as_the_chunk(models: dict[
     assert "rmse (action std units)" in capsys.readouterr().out
     assert main([*args, "--prefix-delay", "50"]) == 2
     assert "--prefix-delay 50 must lie in [0, 49]" in capsys.readouterr().err
+
+
+def test_another_instruction_changes_the_chunks_and_the_episodes_own_is_refused(models: dict[str, Path],
+                                                                                dataset: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    base = check_chunks(models["plain"], dataset, cache, replace(CHECK, noise_scale=0.0))
+    other = check_chunks(models["plain"], dataset, cache,
+                         replace(CHECK, noise_scale=0.0, instruction="stack the blue cubes on the shelf"))
+    assert other["instruction_samples"] == CHECK.samples
+    assert 0 < other["instruction_effect"] <= other["instruction_effect_max"]
+    assert {k: v for k, v in other.items() if not k.startswith("instruction")} == base  # the rest is unchanged
+    own = open_dataset(dataset).episodes[0].task
+    with pytest.raises(ChunkCheckError, match="already has the instruction"):
+        check_chunks(models["plain"], dataset, cache, replace(CHECK, instruction=own))
