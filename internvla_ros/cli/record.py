@@ -41,7 +41,7 @@ def command(args: argparse.Namespace) -> int:
             raise ValueError(f"--perturb-px {args.perturb_px}: give 0 (no perturbation) to 100 pixels")
         parcels = args.parcels or task_defaults(args.cell).parcels
         specs = episode_specs(args.seed, args.episodes, parcels, args.both_rules)
-        check_training_seeds(args.seed, specs[-1].seed - args.seed + 1)
+        check_training_seeds(args.seed, specs[-1].seed)
         existing = [p for p in (args.out / f"episode_{s.episode:04d}" for s in specs) if p.exists()]
         if existing:
             raise ValueError(f"{existing[0]} exists: choose another --out or remove the old recording")

@@ -73,8 +73,9 @@ def check_chunks(model_dir: Path, dataset_dir: Path, cache_dir: Path, options: C
     picked = np.sort(rng.choice(samples.frame_index, size=min(options.samples, len(samples)), replace=False))
     pipeline = InferencePipeline(TorchStages(model), config)
     generator = torch.Generator().manual_seed(options.seed)
-    differs = np.asarray([samples.task(int(i)) != options.instruction for i in picked])
-    if options.instruction is not None and not differs.any():
+    differs = None if options.instruction is None else np.asarray([samples.task(int(i)) != options.instruction
+                                                                   for i in picked])
+    if differs is not None and not differs.any():
         raise ChunkCheckError(f"every sampled episode already has the instruction {options.instruction!r}: "
                               "give another one (e.g. the other rule's sentence)")
     predicted, recorded, instructed = [], [], []
@@ -93,7 +94,7 @@ def check_chunks(model_dir: Path, dataset_dir: Path, cache_dir: Path, options: C
         recorded.append(batch.actions.numpy())
     scale = stats.action_std[: dataset.schema.dim] + np.float32(stats.eps)
     chunks = np.concatenate(predicted)
-    effect = {} if not instructed else {"instruction": options.instruction, "instruction_samples": int(differs.sum()),
+    effect = {} if differs is None else {"instruction": options.instruction, "instruction_samples": int(differs.sum()),
                                         **_effect(np.concatenate(instructed)[differs] - chunks[differs])}
     return chunk_report(chunks, np.concatenate(recorded), options.prefix_delay,
                         dict(zip(dataset.schema.joint_names, scale, strict=True))) | effect | {

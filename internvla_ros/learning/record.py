@@ -33,10 +33,10 @@ def episode_specs(seed: int, episodes: int, parcels: int, both_rules: bool = Fal
             for i in range(episodes)]
 
 
-def check_training_seeds(seed: int, episodes: int) -> None:
-    """Training recordings stay below the held-out evaluation seeds."""
-    if seed + episodes - 1 >= EVAL_SEED_START:
-        raise ValueError(f"seeds {seed}..{seed + episodes - 1} reach the held-out evaluation range "
+def check_training_seeds(first: int, last: int) -> None:
+    """Training recordings (seeds ``first``..``last``) stay below the held-out evaluation seeds."""
+    if last >= EVAL_SEED_START:
+        raise ValueError(f"seeds {first}..{last} reach the held-out evaluation range "
                          f"(>= {EVAL_SEED_START}): record training episodes with seeds below it")
 
 

@@ -26,9 +26,9 @@ def run_cli(module: object, *argv: str) -> int:
 
 def test_episodes_cover_both_rules_and_training_seeds_stay_below_the_held_out_range() -> None:
     assert episode_specs(10, 3, 2) == [EpisodeSpec(10, 0, 2, 0), EpisodeSpec(11, 1, 2, 1), EpisodeSpec(12, 0, 2, 2)]
-    check_training_seeds(EVAL_SEED_START - 5, 5)
+    check_training_seeds(EVAL_SEED_START - 5, EVAL_SEED_START - 1)
     with pytest.raises(ValueError, match="reach the held-out evaluation range"):
-        check_training_seeds(EVAL_SEED_START - 5, 6)
+        check_training_seeds(EVAL_SEED_START - 5, EVAL_SEED_START)
     with pytest.raises(ValueError, match="--episodes must be 1 or more"):
         episode_specs(0, 0, 2)
 
