@@ -10,7 +10,10 @@ Seeded samples of the dataset, built as training builds them, are run through th
 (torch) and compared with the recorded chunks in the normalised action space (standard deviations):
 the error per chunk step, and how rough the sampled chunks are against the demonstrations. With
 --prefix-delay D the first D recorded actions are given as the executed prefix (real-time chunking:
-clean to a model trained with it, guided otherwise) and the error is taken after them. Minutes, not
+clean to a model trained with it, guided otherwise) and the error is taken after them. --instruction
+TEXT measures how much the chunks change under another instruction, --attention where the action
+tokens look (the share of their attention on the camera, prompt, foresight, state and action tokens,
+beside an even spread's). Minutes, not
 the hour of a closed-loop evaluation; it says nothing about closed-loop drift. Exit codes: 0 checked,
 2 refused (the reason is printed).
 """
@@ -36,7 +39,7 @@ def command(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     options = ChunkCheckOptions(samples=args.samples, batch_size=args.batch_size, seed=args.seed,
                                 noise_scale=args.noise_scale, prefix_delay=args.prefix_delay,
-                                instruction=args.instruction)
+                                instruction=args.instruction, attention=args.attention)
     cache = Path(args.cache) if args.cache else Path(args.dataset) / "cache"
     try:
         report = check_chunks(Path(args.model), Path(args.dataset), cache, options)
@@ -62,6 +65,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="give the first D recorded actions as the executed prefix (default 0)")
     parser.add_argument("--instruction", default=None, metavar="TEXT",
                         help="also sample under this instruction and report how much the chunks change")
+    parser.add_argument("--attention", action="store_true",
+                        help="also report where the action tokens look (camera, prompt, foresight, state, action)")
     parser.add_argument("--cache", default=None, help="decoded frames (default: DATASET/cache, reused)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--json", default=None, metavar="PATH", help="write the report as JSON")

@@ -18,11 +18,13 @@ the normalised action space (units of the action's standard deviation):
 - with ``instruction``: every sample is sampled again, with the same noise, under that instruction instead
   of its episode's, and ``instruction_effect`` is how much the chunks change (RMS and largest, std units)
   over the samples whose episode has another instruction. A language-conditioned policy must change; one
-  that changes by a small fraction of its error does not read the words.
+  that changes by a small fraction of its error does not read the words;
+- with ``attention``: where the action tokens look (:mod:`~internvla_ros.learning.attention_check`).
 """
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,8 +32,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from internvla_ros.learning.attention_check import ActionAttention, format_attention
 from internvla_ros.learning.dataset_reader import open_dataset
 from internvla_ros.learning.training_data import TrainingSamples
+from internvla_ros.model.attention import record_attention
 from internvla_ros.model.checkpoint import STATS_FILE, load_checkpoint
 from internvla_ros.model.normalization import NormalizationStats
 from internvla_ros.model.pipeline import InferencePipeline, select
@@ -55,6 +59,7 @@ class ChunkCheckOptions:
     noise_scale: float = 1.0  # the sampler's starting noise is scaled by this (0: from the mean)
     prefix_delay: int = 0  # the first d recorded actions given as the executed prefix
     instruction: str | None = None  # also sample every chunk under this instruction (see the module docstring)
+    attention: bool = False  # report where the action tokens look (measured without a prefix)
 
 
 def check_chunks(model_dir: Path, dataset_dir: Path, cache_dir: Path, options: ChunkCheckOptions) -> dict[str, Any]:
@@ -63,6 +68,8 @@ def check_chunks(model_dir: Path, dataset_dir: Path, cache_dir: Path, options: C
     config, model = checkpoint.config, checkpoint.model.eval()
     if not 0 <= options.prefix_delay < config.chunk_size:
         raise ChunkCheckError(f"--prefix-delay {options.prefix_delay} must lie in [0, {config.chunk_size - 1}]")
+    if options.attention and options.prefix_delay:
+        raise ChunkCheckError("--attention is measured on plain sampling: drop --prefix-delay, or run it separately")
     if options.samples < 1 or options.batch_size < 1 or options.noise_scale < 0:
         raise ChunkCheckError("--samples and --batch-size must be >= 1 and --noise-scale >= 0")
     dataset = open_dataset(dataset_dir)
@@ -79,25 +86,32 @@ def check_chunks(model_dir: Path, dataset_dir: Path, cache_dir: Path, options: C
         raise ChunkCheckError(f"every sampled episode already has the instruction {options.instruction!r}: "
                               "give another one (e.g. the other rule's sentence)")
     predicted, recorded, instructed = [], [], []
+    attention = ActionAttention(config.tokenizer_max_length) if options.attention else None
     for start in range(0, len(picked), options.batch_size):
         indices = picked[start:start + options.batch_size].tolist()
         batch = samples.batch(indices)
         noise = torch.randn(len(batch.actions), config.chunk_size, config.max_action_dim,
                             generator=generator) * options.noise_scale
-        with torch.inference_mode():
+        recording = record_attention() if attention is not None else nullcontext([])
+        with torch.inference_mode(), recording as records:
             actions = _sample(pipeline, batch.inputs, noise, batch.actions, options.prefix_delay)
-            if options.instruction is not None:
-                other = samples.batch(indices, instruction=options.instruction)
+        if attention is not None:
+            attention.add(records)
+        if options.instruction is not None:
+            other = samples.batch(indices, instruction=options.instruction)
+            with torch.inference_mode():
                 instructed.append(_sample(pipeline, other.inputs, noise, batch.actions, options.prefix_delay)
                                   [:, :, : batch.action_dim].numpy())
         predicted.append(actions[:, :, : batch.action_dim].numpy())
         recorded.append(batch.actions.numpy())
     scale = stats.action_std[: dataset.schema.dim] + np.float32(stats.eps)
     chunks = np.concatenate(predicted)
-    effect = {} if differs is None else {"instruction": options.instruction, "instruction_samples": int(differs.sum()),
-                                        **_effect(np.concatenate(instructed)[differs] - chunks[differs])}
+    extra: dict[str, Any] = {} if attention is None else {"attention": attention.report()}
+    if differs is not None:
+        extra |= {"instruction": options.instruction, "instruction_samples": int(differs.sum()),
+                  **_effect(np.concatenate(instructed)[differs] - chunks[differs])}
     return chunk_report(chunks, np.concatenate(recorded), options.prefix_delay,
-                        dict(zip(dataset.schema.joint_names, scale, strict=True))) | effect | {
+                        dict(zip(dataset.schema.joint_names, scale, strict=True))) | extra | {
         "model": str(model_dir), "dataset": str(dataset_dir), "robot_type": robot_type,
         "samples": len(picked), "noise_scale": options.noise_scale, "seed": options.seed,
         "prefix": "none" if options.prefix_delay == 0 else
@@ -167,7 +181,8 @@ def format_report(report: dict[str, Any]) -> str:
             + ("" if "instruction" not in report else
                f"\nunder {report['instruction']!r}: chunks change by {report['instruction_effect']:.4f} rms "
                f"(largest {report['instruction_effect_max']:.4f}) over the {report['instruction_samples']} samples "
-               "whose episode has another instruction"))
+               "whose episode has another instruction")
+            + ("" if "attention" not in report else "\n" + format_attention(report["attention"])))
 
 
 def _round(value: float | None) -> str:

@@ -6,7 +6,8 @@ Every pass of the model (prefix, generation, one action step, or all blocks at o
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -123,6 +124,41 @@ class LayerKV:
     values: Tensor
 
 
+@dataclass(frozen=True)
+class AttentionWeights:
+    """One layer's attention probabilities ``(B, heads, Lq, Lk)`` and the block of each query and key."""
+
+    layer: int
+    query_blocks: Tensor  # (Lq,)
+    key_blocks: Tensor  # (Lk,)
+    key_valid: Tensor  # (B, Lk)
+    weights: Tensor
+
+
+_RECORDINGS: list[list[AttentionWeights]] = []
+
+
+@contextmanager
+def record_attention() -> Iterator[list[AttentionWeights]]:
+    """Collects every layer's attention probabilities while active: a diagnostic, since it materialises
+    each attention matrix, which the fused kernel never does."""
+    records: list[AttentionWeights] = []
+    _RECORDINGS.append(records)
+    try:
+        yield records
+    finally:
+        _RECORDINGS.remove(records)
+
+
+def attention_recorder(layer: int, query_blocks: Tensor, key_blocks: Tensor,
+                       key_valid: Tensor) -> Callable[[Tensor], None] | None:
+    """What :func:`mixed_layer` hands its probabilities to inside :func:`record_attention`; None outside."""
+    if not _RECORDINGS:
+        return None
+    records = _RECORDINGS[-1]
+    return lambda weights: records.append(AttentionWeights(layer, query_blocks, key_blocks, key_valid, weights))
+
+
 def _cast(x: Tensor, like: nn.Linear) -> Tensor:
     return x.to(like.weight.dtype)
 
@@ -133,6 +169,7 @@ def mixed_layer(
     rope: tuple[Tensor, Tensor],
     bias: Tensor,
     past: LayerKV | None,
+    record: Callable[[Tensor], None] | None = None,
 ) -> tuple[list[Tensor], LayerKV]:
     """One Mixture-of-Transformers layer over consecutive token segments, one expert per segment.
 
@@ -141,7 +178,8 @@ def mixed_layer(
     extended with ``past`` (cached keys and values of earlier blocks), and one scaled-dot-product
     attention runs with ``bias`` (compute dtype, from :func:`block_attention_bias`). The result
     is split back; each expert applies its own o_proj, residual, post-attention norm and MLP.
-    Returns the new hidden states and this layer's keys/values for the new tokens.
+    Returns the new hidden states and this layer's keys/values for the new tokens; ``record``, when
+    given, receives the attention probabilities (see :func:`record_attention`).
     """
     queries, keys, values = [], [], []
     for layer, h in zip(layers, hidden, strict=True):
@@ -160,6 +198,10 @@ def mixed_layer(
         key = torch.cat([past.keys, key], dim=2)
         value = torch.cat([past.values, value], dim=2)
     attn0 = layers[0].self_attn
+    if record is not None:
+        expanded = key.repeat_interleave(query.shape[1] // key.shape[1], dim=1)
+        logits = (query @ expanded.transpose(-1, -2)).float() * attn0.scaling + bias.float()
+        record(torch.softmax(logits, dim=-1))
     out = F.scaled_dot_product_attention(
         query, key, value, attn_mask=bias, scale=attn0.scaling,
         enable_gqa=query.shape[1] != key.shape[1],

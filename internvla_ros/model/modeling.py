@@ -38,6 +38,7 @@ from internvla_ros.model.attention import (
     PREFIX_BLOCK,
     STATE_BLOCK,
     LayerKV,
+    attention_recorder,
     block_attention_bias,
     following_positions,
     mixed_layer,
@@ -206,7 +207,8 @@ class InternVLAModel(nn.Module):
         new_kv = []
         for index in range(self.config.und.num_layers):
             layers = [e.layers[index] for e in experts]
-            hidden, kv = mixed_layer(layers, hidden, rope, bias, None if past is None else past.layers[index])
+            hidden, kv = mixed_layer(layers, hidden, rope, bias, None if past is None else past.layers[index],
+                                     attention_recorder(index, block_ids, key_blocks, key_valid))
             new_kv.append(kv)
         outputs = [e.final_norm(h) for e, h in zip(experts, hidden, strict=True)]
         return outputs, tuple(new_kv)

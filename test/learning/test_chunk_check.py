@@ -8,12 +8,28 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from internvla_ros.cli import train as train_cli
 from internvla_ros.cli.main import main
+from internvla_ros.learning.attention_check import KEY_GROUPS, ActionAttention, format_attention
 from internvla_ros.learning.chunk_check import ChunkCheckError, ChunkCheckOptions, check_chunks, chunk_report
 from internvla_ros.learning.dataset_reader import open_dataset
 from internvla_ros.learning.training import TrainingOptions
+from internvla_ros.learning.training_data import TrainingSamples
+from internvla_ros.model.attention import (
+    ACTION_BLOCK,
+    GENERATION_BLOCK,
+    PREFIX_BLOCK,
+    STATE_BLOCK,
+    AttentionWeights,
+    record_attention,
+)
+from internvla_ros.model.checkpoint import STATS_FILE, load_checkpoint
+from internvla_ros.model.normalization import NormalizationStats
+from internvla_ros.model.pipeline import InferencePipeline
+from internvla_ros.model.preprocessing import load_tokenizer
+from internvla_ros.model.torch_stages import TorchStages
 from test.learning.conftest import TINY_MODEL
 
 OPTIONS = TrainingOptions(steps=1, batch_size=2, lr=2e-3, seed=7, save_every=100, device="cpu")
@@ -105,3 +121,71 @@ def test_another_instruction_changes_the_chunks_and_the_episodes_own_is_refused(
     own = open_dataset(dataset).episodes[0].task
     with pytest.raises(ChunkCheckError, match="already has the instruction"):
         check_chunks(models["plain"], dataset, cache, replace(CHECK, instruction=own))
+
+
+def test_recorded_attention_is_the_layers_own_and_leaves_the_chunks_unchanged(models: dict[str, Path],
+                                                                              dataset: Path, tmp_path: Path) -> None:
+    checkpoint = load_checkpoint(models["plain"])
+    config, model = checkpoint.config, checkpoint.model.eval()
+    data = open_dataset(dataset)
+    stats = NormalizationStats.load(models["plain"] / STATS_FILE, data.schema.robot_type)
+    samples = TrainingSamples(data, config, stats, load_tokenizer(None), tmp_path / "cache")
+    batch = samples.batch([0, 5, 11])
+    pipeline = InferencePipeline(TorchStages(model), config)
+    noise = torch.randn(3, config.chunk_size, config.max_action_dim, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        plain = pipeline.run(batch.inputs, noise).actions
+        with record_attention() as records:
+            recorded = pipeline.run(batch.inputs, noise).actions
+    assert torch.equal(plain, recorded)
+    layers = config.und.num_layers
+    assert len(records) == layers * (2 + config.num_inference_steps)  # prefix, foresight, each denoising step
+    for record in records:
+        assert torch.allclose(record.weights.sum(-1), torch.ones(()), atol=1e-5)
+        later = record.key_blocks[None, :] > record.query_blocks[:, None]
+        assert torch.all(record.weights[:, :, later] == 0)  # no query reads a later block
+        if bool((record.query_blocks >= STATE_BLOCK).all()):  # an action pass: no padding key is read
+            padding = ~record.key_valid.bool()  # (B, Lk): the prompt's padding, the missing camera
+            assert bool(padding.any()) and float(record.weights.transpose(1, 3)[padding].max()) < 1e-6
+    attention = ActionAttention(config.tokenizer_max_length)
+    attention.add(records)
+    report = attention.report()
+    assert set(report) == {"first", "last"} and set(report["first"]) == {str(i + 1) for i in range(layers)}
+    for step in report.values():
+        for groups in step.values():
+            shares = np.sum([groups[g] for g in KEY_GROUPS], axis=0)
+            even = np.sum([groups[f"even_{g}"] for g in KEY_GROUPS], axis=0)
+            assert np.allclose(shares, 1.0, atol=1e-3) and np.allclose(even, 1.0, atol=1e-3)
+            assert all(v > 0 for v in groups["even_prompt"])
+    with pytest.raises(ValueError, match="no action pass"):
+        ActionAttention(config.tokenizer_max_length).add(records[:layers])
+
+
+def test_action_attention_splits_the_mass_by_key_group() -> None:
+    blocks = torch.tensor([PREFIX_BLOCK] * 4 + [GENERATION_BLOCK] * 2 + [STATE_BLOCK] + [ACTION_BLOCK] * 2)
+    weights = torch.zeros(1, 2, 3, 9)  # queries: the state token and two action tokens
+    weights[0, 0, 1:, 3] = 0.75  # head 1: the last prefix key (the prompt) ...
+    weights[0, 0, 1:, 4] = 0.25  # ... and a foresight key
+    weights[0, 1, 1:, 0] = 1.0  # head 2: a camera key
+    weights[0, :, 0, 6] = 1.0  # the state query: not counted
+    valid = torch.ones(1, 9)
+    valid[0, 2] = 0  # a padded prompt key: the prompt's even share is 1 of 8 valid keys
+    record = AttentionWeights(0, blocks[6:], blocks, valid, weights)
+    attention = ActionAttention(prompt_tokens=2)
+    attention.add([record])
+    first = attention.report()["first"]["1"]
+    assert first["prompt"] == [0.75, 0.0] and first["foresight"] == [0.25, 0.0] and first["camera"] == [0.0, 1.0]
+    assert first["state"] == [0.0, 0.0] and first["action"] == [0.0, 0.0]
+    assert first["even_prompt"] == [0.125, 0.125] and first["even_camera"] == [0.25, 0.25]
+    assert "first step, layer 1: camera 0.500 [0.250]  prompt 0.375 [0.125]" in format_attention(attention.report())
+
+
+def test_cli_reports_attention_and_refuses_it_with_a_prefix(models: dict[str, Path], dataset: Path, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture) -> None:
+    args = ["model", "check-chunks", str(models["plain"]), "--dataset", str(dataset), "--samples", "3",
+            "--cache", str(tmp_path / "cache"), "--attention"]
+    assert main([*args, "--json", str(tmp_path / "r.json")]) == 0
+    assert set(json.loads((tmp_path / "r.json").read_text())["attention"]) == {"first", "last"}
+    assert "attention of the action tokens" in capsys.readouterr().out
+    assert main([*args, "--prefix-delay", "4"]) == 2
+    assert "--attention is measured on plain sampling" in capsys.readouterr().err
