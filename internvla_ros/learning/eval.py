@@ -48,7 +48,8 @@ def model_identity(model: Path) -> dict[str, Any]:
     from internvla_ros.serve.protocol import model_hash
 
     train_config = model / "train_config.json"
-    step = json.loads(train_config.read_text()).get("step") if train_config.is_file() else None
+    config = json.loads(train_config.read_text()) if train_config.is_file() else {}
+    step = config.get("total_steps", config.get("step"))  # a continuation's steps from the random weights
     return {"hash": model_hash(model), "train_step": step,
             "rtc_training_max_delay": load_config(model).rtc_training_max_delay}
 

@@ -17,6 +17,7 @@ float32 on the CPU; the same code.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable
@@ -32,6 +33,7 @@ from internvla_ros.learning.dataset_stats import dataset_model_stats
 from internvla_ros.learning.training_checkpoint import (
     EMBEDDING_KEY,
     STATE_FILE,
+    TRAIN_CONFIG_FILE,
     TrainingState,
     load_state,
     save_model,
@@ -130,6 +132,16 @@ def frame_latents(model: InternVLAModel, batch: TrainingBatch) -> tuple[torch.Te
         history = frames.new_zeros(*frames.shape[:3], *latent)
         history[views] = model.encode_frames(frames[views])
     return history, future
+
+
+def steps_before(init: Path) -> int:
+    """Training steps already in the ``--init`` checkpoint (0 for one that was not trained here), so that a
+    continuation's ``total_steps`` counts from the random weights."""
+    path = Path(init) / TRAIN_CONFIG_FILE
+    if not path.is_file():
+        return 0
+    config = json.loads(path.read_text())
+    return int(config.get("total_steps", config.get("step", 0)))
 
 
 def _device(name: str) -> torch.device:
@@ -246,8 +258,10 @@ class Trainer:
             return self.model.encode_frames(frames.to(self.device)).float()
 
     def save(self) -> None:
+        before = steps_before(self.init)
         train_config = {**asdict(self.options), "dataset": str(self.dataset.root), "init": str(self.init),
-                        "robot_type": self.robot_type, "step": self.state.step}
+                        "robot_type": self.robot_type, "step": self.state.step, "init_steps": before,
+                        "total_steps": before + self.state.step}
         save_model(self.model, self.out, self.init, self.stats_json, train_config,
                    bf16=(EMBEDDING_KEY,) if self.options.embedding_bf16 else (),
                    config_updates={"rtc_training_max_delay": self.options.rtc_max_delay})

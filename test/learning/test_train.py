@@ -12,7 +12,8 @@ import torch
 from safetensors.torch import save_file
 
 from internvla_ros.cli import train as train_cli
-from internvla_ros.learning.training import Trainer, TrainingOptions, frame_latents, losses
+from internvla_ros.learning.eval import model_identity
+from internvla_ros.learning.training import Trainer, TrainingOptions, frame_latents, losses, steps_before
 from internvla_ros.learning.training_checkpoint import STATE_FILE
 from internvla_ros.model.checkpoint import WEIGHTS_FILE, load_checkpoint, read_header, read_tensors
 from internvla_ros.model.normalization import NormalizationStats
@@ -195,3 +196,15 @@ def test_training_time_rtc_scores_only_the_steps_after_the_clean_prefix(dataset:
     too_long = replace(OPTIONS, rtc_max_delay=cfg.chunk_size)
     assert train_cli.command(dataset, TINY_MODEL, tmp_path / "refused", too_long, progress=False) == 2
     assert f"--rtc-max-delay {cfg.chunk_size} must lie in [0, {cfg.chunk_size - 1}]" in capsys.readouterr().err
+
+
+def test_a_continuation_counts_its_steps_from_the_random_weights(dataset: Path, tmp_path: Path) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert train_cli.command(dataset, TINY_MODEL, first, replace(OPTIONS, steps=2), progress=False) == 0
+    assert train_cli.command(dataset, first, second, replace(OPTIONS, steps=1), progress=False) == 0
+    config = json.loads((second / "train_config.json").read_text())
+    assert (config["step"], config["init_steps"], config["total_steps"]) == (1, 2, 3)
+    assert json.loads((first / "train_config.json").read_text())["init_steps"] == 0  # the fixture was not trained here
+    assert model_identity(second)["train_step"] == 3
+    (second / "train_config.json").write_text(json.dumps({"step": 7}))  # written before total_steps existed
+    assert model_identity(second)["train_step"] == 7 and steps_before(second) == 7
