@@ -106,7 +106,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--train-embeddings", action="store_true",
                         help="also train the token embedding (tied lm_head; frozen by default)")
     parser.add_argument("--embedding-bf16", action="store_true",
-                        help="round the frozen token embedding to bf16 and store it so (about half the file)")
+                        help="round the frozen token embedding to bf16 and store it so (about half the file); "
+                             "implied when --init stores it in bf16 and the embedding is not trained")
     parser.add_argument("--sample-stride", type=int, default=defaults.sample_stride, metavar="N",
                         help="train on every N-th frame of each episode (N divides 15; default 1: every frame)")
     parser.add_argument("--rtc-max-delay", type=int, default=defaults.rtc_max_delay, metavar="STEPS",

@@ -42,7 +42,7 @@ from internvla_ros.learning.training_checkpoint import (
 )
 from internvla_ros.learning.training_data import TrainingBatch, TrainingSamples
 from internvla_ros.learning.training_latents import LatentCache, weights_digest
-from internvla_ros.model.checkpoint import load_checkpoint
+from internvla_ros.model.checkpoint import WEIGHTS_FILE, load_checkpoint, read_header
 from internvla_ros.model.modeling import InternVLAModel
 from internvla_ros.model.normalization import NormalizationStats
 from internvla_ros.model.preprocessing import load_tokenizer
@@ -144,6 +144,11 @@ def steps_before(init: Path) -> int:
     return int(config.get("total_steps", config.get("step", 0)))
 
 
+def _stored_bf16(model: Path, key: str) -> bool:
+    header = read_header(Path(model) / WEIGHTS_FILE)
+    return key in header and header[key][1] == "BF16"
+
+
 def _device(name: str) -> torch.device:
     return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
 
@@ -159,6 +164,8 @@ class Trainer:
             msg = f"{self.out / STATE_FILE}: no training state to resume from; run without --resume first"
             raise FileNotFoundError(msg)
         source = self.out if resume else self.init
+        if not options.train_embeddings and not options.embedding_bf16 and _stored_bf16(source, EMBEDDING_KEY):
+            options = self.options = replace(options, embedding_bf16=True)  # keep the smaller file it came in
         checkpoint = load_checkpoint(source)
         self.config = checkpoint.config
         if not 0 <= options.rtc_max_delay < self.config.chunk_size:

@@ -145,6 +145,13 @@ def test_bf16_embedding_checkpoint_is_smaller_and_loads_as_trained(dataset: Path
     assert torch.equal(loaded[key], embedding.to(torch.bfloat16).float())
     assert train_cli.command(dataset, TINY_MODEL, tmp_path / "bad",
                              replace(OPTIONS, embedding_bf16=True, train_embeddings=True), progress=False) == 2
+    # a continuation of a bf16-embedding checkpoint keeps it bf16 unless it trains the embedding
+    assert train_cli.command(dataset, half, tmp_path / "kept", replace(OPTIONS, steps=1), progress=False) == 0
+    assert read_header(tmp_path / "kept" / WEIGHTS_FILE)[key][1] == "BF16"
+    assert json.loads((tmp_path / "kept" / "train_config.json").read_text())["embedding_bf16"] is True
+    assert train_cli.command(dataset, half, tmp_path / "trained", replace(OPTIONS, steps=1, train_embeddings=True),
+                             progress=False) == 0
+    assert read_header(tmp_path / "trained" / WEIGHTS_FILE)[key][1] == "F32"
 
 
 def test_sample_stride_trains_on_every_nth_frame_and_encodes_only_theirs(dataset: Path, tmp_path: Path,
