@@ -12,7 +12,10 @@ instruction, head and wrist cameras as JPEG at 10 Hz, task/state, task/outcome, 
 namespace /sorting), OUT/episodes.jsonl (one summary per episode) and the two nodes' logs in OUT/logs.
 Episode i uses seed S + i and rule variant (S + i) % 2; ``--both-rules`` records each seed under both
 rules instead (episodes 2k and 2k + 1 use seed S + k), so that only the instruction tells the bins
-apart in the demonstrations. Seeds from 1000000 on are held out for
+apart in the demonstrations. ``--red-share P`` recolours the same layouts so that each parcel is red with
+probability P: with both rules and equal colours neither the word nor the colour alone tells the bin, and a
+model without language knowledge was measured not to learn the rule from such data (see
+``internvla_ros.learning.record``). Seeds from 1000000 on are held out for
 `internvla eval` and refused here. Exits 1 when an episode sorted a parcel wrong, dropped or missed
 one, 2 when the recording could not run. ``--perturb-px P`` records recoveries: most approaches first go
 to a random point up to P head-camera pixels off the intercept and then correct onto it (400 px = 1 m).
@@ -40,7 +43,7 @@ def command(args: argparse.Namespace) -> int:
         if not 0.0 <= args.perturb_px <= 100.0:
             raise ValueError(f"--perturb-px {args.perturb_px}: give 0 (no perturbation) to 100 pixels")
         parcels = args.parcels or task_defaults(args.cell).parcels
-        specs = episode_specs(args.seed, args.episodes, parcels, args.both_rules)
+        specs = episode_specs(args.seed, args.episodes, parcels, args.both_rules, args.red_share)
         check_training_seeds(args.seed, specs[-1].seed)
         existing = [p for p in (args.out / f"episode_{s.episode:04d}" for s in specs) if p.exists()]
         if existing:
@@ -79,6 +82,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, required=True, help="output directory (one bag per episode)")
     parser.add_argument("--both-rules", action="store_true",
                         help="record each seed under both rules (an even --episodes; episodes 2k, 2k+1: seed S+k)")
+    parser.add_argument("--red-share", type=float, default=None,
+                        help="probability that a parcel is red, 0-1 (default: both colours equally likely)")
     parser.add_argument("--perturb-px", type=float, default=0.0,
                         help="record recoveries: approaches first end up to this far off the intercept (default 0)")
     parser.set_defaults(func=command)

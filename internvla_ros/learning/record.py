@@ -7,6 +7,14 @@ separates the two, and a policy cannot learn the bins from a layout it remembers
 EVAL_SEED_START are for training recordings; from EVAL_SEED_START on they are held out for evaluation
 (`internvla record` refuses them, `internvla eval` starts there by default), so an evaluated episode
 never has the parcel layout of a training one.
+
+With both rules and the colours equally likely, neither the word that names the rule nor a parcel's
+colour says on its own which bin the parcel goes to: the bin is their combination (an exclusive or). A
+model that starts without language knowledge then gets no first-order gradient towards either input, and
+a small one was measured to stay at that symmetric point (it does not learn the rule). ``red_share``
+records the same layouts with more parcels of one colour (each red with that probability): the word alone
+then predicts most bins, the model learns to read it, and the colour follows. Evaluation keeps the
+colours equally likely.
 """
 
 from __future__ import annotations
@@ -17,20 +25,23 @@ EVAL_SEED_START = 1_000_000
 SEED_MAX = 2**31 - 1
 
 
-def episode_specs(seed: int, episodes: int, parcels: int, both_rules: bool = False) -> list[EpisodeSpec]:
-    """The run's episodes; a bad count or seed is refused with the allowed range."""
+def episode_specs(seed: int, episodes: int, parcels: int, both_rules: bool = False,
+                  red_share: float | None = None) -> list[EpisodeSpec]:
+    """The run's episodes; a bad count, seed or share is refused with the allowed range."""
     if episodes < 1:
         raise ValueError(f"--episodes must be 1 or more, got {episodes}")
     if both_rules and episodes % 2:
         raise ValueError(f"--both-rules records each seed twice: give an even --episodes, got {episodes}")
     if parcels < 1:
         raise ValueError(f"--parcels must be 1 or more, got {parcels}")
+    if red_share is not None and not 0.0 <= red_share <= 1.0:
+        raise ValueError(f"--red-share is the probability that a parcel is red: give one in [0, 1], got {red_share}")
     per_seed = 2 if both_rules else 1
     seeds = episodes // per_seed
     if seed < 0 or seed + seeds - 1 > SEED_MAX:
         raise ValueError(f"--seed must be in 0..{SEED_MAX - seeds + 1} for {episodes} episodes, got {seed}")
-    return [EpisodeSpec(seed + i // per_seed, (seed + i // per_seed + i % per_seed) % len(RULES), parcels, episode=i)
-            for i in range(episodes)]
+    return [EpisodeSpec(seed + i // per_seed, (seed + i // per_seed + i % per_seed) % len(RULES), parcels, episode=i,
+                        red_share=red_share) for i in range(episodes)]
 
 
 def check_training_seeds(first: int, last: int) -> None:

@@ -102,26 +102,33 @@ def task_config_from_yaml(path: str | Path) -> TaskConfig | None:
 @dataclass(frozen=True)
 class EpisodeSpec:
     """One episode: the seed places and colours the parcels; the variant picks the rule; `episode` is
-    the caller's label, echoed on every message of the episode."""
+    the caller's label, echoed on every message of the episode. `red_share` (None: each colour equally
+    likely, the seed's own draw) recolours the same layout so that a parcel is red with that probability:
+    a recording with more of one colour, for training (see `internvla_ros.learning.record`)."""
 
     seed: int
     variant: int
     parcels: int
     episode: int = 0
+    red_share: float | None = None
 
     @classmethod
     def from_json(cls, text: str, defaults: TaskConfig) -> EpisodeSpec:
-        """`{"seed": 7, "variant": 1, "parcels": 3}`; variant defaults to seed % 2, parcels to the config's."""
+        """`{"seed": 7, "variant": 1, "parcels": 3}`; variant defaults to seed % 2, parcels to the config's;
+        an optional `"red_share"` in [0, 1]."""
         try:
             data = json.loads(text)
             seed = int(data["seed"])
+            share = data.get("red_share")
             spec = cls(seed, int(data.get("variant", seed % len(RULES))), int(data.get("parcels", defaults.parcels)),
-                       int(data.get("episode", 0)))
+                       int(data.get("episode", 0)), None if share is None else float(share))
         except (ValueError, TypeError, KeyError) as err:
             raise ValueError(f"task/start: {text!r} is not a JSON object like "
                              f'{{"seed": 7, "variant": 1, "parcels": 3}} ({err})') from err
-        if spec.variant not in range(len(RULES)) or spec.parcels < 1 or spec.seed < 0:
-            raise ValueError(f"task/start: seed >= 0, variant in 0..{len(RULES) - 1}, parcels >= 1; got {text!r}")
+        if (spec.variant not in range(len(RULES)) or spec.parcels < 1 or spec.seed < 0
+                or not (spec.red_share is None or 0.0 <= spec.red_share <= 1.0)):
+            raise ValueError(f"task/start: seed >= 0, variant in 0..{len(RULES) - 1}, parcels >= 1, red_share in "
+                             f"[0, 1] or absent; got {text!r}")
         return spec
 
 
@@ -166,13 +173,16 @@ class SortingTask:
 
     def __post_init__(self) -> None:
         rng = np.random.default_rng(self.spec.seed)
+        recolour = None if self.spec.red_share is None else np.random.default_rng([self.spec.seed, 1])
         x = rng.uniform(*self.config.first_parcel_m) * PIXELS_PER_METRE
         spread = self.config.lane_spread_m * PIXELS_PER_METRE
         self.parcels = []
         for k in range(self.spec.parcels):
             if k:
                 x -= rng.uniform(*self.config.gap_m) * PIXELS_PER_METRE
-            colour = COLOURS[int(rng.integers(len(COLOURS)))]
+            colour = COLOURS[int(rng.integers(len(COLOURS)))]  # drawn in every case: the layout stays the seed's
+            if recolour is not None:
+                colour = "red" if recolour.random() < self.spec.red_share else "blue"
             self.parcels.append(Parcel(k, colour, x, BELT_CENTRE_Y + rng.uniform(-spread, spread)))
         self._now_s = self.start_s
         self._update_belt(self.start_travel_m)

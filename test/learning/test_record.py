@@ -40,6 +40,10 @@ def test_both_rules_records_each_seed_under_each_rule() -> None:
         episode_specs(7, 3, 3, both_rules=True)
     with pytest.raises(ValueError, match=r"--seed must be in 0\.\.2147483647 for 2 episodes"):
         episode_specs(2**31, 2, 3, both_rules=True)
+    assert {s.red_share for s in episode_specs(7, 4, 3, both_rules=True, red_share=0.75)} == {0.75}
+    assert {s.red_share for s in specs} == {None}
+    with pytest.raises(ValueError, match=r"--red-share .* in \[0, 1\], got 1.5"):
+        episode_specs(7, 4, 3, both_rules=True, red_share=1.5)
 
 
 def test_record_writes_one_bag_per_episode_with_the_experts_sorting(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@ cameras, and the scripted expert closing the loop on the simulated cell in simul
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,15 @@ from internvla_ros.sim.cell import SimulatedCell
 from internvla_ros.sim.expert import ExpertCommand, SortingExpert
 from internvla_ros.sim.layout import BELT_EXIT_X, PIXELS_PER_METRE, arm_layouts, bin_centre, solve_chain
 from internvla_ros.sim.render import CellRenderer
-from internvla_ros.sim.task import PARCEL_RGB, EpisodeSpec, SortingTask, TaskConfig, instruction, task_config_from_yaml
+from internvla_ros.sim.task import (
+    PARCEL_RGB,
+    EpisodeSpec,
+    Parcel,
+    SortingTask,
+    TaskConfig,
+    instruction,
+    task_config_from_yaml,
+)
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
 CONVEYOR = CONFIG_DIR / "conveyor_sorting.yaml"
@@ -121,6 +130,26 @@ def test_the_seed_decides_colours_and_places_and_parcels_arrive_well_apart() -> 
     assert layouts[0] == layouts[1] and layouts[0] != layouts[2]
     gaps = -np.diff([x for _, x, _ in layouts[0]]) / PIXELS_PER_METRE
     assert np.all((gaps >= config.gap_m[0]) & (gaps <= config.gap_m[1]))
+
+
+def test_red_share_recolours_the_seeds_layout_and_travels_in_the_start_message() -> None:
+    def parcels(spec: EpisodeSpec) -> list[Parcel]:
+        return SortingTask(TaskConfig(), spec, 0.0, 0.0).parcels
+
+    for seed in (3, 4):
+        plain = parcels(EpisodeSpec(seed, 0, 5))
+        assert [p.colour for p in parcels(EpisodeSpec(seed, 0, 5, red_share=1.0))] == ["red"] * 5
+        all_blue = parcels(EpisodeSpec(seed, 0, 5, red_share=0.0))
+        assert [p.colour for p in all_blue] == ["blue"] * 5
+        assert [(p.offset_px, p.y) for p in all_blue] == [(p.offset_px, p.y) for p in plain]
+    colours = [p.colour for seed in range(200) for p in parcels(EpisodeSpec(seed, 0, 5, red_share=0.75))]
+    assert 0.70 < colours.count("red") / len(colours) < 0.80
+    spec = EpisodeSpec(9, 1, 3, 4, red_share=0.75)
+    assert EpisodeSpec.from_json(json.dumps(spec.__dict__), TaskConfig()) == spec  # as the episode runner sends it
+    plain_spec = EpisodeSpec(9, 1, 3, 4)
+    assert EpisodeSpec.from_json(json.dumps(plain_spec.__dict__), TaskConfig()) == plain_spec
+    with pytest.raises(ValueError, match=r"red_share in \[0, 1\] or absent"):
+        EpisodeSpec.from_json('{"seed": 5, "red_share": 1.5}', TaskConfig())
 
 
 def test_task_config_comes_from_the_sims_block_and_bad_values_are_refused() -> None:
