@@ -16,6 +16,7 @@ MODEL="${MODEL:-models/sorting}"     # the trained checkpoint
 INIT="${INIT:-models/default}"
 EPISODES="${EPISODES:-60}"           # expert episodes (3 parcels each): seeds 0 .. EPISODES/2-1, each under both rules
 PERTURB="${PERTURB:-30}"             # recovery demonstrations: approaches first end up to this many px off
+RED_SHARE="${RED_SHARE:-0.75}"       # parcels red with this probability: the rule word alone predicts most bins
 STEPS="${STEPS:-4000}"
 BATCH="${BATCH:-16}"
 LR="${LR:-1e-3}"                     # a random-initialised model: above the reference's 5e-5 fine-tuning rate
@@ -33,7 +34,7 @@ timed() { local start=${SECONDS}; "$@"; echo "train_sorting: '$*' took $((SECOND
 if stage record; then
   # exit 1 means an expert episode lost a parcel: its bag is still a demonstration, so keep going
   timed "${BIN}/internvla" record --cell conveyor_sorting --episodes "${EPISODES}" --seed 0 --both-rules \
-    --perturb-px "${PERTURB}" --out "${WORK}/bags" || [[ $? == 1 ]]
+    --red-share "${RED_SHARE}" --perturb-px "${PERTURB}" --out "${WORK}/bags" || [[ $? == 1 ]]
 fi
 if stage dataset; then
   # joint states and camera frames up to 1 s old: on a loaded machine the recorder receives them in bursts
