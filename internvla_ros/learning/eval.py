@@ -11,7 +11,6 @@ policy node published disagreed with the one it replaced, at the hand-over (sim/
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from statistics import median
@@ -44,13 +43,11 @@ def pooled_switches(summaries: Sequence[dict[str, Any]], *, samples: bool = Fals
 
 def model_identity(model: Path) -> dict[str, Any]:
     """Which weights were evaluated, kept in the report: a model directory is often retrained in place."""
+    from internvla_ros.learning.training_checkpoint import trained_steps
     from internvla_ros.model.config import load_config
     from internvla_ros.serve.protocol import model_hash
 
-    train_config = model / "train_config.json"
-    config = json.loads(train_config.read_text()) if train_config.is_file() else {}
-    step = config.get("total_steps", config.get("step"))  # a continuation's steps from the random weights
-    return {"hash": model_hash(model), "train_step": step,
+    return {"hash": model_hash(model), "train_step": trained_steps(model),
             "rtc_training_max_delay": load_config(model).rtc_training_max_delay}
 
 

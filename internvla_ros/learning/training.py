@@ -17,7 +17,6 @@ float32 on the CPU; the same code.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable
@@ -33,12 +32,12 @@ from internvla_ros.learning.dataset_stats import dataset_model_stats
 from internvla_ros.learning.training_checkpoint import (
     EMBEDDING_KEY,
     STATE_FILE,
-    TRAIN_CONFIG_FILE,
     TrainingState,
     load_state,
     save_model,
     save_state,
     stats_with,
+    trained_steps,
 )
 from internvla_ros.learning.training_data import TrainingBatch, TrainingSamples
 from internvla_ros.learning.training_latents import LatentCache, weights_digest
@@ -137,11 +136,7 @@ def frame_latents(model: InternVLAModel, batch: TrainingBatch) -> tuple[torch.Te
 def steps_before(init: Path) -> int:
     """Training steps already in the ``--init`` checkpoint (0 for one that was not trained here), so that a
     continuation's ``total_steps`` counts from the random weights."""
-    path = Path(init) / TRAIN_CONFIG_FILE
-    if not path.is_file():
-        return 0
-    config = json.loads(path.read_text())
-    return int(config.get("total_steps", config.get("step", 0)))
+    return trained_steps(init) or 0
 
 
 def _stored_bf16(model: Path, key: str) -> bool:
@@ -164,6 +159,7 @@ class Trainer:
             msg = f"{self.out / STATE_FILE}: no training state to resume from; run without --resume first"
             raise FileNotFoundError(msg)
         source = self.out if resume else self.init
+        self.init_steps = steps_before(self.init)  # read once: total_steps in every save counts from here
         if not options.train_embeddings and not options.embedding_bf16 and _stored_bf16(source, EMBEDDING_KEY):
             options = self.options = replace(options, embedding_bf16=True)  # keep the smaller file it came in
         checkpoint = load_checkpoint(source)
@@ -265,7 +261,7 @@ class Trainer:
             return self.model.encode_frames(frames.to(self.device)).float()
 
     def save(self) -> None:
-        before = steps_before(self.init)
+        before = self.init_steps
         train_config = {**asdict(self.options), "dataset": str(self.dataset.root), "init": str(self.init),
                         "robot_type": self.robot_type, "step": self.state.step, "init_steps": before,
                         "total_steps": before + self.state.step}

@@ -42,6 +42,17 @@ class TrainingState:
     losses: list[dict[str, float]]
 
 
+def trained_steps(model: Path) -> int | None:
+    """Training steps behind a checkpoint, counted from the random weights (a continuation's
+    ``total_steps``; ``step`` in files written before it existed); None for one not trained here."""
+    path = Path(model) / TRAIN_CONFIG_FILE
+    if not path.is_file():
+        return None
+    config = json.loads(path.read_text())
+    step = config.get("total_steps", config.get("step"))
+    return None if step is None else int(step)
+
+
 def stats_with(init: Path, robot_type: str, entry: dict[str, Any], config: InternVLAConfig) -> dict[str, Any]:
     """The initial checkpoint's stats.json with the dataset's entry under ``robot_type`` (replacing any)."""
     path = init / STATS_FILE
