@@ -61,6 +61,11 @@ class MotionControl:
             positions[columns], velocities[columns] = self.state.positions[columns], 0.0
         return MotionState(positions, velocities, stamp_ns)
 
+    def commanded_at(self, stamp_ns: int) -> np.ndarray:
+        """The commanded positions at ``stamp_ns``: the trajectory joints on the sent path, the others as now."""
+        assert self.state is not None
+        return self._merge(self.state, stamp_ns).positions
+
     def follow(self, target: np.ndarray, stamp_ns: int) -> LimitedCommand:
         """One tick towards ``target``; ends a stop in progress (the motion resumes from where it is)."""
         assert self.state is not None

@@ -244,6 +244,7 @@ class RuntimeDriver:
         runtime, clock = self.runtime, self._clock
         period_ns = runtime.config.rates.control_period_ns
         period_s = period_ns / NS_PER_S
+        held = False
         while not self._stop.is_set():
             if runtime.state is RuntimeState.IDLE and self._stopping.is_set():
                 self._stop.wait(period_s)  # stopped on request: wait for stop() to end the thread
@@ -261,6 +262,11 @@ class RuntimeDriver:
                 if self._on_tick is not None:
                     self._on_tick(output.stamp_ns)
                 self._publish(output)
+                if (output.state == RuntimeState.HOLDING.value) != held:  # say why it holds, and how it resumed
+                    held = not held
+                    reason = runtime.status(output.stamp_ns).last_error
+                    if held or reason.startswith("resumed"):
+                        self._on_problem("hold" if held else "resume", f"holding: {reason}" if held else reason)
 
     def _inference_loop(self) -> None:
         runtime = self.runtime

@@ -230,6 +230,16 @@ class InputWatchdog:
             raise KeyError(msg)
         self._latest_ns[source] = max(stamp_ns, self._latest_ns.get(source, stamp_ns))
 
+    def describe(self, sources: tuple[str, ...], now_ns: int) -> str:
+        """Each source's age against its limit, for the log and the status."""
+        parts = []
+        for source in sources:
+            limit_s = self._max_age_ns[source] / NS_PER_S
+            latest = self._latest_ns.get(source)
+            age = "never received" if latest is None else f"{(now_ns - latest) / NS_PER_S:.3f} s old"
+            parts.append(f"{source} {age} (limit {limit_s:.3f} s)")
+        return ", ".join(parts)
+
     def stale(self, now_ns: int) -> tuple[str, ...]:
         """Inputs never seen, or last seen longer ago than their max age (sorted, for stable reports)."""
         return tuple(

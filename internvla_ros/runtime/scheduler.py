@@ -38,9 +38,11 @@ from internvla_ros.runtime.command_output import CommandOutput
 from internvla_ros.runtime.commands import ControlOutput
 from internvla_ros.runtime.config import RuntimeConfig
 from internvla_ros.runtime.control import MotionControl
+from internvla_ros.runtime.errors import PolicyRuntimeError
 from internvla_ros.runtime.inputs import InputBuffers
 from internvla_ros.runtime.mapping import ActionMapper
 from internvla_ros.runtime.observation import Observation
+from internvla_ros.runtime.resume_guard import ResumeGuard
 from internvla_ros.runtime.runtime_status import (
     TIMING,
     TIMING_FAILURES,
@@ -72,6 +74,9 @@ class PolicyRuntime:
         self._gate = self._supervisor.gate
         self._lock = threading.RLock()
         self._control_ns = config.rates.control_period_ns
+        limiter = self._limiter
+        self._resume_guard = ResumeGuard(config.joint_names, self._control.trajectory_columns, limiter.max_jump,
+                                         limiter.max_acceleration, self._control_ns)
 
         self._state = RuntimeState.IDLE
         self._instruction = ""
@@ -318,7 +323,10 @@ class PolicyRuntime:
     def _update_state(self, now_ns: int) -> None:
         state = self._supervisor.state_at(now_ns, self._control)
         if self._supervisor.stale_now:
-            self._last_error = f"stale input: {', '.join(self._supervisor.stale_now)}"
+            described = self._inputs.watchdog.describe(self._supervisor.stale_now, now_ns)
+            self._last_error = f"stale input: {described}"
+        if state is RuntimeState.RUNNING and self._state is not RuntimeState.RUNNING and not self._may_resume(now_ns):
+            state = RuntimeState.HOLDING
         if state is self._state:
             return
         if self._state is RuntimeState.RUNNING:
@@ -327,6 +335,26 @@ class PolicyRuntime:
             assert self._control.state is not None
             self._chunks.hold(self._control.state.positions, now_ns, infer_now=True)
         self._state = state
+
+    def _may_resume(self, now_ns: int) -> bool:
+        """After a hold the motion restarts as at start: once the measured trajectory joints are still, from the
+        measured joints (resume_guard.py: a stalled controller may not have run the last trajectories)."""
+        values, stamp_ns = self._inputs.joint_values, self._inputs.joint_stamp_ns
+        guard = self._resume_guard
+        if values is None or stamp_ns is None or not guard.still(stamp_ns, values):
+            return False
+        guard.reset()
+        divergence = guard.divergence(values, self._control.commanded_at(stamp_ns))
+        try:
+            positions = self._supervisor.start_position()
+        except PolicyRuntimeError as err:
+            self._last_error = str(err)
+            return False
+        if divergence is not None:
+            self._last_error = f"resumed from the measured joints: {divergence.describe()}"
+        self._control.start(positions, now_ns - self._control_ns)
+        self._commands.discard_path()
+        return True
 
     def _begin_stop(self, now_ns: int) -> None:
         """The controlled stop from the commanded motion; its trajectory goes out with this tick."""

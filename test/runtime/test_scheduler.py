@@ -446,7 +446,8 @@ def test_estop_latches_until_reset(tmp_path: Path) -> None:
 
 def test_pause_holds_and_resume_discards_chunks_from_before(tmp_path: Path) -> None:
     runtime = make_runtime(tmp_path)
-    loop = SimLoop(runtime, offset_policy(0.3), latency_ns=150 * MS)
+    # A slow inference: the 600 ms request comes back once the resumed arm is measured still again.
+    loop = SimLoop(runtime, offset_policy(0.3), latency_ns=500 * MS)
     loop.start()
     result = loop.run_until(610 * MS)  # the 600 ms request is in flight
     runtime.pause()
