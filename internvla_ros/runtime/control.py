@@ -33,7 +33,8 @@ class MotionControl:
         for index, joint in enumerate(config.joints):
             if joint.state_field == "velocity":
                 stop_targets[index] = min(max(0.0, joint.limits.min_position), joint.limits.max_position)
-        self.builder = TrajectoryBuilder(limiter, stop_targets, self._period_ns, config.safety.trajectory_lead_ns)
+        self.builder = TrajectoryBuilder(limiter, stop_targets, self._period_ns, config.safety.trajectory_lead_ns,
+                                         self.trajectory_columns)
         self.state: MotionState | None = None
         self.path: TimedPath | None = None
         self._stop: StopProfile | None = None
@@ -48,6 +49,16 @@ class MotionControl:
         self.state = self._limiter.initial_state(positions, stamp_ns)
         self.path = None
         self._stop = None
+
+    def restart_trajectory_joints(self, measured: np.ndarray) -> None:
+        """The trajectory joints at rest where they were measured (the controller holds them there until the next
+        trajectory); the forward joints keep their commanded motion, which their controllers have."""
+        assert self.state is not None
+        columns = self.trajectory_columns
+        positions, velocities = self.state.positions.copy(), self.state.velocities.copy()
+        positions[columns], velocities[columns] = measured[columns], 0.0
+        self.state = MotionState(positions, velocities, self.state.stamp_ns)
+        self.path = None
 
     def _merge(self, forward: MotionState, stamp_ns: int) -> MotionState:
         """Forward joints as given; trajectory joints where the sent path has them at ``stamp_ns``."""

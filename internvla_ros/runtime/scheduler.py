@@ -337,8 +337,9 @@ class PolicyRuntime:
         self._state = state
 
     def _may_resume(self, now_ns: int) -> bool:
-        """After a hold the motion restarts as at start: once the measured trajectory joints are still, from the
-        measured joints (resume_guard.py: a stalled controller may not have run the last trajectories)."""
+        """After a hold the trajectory joints restart as at start: once measured still, from where they were
+        measured (resume_guard.py: a stalled controller may not have run the last trajectories). The forward
+        joints go on from their commands, which their controllers hold."""
         values, stamp_ns = self._inputs.joint_values, self._inputs.joint_stamp_ns
         guard = self._resume_guard
         if values is None or stamp_ns is None or not guard.still(stamp_ns, values):
@@ -352,7 +353,7 @@ class PolicyRuntime:
             return False
         if divergence is not None:
             self._last_error = f"resumed from the measured joints: {divergence.describe()}"
-        self._control.start(positions, now_ns - self._control_ns)
+        self._control.restart_trajectory_joints(positions)
         self._commands.discard_path()
         return True
 

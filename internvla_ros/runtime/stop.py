@@ -89,10 +89,11 @@ class StopProfile:
         longest = max((sum(d for d, _ in joint) for joint in self.phases), default=0.0)
         return self.start_ns + int(np.ceil(longest * NS_PER_S))
 
-    def knots_ns(self) -> list[int]:
-        """Every phase boundary of every joint, absolute and sorted: trajectory points go there."""
+    def knots_ns(self, columns: np.ndarray | None = None) -> list[int]:
+        """Every phase boundary of every joint (or of the joints in ``columns``), absolute and sorted: trajectory
+        points go there."""
         knots = set()
-        for joint in self.phases:
+        for joint in self.phases if columns is None else (self.phases[int(c)] for c in columns):
             elapsed = 0.0
             for duration, _ in joint:
                 elapsed += duration

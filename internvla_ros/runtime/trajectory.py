@@ -93,8 +93,10 @@ def _from_samples(knots: list[int], sample: Callable[[int], tuple[np.ndarray, np
 class TrajectoryBuilder:
     """Builds the trajectories of the joint_trajectory controllers from the running path and a target."""
 
-    def __init__(self, limiter: MotionLimiter, stop_targets: np.ndarray, period_ns: int, lead_ns: int) -> None:
+    def __init__(self, limiter: MotionLimiter, stop_targets: np.ndarray, period_ns: int, lead_ns: int,
+                 columns: np.ndarray) -> None:
         self._limiter = limiter
+        self._columns = columns  # the trajectory joints: a stop's trajectory ends when they are at rest
         self._stop_targets = stop_targets  # NaN: brake where it is; a value: reach it at rest (speed joints)
         self._period_ns = period_ns
         self._lead_ns = max(0, lead_ns)
@@ -140,11 +142,13 @@ class TrajectoryBuilder:
         return _from_samples(merge_knots([*knots, *stamps, *stop.knots_ns()], []), sample)
 
     def stop(self, running: TimedPath | None, rest: MotionState, now_ns: int) -> TimedPath:
-        """Repeat the running motion for the lead, then the controlled stop, then rest."""
+        """Repeat the running motion for the lead, then the controlled stop, then rest. It ends as soon as the
+        trajectory joints are at rest (not when a forward joint is): a controller that receives it only after its
+        end refuses it rather than joining it late, far from where the arm is (see resume_guard.py)."""
         knots, lead_sample, state = self._lead(running, rest, now_ns)
         stop = self.stop_profile(state, state.stamp_ns)
 
         def sample(t: int) -> tuple[np.ndarray, np.ndarray]:
             return lead_sample(t) if t <= state.stamp_ns else stop.sample(t)
 
-        return _from_samples(merge_knots([*knots, *stop.knots_ns()], []), sample)
+        return _from_samples(merge_knots([*knots, *stop.knots_ns(self._columns)], []), sample)

@@ -8,6 +8,7 @@ stops on stale joint states; the stop arrives too late (rejected, or joined far 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,10 +26,11 @@ ARM = ("shoulder", "elbow")
 
 
 def ramp_policy(observation: Observation) -> np.ndarray:
-    """Arm deltas ramping to +0.6 rad over the chunk: the arm keeps moving, chunk after chunk."""
+    """Arm deltas ramping to +0.6 rad over the chunk: the arm keeps moving, chunk after chunk; the belt runs."""
     actions = np.zeros((CHUNK, ACTION_DIM))
     actions[:, 0] = np.linspace(0.0, 0.6, CHUNK)
     actions[:, 1] = np.linspace(0.0, -0.4, CHUNK)
+    actions[:, 3] = 0.3
     return actions
 
 
@@ -38,16 +40,24 @@ def to_controller(command: JointTrajectoryCommand) -> Trajectory:
                         p.time_from_start_ns) for p in command.points))
 
 
-def run(tmp_path: Path, stall: tuple[int, int], end_ns: int) -> tuple[list[np.ndarray], list[str], PolicyRuntime]:
-    """Runs the runtime at 1 ms steps; during ``stall`` the controller receives nothing (delivered at its
-    end, in order) and publishes no joint state. Returns the controller's positions every 1 ms."""
+@dataclass
+class Run:
+    arm: np.ndarray  # the arm controller's positions every 1 ms
+    belt: np.ndarray  # the belt speed commands, one per control tick
+    rejected: list[str]
+    runtime: PolicyRuntime
+
+
+def run(tmp_path: Path, stall: tuple[int, int], end_ns: int) -> Run:
+    """Runs the runtime at 1 ms steps; during ``stall`` the controllers receive nothing (delivered at its
+    end, in order) and no joint state is published. The belt reports the speed it was commanded 20 ms before."""
     runtime = make_runtime(tmp_path, rates__control_rate_hz=100.0, safety__joint_state_max_age_s=0.05)
     controller = JointTrajectoryExecutor(ARM, np.zeros(len(ARM)))
     queue: list[Trajectory] = []
     rejected: list[str] = []
     pending: list[tuple[int, np.ndarray, int]] = []
     samples = []
-    gripper_belt = [0.08, 0.0]
+    belt: list[float] = [0.0]
     now = 0
     started = False
     while now <= end_ns:
@@ -61,8 +71,7 @@ def run(tmp_path: Path, stall: tuple[int, int], end_ns: int) -> tuple[list[np.nd
             queue.clear()
             if now % (10 * MS) == 0:
                 arm = controller.sample(now)[0]
-                runtime.update_joint_state(now, list(JOINTS), [*arm, gripper_belt[0], 0.0],
-                                           [0.0, 0.0, 0.0, gripper_belt[1]])
+                runtime.update_joint_state(now, list(JOINTS), [*arm, 0.08, 0.0], [0.0, 0.0, 0.0, belt[-3:][0]])
         if now % (33 * MS) == 0:
             for camera in CAMERAS:
                 runtime.update_camera(camera, now, np.zeros(1))
@@ -79,26 +88,34 @@ def run(tmp_path: Path, stall: tuple[int, int], end_ns: int) -> tuple[list[np.nd
             output = runtime.tick(now)
             if output is not None:
                 queue.extend(to_controller(t) for t in output.trajectories)
+                belt.append(output.positions[JOINTS.index("belt")])
         samples.append(controller.sample(now)[0])
         now += MS
-    return samples, rejected, runtime
+    return Run(np.asarray(samples), np.asarray(belt), rejected, runtime)
 
 
-@pytest.mark.parametrize("stall_ms", [60, 200, 1_200])
+@pytest.mark.parametrize("stall_ms", [60, 150, 300, 1_200])
 def test_a_stalled_controller_is_never_made_to_jump(tmp_path: Path, stall_ms: int) -> None:
-    """60 ms: the stop joins within the lead. 200 ms and 1.2 s: the stop arrives after it would have ended
-    (rejected) while the controller ran its old trajectory on; the motion resumes from where the arm is."""
+    """60 and 150 ms: the stop (sent 50 ms into the stall) arrives within the lead and joins exactly. 300 ms and
+    1.2 s: it arrives after the arm would have been at rest, and is refused, while the controller ran its old
+    trajectory on; the motion resumes from where the arm is. (Arriving in between, after the lead and before
+    its end, the controller joins it late and jumps: its own semantics, which no sender can undo.)"""
     stall = (1_500 * MS, (1_500 + stall_ms) * MS)
-    samples, rejected, runtime = run(tmp_path, stall=stall, end_ns=4_500 * MS)
-    positions = np.asarray(samples)
+    result = run(tmp_path, stall=stall, end_ns=4_500 * MS)
+    positions, rejected, runtime = result.arm, result.rejected, result.runtime
     velocity = np.diff(positions, axis=0) / 1e-3
     acceleration = np.diff(velocity, axis=0) / 1e-3
     limits = [runtime.config.joints[runtime.config.joint_index[j]].limits for j in ARM]
     assert np.max(np.abs(velocity) / [lim.max_velocity for lim in limits]) <= 1.0 + 1e-6, rejected
     assert np.max(np.abs(acceleration) / [lim.max_acceleration for lim in limits]) <= 1.0 + 1e-3, rejected
+    belt = runtime.config.joints[runtime.config.joint_index["belt"]].limits
+    period_s = runtime.config.rates.control_period_ns / 1e9
+    assert np.max(result.belt) > 0.25  # it ran
+    assert np.max(np.abs(np.diff(result.belt))) <= belt.max_velocity * period_s + 1e-9
+    assert np.max(np.abs(np.diff(result.belt, 2))) <= belt.max_acceleration * period_s**2 + 1e-9
     status = runtime.status(4_500 * MS)
     assert status.state is RuntimeState.RUNNING and status.stale == {"joint_state": 1}
     assert np.linalg.norm(positions[-1] - positions[stall[1] // MS + 200]) > 0.3  # moving on after the stall
-    if stall_ms > 100:
+    if stall_ms > 200:
         assert len(rejected) == 1 and "ends in the past" in rejected[0]
         assert status.last_error.startswith("resumed from the measured joints: shoulder measured at")
