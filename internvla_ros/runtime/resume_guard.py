@@ -2,10 +2,10 @@
 
 The runtime assumes its trajectories run as sent. A controller that stalls for longer than
 ``safety.trajectory_lead_s`` does not: it keeps running the trajectory it had, and the stop sent meanwhile
-arrives in the past (rejected) or joins late. A trajectory planned from the runtime's belief would then make
-the controller jump to it. So after every hold the motion resumes as it starts: once the measured trajectory
-joints are still, from the measured joints. A gap beyond a joint's ``max_jump`` between what was measured and
-what was commanded is reported: the controller did not run the last trajectory.
+arrives in the past (refused) or joins late. A trajectory planned from the runtime's belief would then make the
+controller jump to it. So after a hold the motion resumes only once the measured trajectory joints are still;
+when they are further than a joint's ``max_jump`` from the commanded position (more than a tracking error),
+the trajectory joints restart from the measurement, as at start, and the gap is reported.
 """
 
 from __future__ import annotations

@@ -337,22 +337,24 @@ class PolicyRuntime:
         self._state = state
 
     def _may_resume(self, now_ns: int) -> bool:
-        """After a hold the trajectory joints restart as at start: once measured still, from where they were
-        measured (resume_guard.py: a stalled controller may not have run the last trajectories). The forward
-        joints go on from their commands, which their controllers hold."""
+        """After a hold the motion resumes once the measured trajectory joints are still: from the commanded state
+        when they are within their max jump of it (a tracking error is the controller's own), else from where
+        they were measured (resume_guard.py: a stalled controller may not have run the last trajectories). The
+        forward joints go on from their commands, which their controllers hold."""
         values, stamp_ns = self._inputs.joint_values, self._inputs.joint_stamp_ns
         guard = self._resume_guard
         if values is None or stamp_ns is None or not guard.still(stamp_ns, values):
             return False
         guard.reset()
         divergence = guard.divergence(values, self._control.commanded_at(stamp_ns))
+        if divergence is None:
+            return True
         try:
             positions = self._supervisor.start_position()
         except PolicyRuntimeError as err:
             self._last_error = str(err)
             return False
-        if divergence is not None:
-            self._last_error = f"resumed from the measured joints: {divergence.describe()}"
+        self._last_error = f"resumed from the measured joints: {divergence.describe()}"
         self._control.restart_trajectory_joints(positions)
         self._commands.discard_path()
         return True
