@@ -341,6 +341,8 @@ class PolicyRuntime:
         when they are within their max jump of it (a tracking error is the controller's own), else from where
         they were measured (resume_guard.py: a stalled controller may not have run the last trajectories). The
         forward joints go on from their commands, which their controllers hold."""
+        if self._gate.dry_run:
+            return True  # nothing was sent: the robot stood still on purpose
         values, stamp_ns = self._inputs.joint_values, self._inputs.joint_stamp_ns
         guard = self._resume_guard
         if values is None or stamp_ns is None or not guard.still(stamp_ns, values):
