@@ -20,7 +20,7 @@ from internvla_ros.runtime.scheduler import PolicyRuntime
 from internvla_ros.runtime.status import RuntimeState
 from internvla_ros.sim.trajectory import JointTrajectoryExecutor, Trajectory, TrajectoryPoint, TrajectoryRejected
 
-from .harness import ACTION_DIM, CAMERAS, CHUNK, JOINTS, MS, make_runtime
+from .harness import ACTION_DIM, CAMERAS, CHUNK, JOINTS, MS, SimLoop, SimRobot, make_runtime
 
 ARM = ("shoulder", "elbow")
 
@@ -32,6 +32,11 @@ def ramp_policy(observation: Observation) -> np.ndarray:
     actions[:, 1] = np.linspace(0.0, -0.4, CHUNK)
     actions[:, 3] = 0.3
     return actions
+
+
+def hold_policy_chunk(observation: Observation) -> np.ndarray:
+    """Zero deltas: the arm stays where it is."""
+    return np.zeros((CHUNK, ACTION_DIM))
 
 
 def to_controller(command: JointTrajectoryCommand) -> Trajectory:
@@ -119,3 +124,42 @@ def test_a_stalled_controller_is_never_made_to_jump(tmp_path: Path, stall_ms: in
     if stall_ms > 200:
         assert len(rejected) == 1 and "ends in the past" in rejected[0]
         assert status.last_error.startswith("resumed from the measured joints: shoulder measured at")
+
+
+@dataclass
+class OffsetRobot(SimRobot):
+    """Reports the shoulder ``offset`` away from where it was commanded: a tracking error, or a controller that
+    is somewhere else."""
+
+    offset: float = 0.0
+
+    def joint_state(self) -> tuple[list[str], list[float], list[float]]:
+        names, positions, velocities = super().joint_state()
+        positions[0] += self.offset
+        return names, positions, velocities
+
+
+@pytest.mark.parametrize(("offset", "from_measurement"), [(0.02, False), (0.3, True)])
+def test_resume_keeps_the_command_within_a_tracking_error(tmp_path: Path, offset: float,
+                                                          from_measurement: bool) -> None:
+    """After a pause, a measured arm within max_jump (0.1 rad here) of the command resumes from the command; one
+    further away restarts from the measurement, and says so."""
+    runtime = make_runtime(tmp_path)
+    robot = OffsetRobot(np.zeros(4), tuple(j.state_field for j in runtime.config.joints))
+    loop = SimLoop(runtime, hold_policy_chunk, robot=robot)
+    loop.start()
+    result = loop.run_until(500 * MS)
+    runtime.pause()
+    result = loop.run_until(1_000 * MS, result)
+    commanded = result.outputs[-1].positions[0]
+    robot.offset = offset
+    runtime.resume()
+    result = loop.run_until(1_600 * MS, result)
+    resumed = [o for o in result.outputs if o.stamp_ns > 1_000 * MS and o.state == "running"]
+    assert resumed
+    first = resumed[0].positions[0]
+    message = runtime.status(loop.now_ns).last_error
+    if from_measurement:
+        assert first == pytest.approx(commanded + offset) and message.startswith("resumed from the measured joints")
+    else:
+        assert first == pytest.approx(commanded) and not message.startswith("resumed")
