@@ -11,3 +11,9 @@ os.environ["ROS_DOMAIN_ID"] = os.environ.get("INTERNVLA_TEST_DOMAIN_ID") or str(
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 os.environ.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+# The transport the package's own processes use (raw camera frames intact on a busy machine), for the
+# test processes' own publishers and readers too.
+from internvla_ros.ros.transport import use_frame_transport
+
+use_frame_transport()

@@ -26,6 +26,7 @@ from internvla_ros.model.normalization import NormalizationStats
 from internvla_ros.paths import config_path, default_model_dir
 from internvla_ros.ros.conversions import RclpyClock
 from internvla_ros.ros.messages import forward_msg, trajectory_msg
+from internvla_ros.ros.transport import use_frame_transport
 from internvla_ros.runtime import ActionMapper, ControlOutput, PolicyRuntime, RuntimeConfig
 from internvla_ros.runtime.driver import DEFAULT_CONTROL_PRIORITY, RuntimeDriver
 from internvla_ros.runtime.policy_registry import NEURAL_POLICY
@@ -78,6 +79,7 @@ def run_benchmark(duration_s: float, model: Path | None = None, cell: str = "dua
     problems: list[str] = []
     clock = RclpyClock(Clock(clock_type=ClockType.STEADY_TIME))
     try:
+        use_frame_transport()
         rclpy.init(context=context)
         node = Node("bench_runtime", context=context)
         publishers = {

@@ -9,11 +9,13 @@ import rclpy
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 
+from internvla_ros.ros.transport import use_frame_transport
 from internvla_ros.runtime.errors import RuntimeConfigError
 
 
 def spin_node(make_node: Callable[[], Node], args: list[str] | None = None) -> int:
     """Spin ``make_node()``; 0 on Ctrl-C or shutdown, 2 with the reason on a bad config or parameter."""
+    use_frame_transport()
     rclpy.init(args=args)
     try:
         rclpy.spin(make_node())

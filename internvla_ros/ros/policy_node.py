@@ -50,6 +50,7 @@ from internvla_ros.ros.node_interfaces import NodeInterfaces
 from internvla_ros.ros.node_parameters import declare_node_parameters, robot_parameters
 from internvla_ros.ros.node_status import NodeSnapshot, StatusReporter
 from internvla_ros.ros.operator import OPERATOR_ACTIONS, operator_request, parameter_refusal
+from internvla_ros.ros.transport import use_frame_transport
 from internvla_ros.runtime import ActionMapper, ControlOutput, PolicyRuntime, RuntimeConfig
 from internvla_ros.runtime.driver import ChunkEvent, RuntimeDriver
 from internvla_ros.runtime.errors import PolicyRuntimeError
@@ -351,6 +352,7 @@ class PolicyNode(AnsweringLifecycleNode):
 
 def main(args: list[str] | None = None) -> int:
     # Ctrl-C is handled here, not by rclpy, so the final hold is published before the context goes down.
+    use_frame_transport()
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     # Also when started with SIGINT ignored (a background job), and on SIGTERM (launch's second step).
     signal.signal(signal.SIGINT, signal.default_int_handler)
