@@ -19,6 +19,8 @@ model without language knowledge was measured not to learn the rule from such da
 `internvla eval` and refused here. Exits 1 when an episode sorted a parcel wrong, dropped or missed
 one, 2 when the recording could not run. ``--perturb-px P`` records recoveries: most approaches first go
 to a random point up to P head-camera pixels off the intercept and then correct onto it (400 px = 1 m).
+``--stop-belt`` records grasps at rest: the expert stops the belt once a parcel is well inside the pick
+zone, grasps it where it lies and restarts the belt when it holds it.
 """
 
 from __future__ import annotations
@@ -62,7 +64,8 @@ def command(args: argparse.Namespace) -> int:
                 bar.update()
 
             summaries = run_episodes(args.cell, specs, "expert", args.out / "logs", record_dir=args.out,
-                                     progress=progress, show=bar.write, perturb_px=args.perturb_px)
+                                     progress=progress, show=bar.write, perturb_px=args.perturb_px,
+                                     stop_belt=args.stop_belt)
         bar.close()
     except (FileNotFoundError, RuntimeError, ValueError, PolicyRuntimeError) as err:
         print(f"ERROR: {err}", file=sys.stderr)
@@ -86,4 +89,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="probability that a parcel is red, 0-1 (default: both colours equally likely)")
     parser.add_argument("--perturb-px", type=float, default=0.0,
                         help="record recoveries: approaches first end up to this far off the intercept (default 0)")
+    parser.add_argument("--stop-belt", action="store_true",
+                        help="the expert stops the belt for each grasp and restarts it once it holds the parcel")
     parser.set_defaults(func=command)

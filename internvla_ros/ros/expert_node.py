@@ -43,6 +43,7 @@ class ExpertNode(Node):
         mode = str(self.declare_parameter("mode", "expert").value)
         seed = int(self.declare_parameter("seed", 0).value)
         perturb_px = float(self.declare_parameter("perturb_px", 0.0).value)
+        stop_belt = bool(self.declare_parameter("stop_belt", False).value)
         if not config_path:
             raise RuntimeConfigError("parameter 'config' is required: the robot YAML with a task section, "
                                      "e.g. -p config:=config/conveyor_sorting.yaml")
@@ -52,7 +53,7 @@ class ExpertNode(Node):
         task = task_config_from_yaml(config_path)
         if task is None:
             raise RuntimeConfigError(f"{config_path} has no task section (/**/sim_robot: ros__parameters: task:)")
-        self.agent: Agent = (SortingExpert(self.config, task, perturb_px, seed) if mode == "expert"
+        self.agent: Agent = (SortingExpert(self.config, task, perturb_px, seed, stop_belt) if mode == "expert"
                              else RandomAgent(self.config, seed))
         self.streamer = CommandStreamer(self.config)
         self._snapshot: dict[str, Any] | None = None
@@ -65,7 +66,8 @@ class ExpertNode(Node):
         self.create_subscription(String, "task/state", self._on_state, 10)
         self.create_timer(1.0 / self.config.rates.control_rate_hz, self._on_tick)
         self.get_logger().info(f"expert_node ready: mode {mode}, control at {self.config.rates.control_rate_hz} Hz"
-                               + (f", approaches perturbed by up to {perturb_px} px" if perturb_px else ""))
+                               + (f", approaches perturbed by up to {perturb_px} px" if perturb_px else "")
+                               + (", the belt stopped for each grasp" if stop_belt else ""))
 
     def _on_joint_state(self, msg: JointState) -> None:
         positions = np.zeros(len(self._index))

@@ -10,6 +10,10 @@ has ended, so no trajectory ever replaces a running one. The gripper closes or o
 measured tip (ground truth) is where the move was to end: on a loaded machine the sim may execute a
 move later than planned. Gripper and belt get targets; the node limits them per control period
 (runtime.safety.MotionLimiter), like the policy node's forward streams.
+
+With ``stop_belt`` the expert stops the belt once a parcel is well inside the pick zone, grasps it where
+it lies, and restarts the belt when it holds it: the grasp no longer depends on closing at the moment a
+moving parcel passes, which a policy cloned from the demonstrations has to guess from a few frames.
 """
 
 from __future__ import annotations
@@ -37,6 +41,9 @@ ARRIVAL_TIMEOUT_S = 3.0  # a loaded machine delays the measured arm; give up wai
 READY_POINT = (PICK_ZONE_X[0] + 20.0, BELT_CENTRE_Y)
 PERTURB_SHARE = 0.7  # of the approaches that first go to a point off the intercept, when perturbing
 CORRECTION_MARGIN_S = 0.8  # the parcel arrives this much later again, to leave time for the correction
+STOP_INSIDE_PX = 40.0  # stop_belt: the belt stops once a parcel is this far inside the pick zone
+BELT_STILL_M_S = 1e-3  # stop_belt: the measured belt counts as stopped below this
+GRASPING = ("idle", "approach", "wait", "close")  # stop_belt: the states in which a parcel keeps the belt stopped
 
 
 @dataclass(frozen=True)
@@ -112,12 +119,14 @@ class SortingExpert:
     where its own small errors put it.
     """
 
-    def __init__(self, config: RuntimeConfig, task: TaskConfig, perturb_px: float = 0.0, seed: int = 0) -> None:
+    def __init__(self, config: RuntimeConfig, task: TaskConfig, perturb_px: float = 0.0, seed: int = 0,
+                 stop_belt: bool = False) -> None:
         if not (np.isfinite(perturb_px) and 0.0 <= perturb_px <= 100.0):
             raise ValueError(f"perturb_px {perturb_px}: must be in [0, 100] pixels of the head camera")
         self._arm = _Arm(config)
         self._task = task
         self._perturb_px = float(perturb_px)
+        self._stop_belt = bool(stop_belt)
         self._rng = np.random.default_rng(seed)
         self._correction_due = False  # the last approach went off the intercept: correct when it ends
         self._goal: np.ndarray | None = None  # where the last move ends (config order)
@@ -164,9 +173,15 @@ class SortingExpert:
             self._set("idle", now_s)
             self._gripper = self._arm.open
             return ExpertCommand(None, self._gripper, 0.0)
-        belt = self._task.belt_speed_m_s
         move = None if now_s < self._busy_until else self._decide(now_s, snapshot, positions)
-        return ExpertCommand(move, self._gripper, belt)
+        stopped = self._stop_belt and self._state in GRASPING and self._stop_for(snapshot) is not None
+        return ExpertCommand(move, self._gripper, 0.0 if stopped else self._task.belt_speed_m_s)
+
+    def _stop_for(self, snapshot: dict[str, Any]) -> dict[str, Any] | None:
+        """stop_belt: the most downstream parcel on the belt well inside the pick zone, if any."""
+        inside = [p for p in snapshot["parcels"] if p["status"] == "belt"
+                  and PICK_ZONE_X[0] + STOP_INSIDE_PX <= p["x"] <= PICK_ZONE_X[1]]
+        return max(inside, key=lambda p: p["x"]) if inside else None
 
     def _parcel_x(self, now_s: float, snapshot: dict[str, Any], parcel: dict[str, Any]) -> float:
         speed_px = max(0.0, float(snapshot["belt_speed_m_s"])) * PIXELS_PER_METRE
@@ -231,6 +246,8 @@ class SortingExpert:
     def _approach(self, now_s: float, snapshot: dict[str, Any], positions: np.ndarray,
                   speed_px: float) -> ArmMove | None:
         """Toward the most downstream parcel the arm can still meet in the pick zone, else the ready point."""
+        if self._stop_belt:
+            return self._approach_stopped(now_s, snapshot, positions)
         candidates = [p for p in snapshot["parcels"] if p["status"] in ("belt", "upcoming")]
         margin = WAIT_MARGIN_S + (CORRECTION_MARGIN_S if self._perturb_px > 0 else 0.0)
         for parcel in sorted(candidates, key=lambda p: -p["x"]):
@@ -251,9 +268,29 @@ class SortingExpert:
                         self._correction_due = True
                         return move
                 return self._go(now_s, positions, self._intercept)
+        return self._ready(now_s, positions)
+
+    def _ready(self, now_s: float, positions: np.ndarray) -> ArmMove | None:
         if np.hypot(*np.subtract(self._arm.chain.tip(self._goal), READY_POINT)) > 2.0:
             return self._go(now_s, positions, READY_POINT)
         return None
+
+    def _approach_stopped(self, now_s: float, snapshot: dict[str, Any], positions: np.ndarray) -> ArmMove | None:
+        """stop_belt: once the belt has stopped for a parcel, to where that parcel lies (the wait that follows
+        closes as soon as the arm is there)."""
+        parcel = self._stop_for(snapshot)
+        if parcel is None:
+            return self._ready(now_s, positions)
+        if abs(float(snapshot["belt_speed_m_s"])) > BELT_STILL_M_S:
+            return None  # still braking: the parcel's resting place is not known yet
+        self._target, self._intercept = parcel, (float(parcel["x"]), float(parcel["y"]))
+        perturbed = self._perturb_px > 0 and self._rng.random() < PERTURB_SHARE
+        off = self._go(now_s, positions, self._off_intercept()) if perturbed else None
+        move = off or self._go(now_s, positions, self._intercept)
+        if move is not None:
+            self._set("approach", now_s)
+            self._correction_due = off is not None
+        return move
 
 
 class RandomAgent:

@@ -7,13 +7,11 @@ import sys
 import time
 import xml.etree.ElementTree as ET
 
-import numpy as np
 import rclpy
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import Image
 
-from internvla_ros.ros.conversions import time_to_ns
 from internvla_ros.ros.transport import PROFILE_VARIABLES, use_frame_transport
 
 from .conftest import spin_until
@@ -29,9 +27,11 @@ rclpy.init()
 node = rclpy.create_node("frame_source")
 pub = node.create_publisher(Image, "frames", QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE))
 data = np.random.default_rng(0).integers(0, 256, {FRAME_SHAPE}, np.uint8).tobytes()
+sent = [0]
 def send():
     msg = Image(height={FRAME_SHAPE[0]}, width={FRAME_SHAPE[1]}, encoding="rgb8", step={FRAME_SHAPE[1] * 3}, data=data)
-    msg.header.stamp = node.get_clock().now().to_msg()
+    msg.header.frame_id = str(sent[0])  # the frame's number: the reader counts the ones it missed
+    sent[0] += 1
     pub.publish(msg)
 node.create_timer({1.0 / RATE_HZ}, send)
 rclpy.spin(node)
@@ -65,27 +65,27 @@ def test_the_profiles_shared_memory_segment_holds_a_full_hd_frame() -> None:
 
 
 def test_raw_frames_reach_a_best_effort_reader_with_both_cores_busy(ros_context) -> None:
-    """The publisher and this reader both run with the profile (test/conftest.py sets it for the run)."""
+    """The publisher and this reader both run with the profile (test/conftest.py sets it for the run). Judged
+    by the frames lost (numbered by the publisher), not by their timing: the load delays both processes."""
     node = rclpy.create_node("frame_reader", context=ros_context)
     executor = SingleThreadedExecutor(context=ros_context)
     executor.add_node(node)
-    stamps: list[float] = []
-    node.create_subscription(Image, "frames", lambda m: stamps.append(time_to_ns(m.header.stamp) / 1e9),
-                             qos_profile_sensor_data)
+    numbers: list[int] = []
+    node.create_subscription(Image, "frames", lambda m: numbers.append(int(m.header.frame_id)), qos_profile_sensor_data)
     processes = [subprocess.Popen([sys.executable, "-c", PUBLISHER])]
     try:
-        assert spin_until(executor, lambda: len(stamps) >= 3, 30.0), "no frame arrived"
+        assert spin_until(executor, lambda: len(numbers) >= 3, 30.0), "no frame arrived"
         processes += [subprocess.Popen([sys.executable, "-c", BUSY_LOOP]) for _ in range(2)]
         time.sleep(0.5)  # the load is on
-        first = len(stamps)
+        first = len(numbers)
         spin_until(executor, lambda: False, WINDOW_S)
-        window = np.asarray(stamps[first:])
+        window = numbers[first:]
     finally:
         for process in processes:
             process.kill()
             process.wait()
         executor.shutdown()
         node.destroy_node()
-    received = len(window) / (WINDOW_S * RATE_HZ)
-    gap = float(np.max(np.diff(window))) if len(window) > 1 else WINDOW_S
-    assert received >= 0.85 and gap < 0.2, f"{len(window)} frames in {WINDOW_S} s ({received:.2f}), gap {gap:.3f} s"
+    sent = window[-1] - window[0] + 1 if window else 0
+    assert sent >= WINDOW_S * RATE_HZ / 3, f"the publisher sent only {sent} frames in {WINDOW_S} s"
+    assert len(set(window)) >= 0.9 * sent, f"{len(set(window))} of {sent} frames arrived"

@@ -237,6 +237,39 @@ def test_the_perturbed_expert_goes_off_the_intercept_corrects_and_still_sorts_ev
     assert ((steps >= 15.0 - 1e-6) & (steps <= 30.0 + 1e-6)).sum() == corrections, steps
 
 
+class GraspBelt:
+    """Wraps an agent and keeps the measured belt speed whenever the ground truth first shows a parcel held."""
+
+    def __init__(self, agent: SortingExpert) -> None:
+        self.agent, self.holding, self.at_grasp, self.belt = agent, None, [], []
+
+    def act(self, now_s: float, snapshot: dict | None, positions: np.ndarray) -> ExpertCommand:
+        if snapshot is not None:
+            if snapshot["holding"] is not None and self.holding is None:
+                self.at_grasp.append(float(snapshot["belt_speed_m_s"]))
+            self.holding = snapshot["holding"]
+        command = self.agent.act(now_s, snapshot, positions)
+        self.belt.append(command.belt)
+        return command
+
+
+@pytest.mark.parametrize("perturb", [0.0, 30.0])
+def test_the_belt_stopping_expert_grasps_each_parcel_at_rest_and_sorts_every_one(perturb: float) -> None:
+    """stop_belt: the belt is stopped at every grasp and runs at its nominal speed in between."""
+    config = RuntimeConfig.from_yaml(CONVEYOR)
+    task = TaskConfig()
+    right = 0
+    for seed in (11, 12):
+        agent = GraspBelt(SortingExpert(config, task, perturb_px=perturb, seed=seed, stop_belt=True))
+        summary, cell = run_offline(config, task, EpisodeSpec(seed=seed, variant=seed % 2, parcels=3),
+                                    lambda a=agent: a)
+        assert cell.limit_violations == 0 and cell.acceleration_violations == 0, cell.drain_violations()
+        assert len(agent.at_grasp) == summary["grasps"] >= 3 and max(map(abs, agent.at_grasp)) < 1e-3, agent.at_grasp
+        assert max(agent.belt) == task.belt_speed_m_s and min(agent.belt) == 0.0
+        right += summary["right"]
+    assert right == 6
+
+
 @pytest.mark.parametrize("perturb", [-1.0, 101.0, float("nan")])
 def test_the_expert_refuses_a_perturbation_out_of_range(perturb: float) -> None:
     config = RuntimeConfig.from_yaml(CONVEYOR)
