@@ -7,6 +7,7 @@ by file in the episodes' order, into a memory-mapped cache of model-sized letter
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ from internvla_ros.learning.dataset_layout import (
     schema_from_info,
     video_key,
 )
-from internvla_ros.learning.dataset_video import decode_frames
+from internvla_ros.learning.dataset_video import decoded
 from internvla_ros.model.preprocessing import frames_to_tensor, resize_with_pad
 
 
@@ -113,10 +114,13 @@ def _video_files(root: Path, info: dict, camera: str, rows: list[dict]) -> tuple
     return tuple(root / info["video_path"].format(video_key=key, chunk_index=c, file_index=f) for c, f in files)
 
 
-def frame_cache(dataset: RobotDataset, camera: str, cache_dir: Path, size: tuple[int, int]) -> np.ndarray:
+def frame_cache(dataset: RobotDataset, camera: str, cache_dir: Path, size: tuple[int, int],
+                needed: np.ndarray | None = None) -> np.ndarray:
     """(N, H, W, 3) uint8 letterboxed frames of one camera, decoded once into ``cache_dir`` (memory-mapped).
 
-    The cache is reused while the video files are unchanged (their sizes and mtimes are recorded beside it).
+    ``needed`` (N booleans): only those frames are converted and stored, the others stay black (a sparse
+    file: training at a sample stride of 5 stores a fifth of them). The cache is reused while the video
+    files and the needed frames are unchanged (their sizes, mtimes and a digest are recorded beside it).
     """
     videos = dataset.video_files[camera]
     for video in videos:
@@ -129,16 +133,21 @@ def frame_cache(dataset: RobotDataset, camera: str, cache_dir: Path, size: tuple
     if len(videos) == 1:  # the tag of a one-file dataset as it was before files rolled over: caches stay valid
         tag = {"video": tag["videos"][0][0], "bytes": tag["videos"][0][1], "mtime_ns": tag["videos"][0][2],
                "size": list(size), "frames": len(dataset)}
+    if needed is not None:
+        if needed.shape != (len(dataset),):
+            raise ValueError(f"needed: {needed.shape} flags for a dataset of {len(dataset)} frames")
+        tag["needed_sha256"] = hashlib.sha256(np.packbits(needed.astype(bool)).tobytes()).hexdigest()
     if path.is_file() and tag_path.is_file() and json.loads(tag_path.read_text()) == tag:
         return np.load(path, mmap_mode="r")
     frames = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(len(dataset), *size, 3))
     count = 0
-    for rgb in (rgb for video in videos for rgb in decode_frames(video)):
+    for frame in (frame for video in videos for frame in decoded(video)):
         if count == len(dataset):
             raise DatasetError(f"camera {camera}: its {len(videos)} video file(s) hold more frames than the "
                                f"dataset's {len(dataset)}; the videos do not match the data")
-        boxed = resize_with_pad(frames_to_tensor([rgb]), size[0], size[1])
-        frames[count] = (boxed[0].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+        if needed is None or needed[count]:
+            boxed = resize_with_pad(frames_to_tensor([frame.to_ndarray(format="rgb24")]), size[0], size[1])
+            frames[count] = (boxed[0].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
         count += 1
     if count != len(dataset):
         raise DatasetError(f"camera {camera}: {count} frames decoded from {len(videos)} video file(s), the dataset "

@@ -96,14 +96,18 @@ class VideoTrack:
 
 def decode_frames(path: Path) -> Iterator[np.ndarray]:
     """Every frame of an mp4 as (H, W, 3) uint8 RGB, in order."""
+    return (frame.to_ndarray(format="rgb24") for frame in decoded(path))
+
+
+def decoded(path: Path) -> Iterator[av.VideoFrame]:
+    """Every frame of an mp4, decoded but not yet converted (the conversion to RGB costs most of the time)."""
     try:
         container = av.open(str(path))
     except (av.error.FFmpegError, OSError) as err:
         raise DatasetError(f"{path}: cannot open the video ({err})") from err
     with container:
-        for frame in container.decode(video=0):
-            yield frame.to_ndarray(format="rgb24")
+        yield from container.decode(video=0)
 
 
 def count_frames(path: Path) -> int:
-    return sum(1 for _ in decode_frames(path))
+    return sum(1 for _ in decoded(path))

@@ -58,18 +58,25 @@ class TrainingSamples:
         self.stats = stats
         preprocessor_config = PreprocessorConfig.from_model_config(config)
         self.preprocessor = ObservationPreprocessor(preprocessor_config, tokenizer, stats)
+        if stride < 1 or config.image_history_interval % stride:
+            raise ValueError(f"sample stride {stride} must divide the frame history interval "
+                             f"({config.image_history_interval}), so that the t - h and t + h frames are samples' "
+                             "frames too")
+        # The frames that are samples: every stride-th of each episode (their latents are then the only ones needed).
+        self.frame_index = np.concatenate([np.arange(e.start, e.stop, stride) for e in dataset.episodes])
+        # The frames a sample reads: its own, t - h and t + h (samples' frames too) and its episode's last (t + h
+        # beyond the end reads that).
+        needed = np.zeros(len(dataset), dtype=bool)
+        needed[self.frame_index] = True
+        needed[[e.stop - 1 for e in dataset.episodes]] = True
         size = (config.processor.resize_height, config.processor.resize_width)
-        self.frames = {camera: frame_cache(dataset, camera, cache_dir, size) for camera in dataset.schema.cameras}
+        self.frames = {camera: frame_cache(dataset, camera, cache_dir, size, needed if stride > 1 else None)
+                       for camera in dataset.schema.cameras}
         self.frames_tag = {camera: json.loads((cache_dir / f"frames_{camera}.json").read_text())
                            for camera in dataset.schema.cameras}
         self.history = config.image_history_interval
         self.mask = np.asarray(dataset.schema.absolute_mask, dtype=bool)
         self._bounds = [(e.start, e.stop, e.task) for e in dataset.episodes]
-        if stride < 1 or self.history % stride:
-            raise ValueError(f"sample stride {stride} must divide the frame history interval ({self.history}), "
-                             "so that the t - h and t + h frames are samples' frames too")
-        # The frames that are samples: every stride-th of each episode (their latents are then the only ones needed).
-        self.frame_index = np.concatenate([np.arange(e.start, e.stop, stride) for e in dataset.episodes])
 
     def __len__(self) -> int:
         """Samples (frames at a multiple of the stride from their episode's start)."""

@@ -254,6 +254,20 @@ def test_files_roll_over_at_episode_boundaries_and_read_back_as_one_dataset(conv
         assert int(np.abs(one.astype(int) - many.astype(int)).max()) <= CODEC_TOLERANCE
 
 
+def test_a_cache_of_some_frames_is_rebuilt_for_other_frames_and_refuses_a_mask_of_another_length(
+        conveyor: Path, tmp_path: Path) -> None:
+    data = open_dataset(conveyor)
+    needed = np.zeros(len(data), dtype=bool)
+    needed[::5] = True
+    first = frame_cache(data, "head", tmp_path / "cache", (32, 32), needed)
+    assert first[needed].any(axis=(1, 2, 3)).all() and not first[1].any()
+    needed[1] = True
+    again = frame_cache(data, "head", tmp_path / "cache", (32, 32), needed)
+    np.testing.assert_array_equal(again[1], frame_cache(data, "head", tmp_path / "whole", (32, 32))[1])
+    with pytest.raises(ValueError, match="needed"):
+        frame_cache(data, "head", tmp_path / "cache", (32, 32), needed[:-1])
+
+
 def test_a_dataset_whose_episodes_leave_their_video_files_out_of_order_is_refused(conveyor: Path,
                                                                                    tmp_path: Path) -> None:
     copy = tmp_path / "ds"

@@ -166,6 +166,17 @@ def test_sample_stride_trains_on_every_nth_frame_and_encodes_only_theirs(dataset
     for done in trainer.latents.done.values():
         encoded = np.flatnonzero(done)
         assert all((i - episode_start[i]) % 5 == 0 or i in ends for i in encoded)
+    # The frame cache holds only the frames samples read (their own, t - h, t + h, an episode's last), each
+    # exactly as a cache of every frame does; the rest stay black.
+    whole = Trainer(dataset, TINY_MODEL, tmp_path / "whole", replace(OPTIONS, steps=1)).samples.frames
+    last_samples = [max(range(e.start, e.stop, 5)) for e in trainer.dataset.episodes]
+    read = np.unique(trainer.samples.batch([*trainer.samples.frame_index[:8], *last_samples]).frame_indices)
+    assert set(read) & ends  # an episode's last frame, read by a sample whose t + h lies beyond its end
+    for camera, frames in trainer.samples.frames.items():
+        np.testing.assert_array_equal(frames[read], whole[camera][read])
+        assert frames[read].any(axis=(1, 2, 3)).all()
+        unread = [i for i in range(len(frames)) if (i - episode_start[i]) % 5 and i not in ends]
+        assert unread and not frames[unread].any() and whole[camera][unread].any()
     assert train_cli.command(dataset, TINY_MODEL, tmp_path / "bad", replace(OPTIONS, sample_stride=4),
                              progress=False) == 2
     assert "must divide the frame history interval" in capsys.readouterr().err
