@@ -27,6 +27,8 @@ def use_frame_transport(environ: MutableMapping[str, str] = os.environ) -> Path 
     if any(environ.get(variable) for variable in PROFILE_VARIABLES):
         return None
     profile = config_path(PROFILE_FILE)
+    if not profile.is_file():  # an install without the package's config/: Fast DDS's defaults, as before
+        return None
     for variable in PROFILE_VARIABLES:
         environ[variable] = str(profile)
     return profile

@@ -6,12 +6,15 @@ import subprocess
 import sys
 import time
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
+import pytest
 import rclpy
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import Image
 
+from internvla_ros.ros import transport
 from internvla_ros.ros.transport import PROFILE_VARIABLES, use_frame_transport
 
 from .conftest import spin_until
@@ -49,6 +52,12 @@ def test_the_profile_is_set_for_fast_dds_only_and_never_over_the_users() -> None
     cyclone = {"RMW_IMPLEMENTATION": "rmw_cyclonedds_cpp"}
     assert use_frame_transport(cyclone) is None and cyclone == {"RMW_IMPLEMENTATION": "rmw_cyclonedds_cpp"}
     assert use_frame_transport({"RMW_IMPLEMENTATION": "rmw_fastrtps_cpp"}) == profile
+
+
+def test_without_the_profile_file_fast_dds_keeps_its_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(transport, "config_path", lambda name: tmp_path / name)
+    environ: dict[str, str] = {}
+    assert use_frame_transport(environ) is None and environ == {}
 
 
 def test_the_profiles_shared_memory_segment_holds_a_full_hd_frame() -> None:
