@@ -41,6 +41,7 @@ from internvla_ros.ros.demo_processes import (
 )
 from internvla_ros.ros.demo_recorder import INSTRUCTION_QOS, DemoRecorder, Recorded
 from internvla_ros.ros.domain import claim_domain
+from internvla_ros.ros.transport import use_frame_transport
 from internvla_ros.runtime.config import RuntimeConfig
 
 NAMESPACE = "/demo"
@@ -202,6 +203,7 @@ def run_demo(cell: str, duration_s: float, out: Path, model: Path | None = None,
     client: dict[str, str] = {}  # the node's view of its inference server (diagnostics values)
     remote_report: dict[str, Any] = {}
     try:
+        use_frame_transport()
         rclpy.init()
         writer.open()
         opened = True

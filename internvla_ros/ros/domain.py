@@ -15,8 +15,6 @@ import tempfile
 from pathlib import Path
 from typing import IO
 
-from internvla_ros.ros.transport import use_frame_transport
-
 DOMAINS = range(1, 101)  # inside the range every RMW accepts; 0, the default, is left to the lab's own graph
 LOCK_DIR = Path(tempfile.gettempdir()) / "internvla_ros_domains"
 
@@ -31,7 +29,6 @@ class DomainClaim:
     def apply(self) -> dict[str, str]:
         values = {"ROS_DOMAIN_ID": str(self.domain), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}
         os.environ.update(values)  # this process's own rclpy joins the same domain
-        use_frame_transport()
         return dict(os.environ)
 
     def release(self) -> None:

@@ -32,6 +32,7 @@ from internvla_ros.ros.conversions import duration_to_ns, time_to_ns
 from internvla_ros.ros.demo_processes import start_node, stop_node
 from internvla_ros.ros.domain import claim_domain
 from internvla_ros.ros.episode_recorder import EpisodeRecorder
+from internvla_ros.ros.transport import use_frame_transport
 from internvla_ros.runtime.config import RuntimeConfig
 from internvla_ros.sim.chunk_switches import SwitchJudge
 from internvla_ros.sim.task import EpisodeSpec, SortingTask, TaskConfig, task_config_from_yaml
@@ -160,6 +161,7 @@ def run_episodes(cell: str, specs: list[EpisodeSpec], policy: str, logs: Path, r
                  "agent": start_node(module, [*args, *common], logs / f"{module.rsplit('.', 1)[-1]}.log", env)}
     writer: Writer | None = None
     summaries: list[dict[str, Any]] = []
+    use_frame_transport()
     rclpy.init()
     try:
         node = rclpy.create_node("episode_runner", namespace=NAMESPACE)

@@ -260,15 +260,20 @@ class SortingExpert:
                     break
                 duration = self._arm.move(self._goal, goal).duration_s
             else:
-                self._target, self._intercept = parcel, (x, float(parcel["y"]))
-                self._set("approach", now_s)
-                if self._perturb_px > 0 and self._rng.random() < PERTURB_SHARE:
-                    move = self._go(now_s, positions, self._off_intercept())
-                    if move is not None:
-                        self._correction_due = True
-                        return move
-                return self._go(now_s, positions, self._intercept)
+                return self._head_for(now_s, positions, parcel, (x, float(parcel["y"])))
         return self._ready(now_s, positions)
+
+    def _head_for(self, now_s: float, positions: np.ndarray, parcel: dict[str, Any],
+                  intercept: tuple[float, float]) -> ArmMove | None:
+        """Start the approach to ``parcel`` at ``intercept``: straight there, or (perturbing) first beside it."""
+        self._target, self._intercept = parcel, intercept
+        perturbed = self._perturb_px > 0 and self._rng.random() < PERTURB_SHARE
+        off = self._go(now_s, positions, self._off_intercept()) if perturbed else None
+        move = off or self._go(now_s, positions, self._intercept)
+        if move is not None:
+            self._set("approach", now_s)
+            self._correction_due = off is not None
+        return move
 
     def _ready(self, now_s: float, positions: np.ndarray) -> ArmMove | None:
         if np.hypot(*np.subtract(self._arm.chain.tip(self._goal), READY_POINT)) > 2.0:
@@ -283,14 +288,7 @@ class SortingExpert:
             return self._ready(now_s, positions)
         if abs(float(snapshot["belt_speed_m_s"])) > BELT_STILL_M_S:
             return None  # still braking: the parcel's resting place is not known yet
-        self._target, self._intercept = parcel, (float(parcel["x"]), float(parcel["y"]))
-        perturbed = self._perturb_px > 0 and self._rng.random() < PERTURB_SHARE
-        off = self._go(now_s, positions, self._off_intercept()) if perturbed else None
-        move = off or self._go(now_s, positions, self._intercept)
-        if move is not None:
-            self._set("approach", now_s)
-            self._correction_due = off is not None
-        return move
+        return self._head_for(now_s, positions, parcel, (float(parcel["x"]), float(parcel["y"])))
 
 
 class RandomAgent:
