@@ -128,11 +128,12 @@ def chunk_flops(config: InternVLAConfig) -> ChunkFlops:
     prefix, generation, suffix = config.prefix_len, config.generation_len, config.suffix_len
     width = config.gen.hidden_size
     frames = config.n_views * config.frames_per_view
-    latent_h, latent_w = config.cosmos_latent_hw
     tokens_per_frame = config.foresight_tokens_per_frame
     scale = config.foresight_scale_factor
-    generation_heads = 2 * frames * (latent_h * latent_w * config.cosmos_latent_channels * width
-                                     + tokens_per_frame * width * width * scale * scale)
+    channels = config.cosmos_latent_channels
+    # foresight_tokens: the two input maps folded into one (D, s, s, C) matrix, then one product per token
+    generation_heads = 2 * width * scale * scale * width * channels + 2 * frames * tokens_per_frame * (
+        scale * scale * channels * width)
     chunk = config.chunk_size
     action_heads = 2 * (config.max_state_dim * width + chunk * (config.max_action_dim * width + 2 * width * width
                                                                  + width * width + width * config.max_action_dim))

@@ -16,8 +16,10 @@ from transformers.models.qwen3_vl.modeling_qwen3_vl import (
     Qwen3VLTextDecoderLayer,
     Qwen3VLTextRMSNorm,
     Qwen3VLTextRotaryEmbedding,
+    Qwen3VLVisionAttention,
     Qwen3VLVisionModel,
     Qwen3VLVisionPatchEmbed,
+    apply_rotary_pos_emb_vision,
 )
 
 from internvla_ros.model.config import ExpertConfig, InternVLAConfig, VisionConfig
@@ -98,6 +100,29 @@ class PatchEmbedding(Qwen3VLVisionPatchEmbed):
         return F.linear(patches, weight.flatten(1), self.proj.bias)
 
 
+class ImageBatchAttention(Qwen3VLVisionAttention):
+    """The ViT's attention within each image, all images of one size in one call.
+
+    transformers runs one attention call per image unless flash-attention is installed (it is not on
+    CPUs); a training batch has 64-96 images of 256 patches, and the per-call cost made their attention
+    the largest part of a step. Images of unequal size keep the per-image calls.
+    """
+
+    def forward(self, hidden_states: Tensor, cu_seqlens: Tensor,
+                position_embeddings: tuple[Tensor, Tensor] | None = None, **kwargs: object) -> Tensor:
+        lengths = cu_seqlens[1:] - cu_seqlens[:-1]
+        if len(lengths) < 2 or bool((lengths != lengths[0]).any()):
+            return super().forward(hidden_states, cu_seqlens, position_embeddings, **kwargs)
+        assert position_embeddings is not None  # the vision model always passes its rotary tables
+        seq = hidden_states.shape[0]
+        images, length = len(lengths), seq // len(lengths)
+        q, k, v = self.qkv(hidden_states).reshape(seq, 3, self.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
+        q, k = apply_rotary_pos_emb_vision(q, k, *position_embeddings)
+        q, k, v = (t.reshape(images, length, self.num_heads, -1).transpose(1, 2) for t in (q, k, v))
+        out = F.scaled_dot_product_attention(q, k, v, scale=self.scaling)
+        return self.proj(out.transpose(1, 2).reshape(seq, -1))
+
+
 class VisionTower(Qwen3VLVisionModel):
     """Qwen3-VL ViT + merger. The DeepStack mergers are kept for their weights but never run.
 
@@ -109,6 +134,8 @@ class VisionTower(Qwen3VLVisionModel):
         super().__init__(hf_vision_config(config))
         self.deepstack_visual_indexes = ()
         self.patch_embed = PatchEmbedding(self.config)
+        for block in self.blocks:  # built before any weights are loaded, so only the forward changes
+            block.attn = ImageBatchAttention(self.config)
 
     def embed(self, pixel_values: Tensor, grid_thw: Tensor) -> Tensor:
         """Flattened patches ``(N, 1536)`` + grids ``(images, 3)`` -> merged embeddings ``(N / 4, out)``."""

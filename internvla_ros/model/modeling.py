@@ -48,6 +48,7 @@ from internvla_ros.model.config import InternVLAConfig
 from internvla_ros.model.cosmos import CosmosImageTokenizer
 from internvla_ros.model.errors import ModelError, PreprocessingError
 from internvla_ros.model.experts import MixtureOfExperts, TextExpert
+from internvla_ros.model.foresight_tokens import latent_tokens, token_latents
 from internvla_ros.model.inputs import ModelInputs
 from internvla_ros.model.pipeline import SamplerTrace, euler
 from internvla_ros.model.preprocessing import cosmos_frames
@@ -279,9 +280,8 @@ class InternVLAModel(nn.Module):
                                      f"got {tuple(latents.shape)}")
         batch = latents.shape[0]
         heads = self.model
-        x = heads.cosmos_in_proj(latents.flatten(0, 2).to(heads.cosmos_in_proj.weight.dtype))
-        x = heads.downsample_conv(x)  # (B*N*T, D, 4, 4)
-        tokens = x.flatten(2).transpose(1, 2).reshape(batch, -1, x.shape[1])
+        tokens = latent_tokens(latents.flatten(0, 2), heads.cosmos_in_proj, heads.downsample_conv)  # (B*N*T, 16, D)
+        tokens = tokens.reshape(batch, -1, tokens.shape[-1])
         per_view = cfg.frames_per_view * cfg.foresight_tokens_per_frame
         valid = view_mask.bool().repeat_interleave(per_view, dim=1)
         positions = following_positions(after, tokens.shape[1])
@@ -310,10 +310,9 @@ class InternVLAModel(nn.Module):
         batch, width = middle_out.shape[0], middle_out.shape[-1]
         side = math.isqrt(cfg.foresight_tokens_per_frame)
         x = middle_out.float().reshape(batch, cfg.n_views, cfg.frames_per_view, side, side, width)
-        x = x.mean(dim=2).permute(0, 1, 4, 2, 3).flatten(0, 1)  # (B*N, D, 4, 4)
-        x = heads.upsample_conv(x)
-        h, w = x.shape[-2:]
-        x = heads.cosmos_out_proj(heads.cosmos_out_layer_norm(x.permute(0, 2, 3, 1)))
+        x = token_latents(x.mean(dim=2).flatten(0, 1), heads.upsample_conv)  # (B*N, 32, 32, D)
+        h, w = x.shape[1:3]
+        x = heads.cosmos_out_proj(heads.cosmos_out_layer_norm(x))
         return x.reshape(batch, cfg.n_views, h, w, -1).permute(0, 1, 4, 2, 3)
 
     def decode_foresight(self, latents: Tensor) -> Tensor:
