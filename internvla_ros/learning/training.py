@@ -40,6 +40,7 @@ from internvla_ros.learning.training_checkpoint import (
     trained_steps,
 )
 from internvla_ros.learning.training_data import TrainingBatch, TrainingSamples
+from internvla_ros.learning.training_embedding import PromptRows
 from internvla_ros.learning.training_latents import LatentCache, weights_digest
 from internvla_ros.model.checkpoint import WEIGHTS_FILE, load_checkpoint, read_header
 from internvla_ros.model.modeling import InternVLAModel
@@ -122,7 +123,7 @@ def losses(model: InternVLAModel, batch: TrainingBatch, noise: torch.Tensor, tim
 def frame_latents(model: InternVLAModel, batch: TrainingBatch) -> tuple[torch.Tensor, torch.Tensor]:
     """Cosmos latents of the batch's [t - h, t] and t + h frames, of the cameras present (the rest zero)."""
     frames, views = batch.inputs.frames, batch.inputs.view_mask.bool()
-    assert frames is not None
+    assert frames is not None and batch.future_frames is not None
     cfg = model.config
     latent = (cfg.cosmos_latent_channels, *cfg.cosmos_latent_hw)
     with torch.no_grad():  # Cosmos is frozen: it only makes latents
@@ -192,8 +193,13 @@ class Trainer:
             shape = (self.config.cosmos_latent_channels, *self.config.cosmos_latent_hw)
             self.latents = LatentCache(self.out / "cache", self.samples.frames, self.dataset.schema.cameras, shape,
                                        {"frames": self.samples.frames_tag, "cosmos": weights_digest(cosmos)})
+        self.prompt_rows = None
+        if options.train_embeddings:  # only the rows the prompts use (training_embedding)
+            self.prompt_rows = PromptRows(self.model.experts.language_model.embed_tokens,
+                                          self.samples.prompt_token_ids())
         params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=options.lr, betas=options.betas, eps=options.adam_eps,
+        self.params = params + ([self.prompt_rows.rows] if self.prompt_rows is not None else [])
+        self.optimizer = torch.optim.AdamW(self.params, lr=options.lr, betas=options.betas, eps=options.adam_eps,
                                            weight_decay=options.weight_decay)
         self.factor = options.schedule()
         self.generator = torch.Generator().manual_seed(options.seed)
@@ -206,6 +212,12 @@ class Trainer:
     def _restore(self, state: TrainingState) -> None:
         self.state = state
         self.optimizer.load_state_dict(state.optimizer)
+        for param in self.params:
+            moment = self.optimizer.state.get(param, {}).get("exp_avg")
+            if moment is not None and moment.shape != param.shape:
+                raise ValueError(f"{self.out / STATE_FILE}: its optimizer state has a {tuple(moment.shape)} tensor "
+                                 f"for a {tuple(param.shape)} parameter (a state from a version that trained the "
+                                 "whole token embedding?): start a new run or continue with --init from its checkpoint")
         torch.set_rng_state(state.torch_rng)
         if state.cuda_rng and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state.cuda_rng)
@@ -229,9 +241,9 @@ class Trainer:
         lr = self.options.lr * self.factor(step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        batch = self.samples.batch(self._indices())
-        batch = TrainingBatch(batch.inputs.to(self.device), batch.actions.to(self.device),
-                              batch.future_frames.to(self.device), batch.frame_indices)
+        batch = self.samples.batch(self._indices(), cosmos_frames=self.latents is None)
+        future = None if batch.future_frames is None else batch.future_frames.to(self.device)
+        batch = TrainingBatch(batch.inputs.to(self.device), batch.actions.to(self.device), future, batch.frame_indices)
         latents = None
         if self.latents is not None and batch.frame_indices is not None:
             cached = self.latents.lookup(batch.frame_indices, batch.inputs.view_mask, self._encode).to(self.device)
@@ -247,7 +259,7 @@ class Trainer:
                                               self.options.lambda_gen, latents, delays)
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.options.grad_clip_norm)
+        torch.nn.utils.clip_grad_norm_(self.params, self.options.grad_clip_norm)
         self.optimizer.step()
         self.state.step += 1
         report = StepReport(self.state.step, total.item(), action.item(), foresight.item(), lr,
@@ -262,6 +274,8 @@ class Trainer:
 
     def save(self) -> None:
         before = self.init_steps
+        if self.prompt_rows is not None:
+            self.prompt_rows.write_back()
         train_config = {**asdict(self.options), "dataset": str(self.dataset.root), "init": str(self.init),
                         "robot_type": self.robot_type, "step": self.state.step, "init_steps": before,
                         "total_steps": before + self.state.step}

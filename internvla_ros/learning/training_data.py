@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +30,7 @@ from internvla_ros.model.preprocessing import ObservationPreprocessor, Preproces
 class TrainingBatch:
     inputs: ModelInputs
     actions: torch.Tensor  # (B, chunk, dim) normalised, not padded
-    future_frames: torch.Tensor  # (B, n_views, 3, H, W) in [0, 1], the frames t + h
+    future_frames: torch.Tensor | None  # (B, n_views, 3, H, W) in [0, 1], the frames t + h (None: latents cached)
     frame_indices: np.ndarray | None = None  # (B, 3) dataset frames t - h, t, t + h (clamped to the episode)
 
     @property
@@ -92,11 +92,23 @@ class TrainingSamples:
     def _slots(self, index: int) -> dict[int, np.ndarray]:
         return {slot: np.asarray(self.frames[camera][index]) for camera, slot in self.dataset.schema.cameras.items()}
 
+    def prompt_token_ids(self) -> set[int]:
+        """Every token id the model reads for this dataset's prompts (camera placeholders and padding included)."""
+        first = {}
+        for start, _, task in self._bounds:
+            first.setdefault(task, start)
+        ids = self.batch(list(first.values()), cosmos_frames=False).inputs.input_ids
+        return set(ids.unique().tolist())
+
     def task(self, index: int) -> str:
         return self._bounds[int(self.dataset.episode_of[index])][2]
 
-    def batch(self, indices: Sequence[int], instruction: str | None = None) -> TrainingBatch:
-        """The samples at ``indices``; ``instruction`` replaces their episodes' task (a counterfactual check)."""
+    def batch(self, indices: Sequence[int], instruction: str | None = None,
+              cosmos_frames: bool = True) -> TrainingBatch:
+        """The samples at ``indices``; ``instruction`` replaces their episodes' task (a counterfactual check).
+
+        Without ``cosmos_frames`` only the ViT's time-t frames are read, and ``inputs.frames`` and
+        ``future_frames`` are None: a trainer with cached latents needs only the frames' indices."""
         items, actions, futures, frame_indices = [], [], [], []
         cfg = self.config
         for index in indices:
@@ -104,11 +116,16 @@ class TrainingSamples:
             task = task if instruction is None else instruction
             past, future = max(index - self.history, start), min(index + self.history, stop - 1)
             frame_indices.append((past, index, future))
-            items.append(self.preprocessor(self._slots(index), self.dataset.states[index], task, self._slots(past)))
             actions.append(self._actions(index, start, stop))
+            state = self.dataset.states[index]
+            if not cosmos_frames:
+                items.append(replace(self.preprocessor(self._slots(index), state, task), frames=None))
+                continue
+            items.append(self.preprocessor(self._slots(index), state, task, self._slots(past)))
             frames = torch.zeros(cfg.n_views, 3, *self.frames[next(iter(self.frames))].shape[1:3])
             for slot, rgb in self._slots(future).items():
                 frames[slot] = torch.from_numpy(rgb.copy()).permute(2, 0, 1).float() / 255.0
             futures.append(frames)
-        return TrainingBatch(stack_inputs(items), torch.from_numpy(np.stack(actions)), torch.stack(futures),
+        return TrainingBatch(stack_inputs(items), torch.from_numpy(np.stack(actions)),
+                             torch.stack(futures) if cosmos_frames else None,
                              np.asarray(frame_indices, dtype=np.int64))

@@ -226,3 +226,51 @@ def test_a_continuation_counts_its_steps_from_the_random_weights(dataset: Path, 
     assert model_identity(second)["train_step"] == 3
     (second / "train_config.json").write_text(json.dumps({"step": 7}))  # written before total_steps existed
     assert model_identity(second)["train_step"] == 7 and steps_before(second) == 7
+
+
+def test_prompt_rows_get_the_gradient_the_whole_table_would(dataset: Path, tmp_path: Path) -> None:
+    trainer = Trainer(dataset, TINY_MODEL, tmp_path / "run", replace(OPTIONS, train_embeddings=True))
+    rows = trainer.prompt_rows
+    assert rows is not None
+    table = trainer.model.experts.language_model.embed_tokens.weight
+    batch = trainer.samples.batch(EVAL_INDICES)
+    generator = torch.Generator().manual_seed(0)
+    noise = torch.randn(len(EVAL_INDICES), trainer.config.chunk_size, trainer.config.max_action_dim, generator=generator)
+    time = torch.full((len(EVAL_INDICES),), 0.5)
+    with torch.no_grad():
+        rows.rows.add_(0.01 * torch.randn(rows.rows.shape, generator=generator))  # trained rows differ from the table
+    hooked = losses(trainer.model, batch, noise, time, OPTIONS.lambda_gen)[0]
+    hooked.backward()
+    assert rows.rows.grad is not None and rows.rows.grad.abs().sum() > 0
+    rows.detach()  # the table now holds the trained rows, and trains whole
+    table.requires_grad_(True)
+    whole = losses(trainer.model, batch, noise, time, OPTIONS.lambda_gen)[0]
+    whole.backward()
+    assert whole.item() == pytest.approx(hooked.item(), abs=1e-6)
+    assert table.grad is not None
+    torch.testing.assert_close(table.grad[rows.ids], rows.rows.grad, atol=1e-7, rtol=1e-5)
+    unused = torch.ones(len(table), dtype=torch.bool)
+    unused[rows.ids] = False
+    assert not table.grad[unused].any()
+
+
+def test_training_prompt_rows_leaves_every_other_row_as_loaded(dataset: Path, tmp_path: Path) -> None:
+    key = "model.qwen3_vl_with_expert.und_expert.lm_head.weight"
+    trainer = Trainer(dataset, TINY_MODEL, tmp_path / "run", replace(OPTIONS, steps=2, train_embeddings=True))
+    trainer.run()
+    assert trainer.prompt_rows is not None
+    ids = trainer.prompt_rows.ids
+    assert set(ids.tolist()) == trainer.samples.prompt_token_ids()
+    initial, saved = read_tensors(TINY_MODEL / WEIGHTS_FILE)[key], read_tensors(tmp_path / "run" / WEIGHTS_FILE)[key]
+    changed = (saved != initial).any(dim=1)
+    assert changed[ids].all()
+    changed[ids] = False
+    assert not changed.any()
+    # a training state whose optimizer holds another shape for the rows (the whole table) is refused by name
+    state = torch.load(tmp_path / "run" / STATE_FILE, weights_only=True)
+    for moments in state["optimizer"]["state"].values():
+        if moments["exp_avg"].shape == trainer.prompt_rows.rows.shape:
+            moments["exp_avg"] = torch.zeros(len(initial), initial.shape[1])
+    torch.save(state, tmp_path / "run" / STATE_FILE)
+    with pytest.raises(ValueError, match="trained the whole token embedding"):
+        Trainer(dataset, TINY_MODEL, tmp_path / "run", replace(OPTIONS, steps=4, train_embeddings=True), resume=True)
