@@ -235,7 +235,8 @@ def test_prompt_rows_get_the_gradient_the_whole_table_would(dataset: Path, tmp_p
     table = trainer.model.experts.language_model.embed_tokens.weight
     batch = trainer.samples.batch(EVAL_INDICES)
     generator = torch.Generator().manual_seed(0)
-    noise = torch.randn(len(EVAL_INDICES), trainer.config.chunk_size, trainer.config.max_action_dim, generator=generator)
+    cfg = trainer.config
+    noise = torch.randn(len(EVAL_INDICES), cfg.chunk_size, cfg.max_action_dim, generator=generator)
     time = torch.full((len(EVAL_INDICES),), 0.5)
     with torch.no_grad():
         rows.rows.add_(0.01 * torch.randn(rows.rows.shape, generator=generator))  # trained rows differ from the table
