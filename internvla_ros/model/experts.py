@@ -104,8 +104,8 @@ class ImageBatchAttention(Qwen3VLVisionAttention):
     """The ViT's attention within each image, all images of one size in one call.
 
     transformers runs one attention call per image unless flash-attention is installed (it is not on
-    CPUs); a training batch has 64-96 images of 256 patches, and the per-call cost made their attention
-    the largest part of a step. Images of unequal size keep the per-image calls.
+    CPUs); a batch-16 training step has 48 images (three camera slots) of 256 patches, and the per-call cost
+    made their attention the largest part of a step. Images of unequal size keep the per-image calls.
     """
 
     def forward(self, hidden_states: Tensor, cu_seqlens: Tensor,
