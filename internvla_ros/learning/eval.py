@@ -7,6 +7,9 @@ Smoothness, from the sim's judge of the executed arm motion: ``max_acceleration_
 over the episodes, ``mean_abs_jerk`` the mean of the episodes' means. ``switches``: how far each chunk the
 policy node published disagreed with the one it replaced, at the hand-over (sim/chunk_switches.py): median,
 90th percentile and largest velocity jump and position gap over every hand-over of every episode.
+``limit_violations`` and ``acceleration_violations``: the judge's excursions over the whole run, homing
+between episodes included; ``homing``: how far the cell was from home before each episode and how close
+when it started (ros/cell_homing.py), the largest over the episodes.
 """
 
 from __future__ import annotations
@@ -21,13 +24,19 @@ from internvla_ros.sim.task import OUTCOMES
 
 GRASP_COUNTS = ("closes", "grasps")
 MOTION = ("max_acceleration_ratio", "mean_abs_jerk")
+VIOLATIONS = ("limit_violations", "acceleration_violations")  # cumulative in each summary: the run's is the largest
 
 
-def _motion(summaries: Sequence[dict[str, Any]]) -> dict[str, float]:
+def _motion(summaries: Sequence[dict[str, Any]]) -> dict[str, Any]:
     ratios = [float(s["max_acceleration_ratio"]) for s in summaries if s.get("max_acceleration_ratio") is not None]
     jerks = [float(s["mean_abs_jerk"]) for s in summaries if s.get("mean_abs_jerk") is not None]
+    homings = [s["homing"] for s in summaries if s.get("homing")]
     return {**({"max_acceleration_ratio": max(ratios)} if ratios else {}),
-            **({"mean_abs_jerk": round(sum(jerks) / len(jerks), 4)} if jerks else {})}
+            **({"mean_abs_jerk": round(sum(jerks) / len(jerks), 4)} if jerks else {}),
+            **{key: max(int(s[key]) for s in summaries) for key in VIOLATIONS if all(key in s for s in summaries)},
+            **({"homing": {"from_distance_max": max(h["from_distance"] for h in homings),
+                           "start_error_max": max(h["start_error"] for h in homings),
+                           "duration_s_max": max(h["duration_s"] for h in homings)}} if homings else {})}
 
 
 def pooled_switches(summaries: Sequence[dict[str, Any]], *, samples: bool = False) -> dict[str, Any]:
@@ -78,7 +87,7 @@ def aggregate(summaries: Sequence[dict[str, Any]], **meta: Any) -> dict[str, Any
         **({"node": node} if node else {}),
         "per_episode": [{key: s[key] for key in ("episode", "seed", "variant", "instruction", "parcels",
                                                   *OUTCOMES, *GRASP_COUNTS, "close_distance_px_median", *MOTION,
-                                                  "success_rate", "duration_s", "outcomes", "node")
+                                                  "success_rate", "duration_s", "outcomes", "node", "homing")
                          if key in s} | pooled_switches([s])
                         for s in summaries],
         **({"switch_samples": samples} if samples else {}),
@@ -95,7 +104,11 @@ def format_report(report: dict[str, Any]) -> str:
     lines.append(f"success_rate={report['success_rate']:.3f} ({report['right']}/{report['parcels']} parcels, "
                  f"{report['episodes']} episodes), parcels_per_minute={report['parcels_per_minute']:.2f}, "
                  f"grasps {report.get('grasps', 0)} of {report.get('closes', 0)} closes"
-                 + "".join(f", {key}={report[key]}" for key in MOTION if key in report))
+                 + "".join(f", {key}={report[key]}" for key in (*MOTION, *VIOLATIONS) if key in report))
+    if report.get("homing"):
+        homing = report["homing"]
+        lines.append(f"homed before every episode: from up to {homing['from_distance_max']} to within "
+                     f"{homing['start_error_max']} (rad or m) of home, at most {homing['duration_s_max']} s")
     if report.get("switches"):
         switches = report["switches"]
         lines.append(f"chunk hand-overs: {switches['switches']}, velocity jump p50 {switches['velocity_jump_p50']} "

@@ -34,14 +34,22 @@ class Agent(Protocol):
 class CommandStreamer:
     """Turns an agent's command into the messages of one control tick (without ROS types)."""
 
-    def __init__(self, config: RuntimeConfig) -> None:
+    def __init__(self, config: RuntimeConfig, start: MotionState | None = None) -> None:
+        """``start``: the last commands sent by whoever commanded the forward controllers before (their
+        positions and velocities, config order), so that these continue within the limits; default: the
+        first tick's measured joints at rest, the belt stopped."""
         self.config = config
         self._limiter = MotionLimiter(config, EventCounters())
-        self._state: MotionState | None = None
+        self._state: MotionState | None = start
         self.arm = next(c for c in config.controllers if c.type == "joint_trajectory")
         self.forward = [c for c in config.controllers if c.type == "forward_command"]
         self._gripper = config.joint_index[config.grippers[0].joint]
         self._belt = next(i for i, j in enumerate(config.joints) if j.state_field == "velocity")
+
+    @property
+    def state(self) -> MotionState | None:
+        """The last command sent (config order), None before the first tick."""
+        return self._state
 
     def tick(self, now_ns: int, command: ExpertCommand, measured: np.ndarray
              ) -> tuple[Trajectory | None, dict[str, np.ndarray]]:

@@ -3,7 +3,9 @@
 The agent is the scripted expert or the random baseline (expert_node) or the real policy node with a
 model; all of them command the sim through the controller topics. Both nodes run for the whole run,
 on a DDS domain of their own kept on this machine (as in the demo); each episode is started on
-`task/start`, and the sim itself sends the episode's instruction to the agent. With `record_dir`, every
+`task/start`, and the sim itself sends the episode's instruction to the agent. Before each episode the agent
+is paused and the cell brought home through its controllers (ros/cell_homing.py), so that every episode
+starts from the same pose whatever the previous one left. With `record_dir`, every
 episode goes to its own mcap rosbag2 (ros/episode_recorder.py). Used by `internvla record` and
 `internvla eval`.
 """
@@ -28,6 +30,7 @@ from std_msgs.msg import String
 from internvla_ros.learning.record import bag_name
 from internvla_ros.msg import ActionChunk, PolicyStatus
 from internvla_ros.paths import config_path, default_model_dir
+from internvla_ros.ros.cell_homing import CellHoming
 from internvla_ros.ros.conversions import duration_to_ns, time_to_ns
 from internvla_ros.ros.demo_processes import start_node, stop_node
 from internvla_ros.ros.domain import claim_domain
@@ -203,7 +206,10 @@ def run_episodes(cell: str, specs: list[EpisodeSpec], policy: str, logs: Path, r
         spin_until(lambda: time.monotonic() - ready_at >= DISCOVERY_SETTLE_S, DISCOVERY_SETTLE_S + 5.0,
                    "while starting")
         show(f"cell running after {time.monotonic() - started:.1f} s")
+        homing = CellHoming(node, config, f"{NAMESPACE}/{module.rsplit('.', 1)[-1]}", policy == "internvla")
         for spec in specs:
+            homing.pause_agent(spin_until)
+            homed = homing.home_cell(spin_until)
             if recorder is not None:
                 if spec is not specs[0]:
                     previous, writer = writer, _open_writer(record_dir / bag_name(spec.episode))
@@ -214,9 +220,11 @@ def run_episodes(cell: str, specs: list[EpisodeSpec], policy: str, logs: Path, r
             if monitor.switch_judge is not None:
                 monitor.switch_judge.take()  # hand-overs between episodes are no episode's
             monitor.start.publish(String(data=json.dumps(spec.__dict__)))
+            homing.resume_agent(spin_until)
             limit = SortingTask(task, spec, 0.0, 0.0).time_limit_s
             spin_until(lambda s=spec: s.episode in monitor.summaries, limit + EPISODE_MARGIN_S,
                        f"during episode {spec.episode} (seed {spec.seed})")
+            monitor.summaries[spec.episode]["homing"] = homed.as_dict()
             during = counters_during(before, node_counters(monitor.status))
             if during:
                 monitor.summaries[spec.episode]["node"] = during

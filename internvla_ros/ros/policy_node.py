@@ -294,7 +294,10 @@ class PolicyNode(AnsweringLifecycleNode):
                 if parameter.name == "instruction":
                     self._set_instruction(str(parameter.value).strip())
                 elif parameter.name == "safety.dry_run" and self._runtime is not None:
-                    self._runtime.set_dry_run(bool(parameter.value))
+                    try:
+                        self._runtime.set_dry_run(bool(parameter.value))
+                    except PolicyRuntimeError as err:  # actuation cannot restart: the dry run stays on
+                        return SetParametersResult(successful=False, reason=str(err))
         return SetParametersResult(successful=True)
 
     # Services --------------------------------------------------------------------------------------

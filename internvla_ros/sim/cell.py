@@ -30,6 +30,18 @@ class JointState:
     velocities: np.ndarray
 
 
+def home_positions(config: RuntimeConfig) -> np.ndarray:
+    """The pose every episode starts from (config order): arm joints mid-range, grippers open, belts at rest
+    (a belt's entry is its speed). The cell starts here, and `eval` and `record` bring it back between episodes."""
+    low = np.array([joint.limits.min_position for joint in config.joints])
+    high = np.array([joint.limits.max_position for joint in config.joints])
+    home = np.clip(0.5 * (low + high), low, high)
+    for gripper in config.grippers:
+        home[config.joint_index[gripper.joint]] = gripper.open_position
+    home[[joint.state_field == "velocity" for joint in config.joints]] = 0.0
+    return home
+
+
 class SimulatedCell:
     """Desired and measured joint states of one cell, what its controllers accepted or refused, and the
     judge's verdict on the executed motion (sim/judge.py)."""
@@ -43,11 +55,7 @@ class SimulatedCell:
         self._max = np.array([lim.max_position for lim in limits])
         self._max_velocity = np.array([lim.max_velocity for lim in limits])
         self._speed_joint = np.array([joint.state_field == "velocity" for joint in config.joints])
-        # Start at rest: arm joints mid-range, grippers and belt speeds at their lower limit.
-        start = np.clip(0.5 * (self._min + self._max), self._min, self._max)
-        for gripper in config.grippers:
-            start[config.joint_index[gripper.joint]] = gripper.open_position
-        start[self._speed_joint] = 0.0
+        start = home_positions(config)
         self._desired = start.copy()
         self._measured = np.where(self._speed_joint, 0.0, start)  # belt travel starts at 0
         self._velocity = np.zeros_like(start)

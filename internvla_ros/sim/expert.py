@@ -318,3 +318,22 @@ class RandomAgent:
         self._belt = float(self._rng.uniform(0.0, self._belt_max))
         self._next_s = now_s + TRAJECTORY_LEAD_S + max(move.duration_s, float(self._rng.uniform(0.5, 2.0)))
         return ExpertCommand(move, self._gripper, self._belt)
+
+
+class HomingAgent:
+    """Back to ``home`` (config order, e.g. sim.cell.home_positions): the arm in one rest-to-rest move from
+    where it is measured, the gripper to home's opening and the belt to home's speed (the streamer ramps both)."""
+
+    def __init__(self, config: RuntimeConfig, home: np.ndarray) -> None:
+        self._arm = _Arm(config)
+        self._home = np.asarray(home, dtype=np.float64)
+        self._belt = next(i for i, j in enumerate(config.joints) if j.state_field == "velocity")
+        self.move: ArmMove | None = None
+
+    def act(self, now_s: float, snapshot: dict[str, Any] | None, positions: np.ndarray) -> ExpertCommand:
+        del now_s, snapshot  # the way home depends only on where the arm is
+        first = self.move is None
+        if first:
+            self.move = self._arm.move(np.asarray(positions, dtype=np.float64), self._home)
+        return ExpertCommand(self.move if first else None, float(self._home[self._arm.gripper_index]),
+                             float(self._home[self._belt]))

@@ -12,6 +12,7 @@ from internvla_ros.cli import eval as eval_cli
 from internvla_ros.learning.eval import aggregate
 from internvla_ros.paths import config_path
 from internvla_ros.ros.episodes import agent_command
+from internvla_ros.runtime.config import RuntimeConfig
 
 CONFIG_DIR = config_path("conveyor_sorting.yaml").parent
 
@@ -119,6 +120,27 @@ def test_eval_of_the_expert_on_two_held_out_episodes(tmp_path: Path, capsys) -> 
     # the sim judged the arm's motion: the expert's trajectories stay within 70 % of the limits, and move
     assert all(0.05 < e["max_acceleration_ratio"] <= 1.0 and e["mean_abs_jerk"] > 0 for e in report["per_episode"])
     assert f"success_rate={report['success_rate']:.3f}" in capsys.readouterr().out
+    # every episode started home; the expert ended the first at its ready pose, away from home
+    homings = [e["homing"] for e in report["per_episode"]]
+    assert all(h["start_error"] <= 1e-3 for h in homings) and homings[1]["from_distance"] > 0.05, homings
+    assert (report["limit_violations"], report["acceleration_violations"]) == (0, 0)
+
+
+def test_eval_of_the_policy_node_brings_the_cell_home_before_every_episode(tmp_path: Path) -> None:
+    """The untrained default model leaves the arm wherever its first episode ends; the second starts home
+    all the same, the node paused and silenced while the runner moves the cell, and running again after."""
+    path, logs = tmp_path / "eval.json", tmp_path / "logs"
+    assert run_eval("--episodes", "2", "--parcels", "1", "--json", str(path), "--logs", str(logs)) == 0
+    report = json.loads(path.read_text())
+    homings = [e["homing"] for e in report["per_episode"]]
+    assert homings[1]["from_distance"] > 0.05, homings  # the policy had moved the arm away
+    assert all(h["start_error"] <= 1e-3 for h in homings), homings
+    joints = RuntimeConfig.from_yaml(CONFIG_DIR / "conveyor_sorting.yaml").joint_names
+    assert set(homings[1]["start_pose"]) == set(joints)
+    assert (report["limit_violations"], report["acceleration_violations"]) == (0, 0)
+    assert all(e["node"]["chunks_computed"] > 0 for e in report["per_episode"])  # it ran in both episodes
+    log = (logs / "policy_node.log").read_text()
+    assert log.count("pause requested") == 2 and log.count("resume requested") == 2, log[-2000:]
 
 
 def run_eval(*argv: str) -> int:
