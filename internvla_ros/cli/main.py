@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "internvla_ros.cli.serve",
     "internvla_ros.cli.dataset",
     "internvla_ros.cli.model_stats",
+    "internvla_ros.cli.model_compact",
     "internvla_ros.cli.model_check",
     "internvla_ros.cli.train",
     "internvla_ros.cli.regress",
