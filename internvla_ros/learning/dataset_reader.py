@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -139,7 +140,10 @@ def frame_cache(dataset: RobotDataset, camera: str, cache_dir: Path, size: tuple
         tag["needed_sha256"] = hashlib.sha256(np.packbits(needed.astype(bool)).tobytes()).hexdigest()
     if path.is_file() and tag_path.is_file() and json.loads(tag_path.read_text()) == tag:
         return np.load(path, mmap_mode="r")
-    frames = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(len(dataset), *size, 3))
+    # Built beside the old cache and moved over it: a process still reading the old one (a training run while
+    # check-chunks rebuilds the cache for other frames) keeps its frames; rewriting in place zeroed them.
+    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+    frames = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=(len(dataset), *size, 3))
     count = 0
     for frame in (frame for video in videos for frame in decoded(video)):
         if count == len(dataset):
@@ -153,5 +157,10 @@ def frame_cache(dataset: RobotDataset, camera: str, cache_dir: Path, size: tuple
         raise DatasetError(f"camera {camera}: {count} frames decoded from {len(videos)} video file(s), the dataset "
                            f"has {len(dataset)}; the videos are incomplete")
     frames.flush()
-    tag_path.write_text(json.dumps(tag))
+    del frames
+    tag_path.unlink(missing_ok=True)  # no reader trusts the old tag for the new frames
+    os.replace(partial, path)
+    partial_tag = tag_path.with_name(f"{tag_path.name}.{os.getpid()}.partial")
+    partial_tag.write_text(json.dumps(tag))
+    os.replace(partial_tag, tag_path)
     return np.load(path, mmap_mode="r")

@@ -268,6 +268,21 @@ def test_a_cache_of_some_frames_is_rebuilt_for_other_frames_and_refuses_a_mask_o
         frame_cache(data, "head", tmp_path / "cache", (32, 32), needed[:-1])
 
 
+def test_a_rebuilt_cache_leaves_the_frames_a_running_reader_mapped(conveyor: Path, tmp_path: Path) -> None:
+    """A training run maps the cache; check-chunks on the same cache for other frames rebuilds it. The run
+    must keep reading its frames (rewritten in place, they turned black under it)."""
+    data = open_dataset(conveyor)
+    needed = np.zeros(len(data), dtype=bool)
+    needed[::5] = True
+    running = frame_cache(data, "head", tmp_path / "cache", (32, 32), needed)
+    before = np.array(running)
+    rebuilt = frame_cache(data, "head", tmp_path / "cache", (32, 32))  # every frame: another tag
+    np.testing.assert_array_equal(running, before)
+    assert rebuilt[1].any() and not running[1].any()
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["frames_head.json", "frames_head.npy"]
+    np.testing.assert_array_equal(frame_cache(data, "head", tmp_path / "cache", (32, 32)), rebuilt)  # reused
+
+
 def test_a_dataset_whose_episodes_leave_their_video_files_out_of_order_is_refused(conveyor: Path,
                                                                                    tmp_path: Path) -> None:
     copy = tmp_path / "ds"
