@@ -27,7 +27,7 @@ MOTION = ("max_acceleration_ratio", "mean_abs_jerk")
 VIOLATIONS = ("limit_violations", "acceleration_violations")  # cumulative in each summary: the run's is the largest
 
 
-def _motion(summaries: Sequence[dict[str, Any]]) -> dict[str, Any]:
+def _judged(summaries: Sequence[dict[str, Any]]) -> dict[str, Any]:
     ratios = [float(s["max_acceleration_ratio"]) for s in summaries if s.get("max_acceleration_ratio") is not None]
     jerks = [float(s["mean_abs_jerk"]) for s in summaries if s.get("mean_abs_jerk") is not None]
     homings = [s["homing"] for s in summaries if s.get("homing")]
@@ -82,7 +82,7 @@ def aggregate(summaries: Sequence[dict[str, Any]], **meta: Any) -> dict[str, Any
         "parcels_per_minute": round(counts["right"] / minutes, 3) if minutes > 0 else 0.0,
         "episode_time_s": round(minutes * 60.0, 3),
         **grasping,
-        **_motion(summaries),
+        **_judged(summaries),
         **switches,
         **({"node": node} if node else {}),
         "per_episode": [{key: s[key] for key in ("episode", "seed", "variant", "instruction", "parcels",

@@ -78,6 +78,7 @@ class CellHoming:
         self._still_since_ns: int | None = None  # arm measured still since (node clock)
         self._home_since_ns: int | None = None  # measured home and still since
         self._sent: dict[str, list[np.ndarray]] = {c.name: [] for c in self._forward}  # the last two commands
+        self._watching = False  # joint states are evaluated only from the pause to the start
         node.create_subscription(JointState, "joint_states", self._on_joint_state, 10)
         for controller in self._forward:
             node.create_subscription(Float64MultiArray, f"{controller.name}/commands",
@@ -97,6 +98,7 @@ class CellHoming:
 
     def pause_agent(self, spin_until: SpinUntil) -> None:
         """The agent stops commanding the cell (the policy node after its controlled stop)."""
+        self._watching, self._still_since_ns, self._positions = True, None, None
         self._call(self._pause, spin_until, "pausing the agent")
         if self._policy_node:
             seen = len(self._statuses)
@@ -146,6 +148,7 @@ class CellHoming:
         if self._policy_node:
             self._set_dry_run(False, spin_until)  # restarts from the measured joints, still paused
         assert self._positions is not None
+        self._watching = False
         return HomingReport(from_distance, float(np.max(np.abs(self._positions - self.home)[self._checked])),
                             {name: round(float(self._positions[i]), 5) for name, i in self._index.items()},
                             time.monotonic() - started)
@@ -162,6 +165,8 @@ class CellHoming:
         return since_ns is not None and self._now_ns() - since_ns >= STILL_FOR_S * NS_PER_S
 
     def _on_joint_state(self, msg: JointState) -> None:
+        if not self._watching:
+            return
         positions = np.full(len(self._index), np.nan)
         velocities = np.zeros(len(self._index))
         for k, name in enumerate(msg.name):
