@@ -45,6 +45,7 @@ STILL_FOR_S = 3 * TRAJECTORY_LEAD_S  # still for longer than a move's lead: no m
 SERVICE_TIMEOUT_S = 10.0
 STILL_TIMEOUT_S = 15.0  # an agent's last move, or the policy node's stop, ends well within this
 HOMING_MARGIN_S = 10.0  # beyond the move's planned duration
+LAST_COMMANDS_WAIT_S = 1.0  # for subscriptions to match and two commands to arrive (agents send every 10 ms)
 
 
 @dataclass(frozen=True)
@@ -78,12 +79,7 @@ class CellHoming:
         self._still_since_ns: int | None = None  # arm measured still since (node clock)
         self._home_since_ns: int | None = None  # measured home and still since
         self._sent: dict[str, list[np.ndarray]] = {c.name: [] for c in self._forward}  # the last two commands
-        self._watching = False  # joint states are evaluated only from the pause to the start
-        node.create_subscription(JointState, "joint_states", self._on_joint_state, 10)
-        for controller in self._forward:
-            node.create_subscription(Float64MultiArray, f"{controller.name}/commands",
-                                     lambda msg, name=controller.name: self._on_forward(name, msg),
-                                     COMMAND_QOS_DEPTH)
+        self._subscriptions: list[Any] = []  # joint states and forward commands, from the pause to the start
         self._trajectory_pub = node.create_publisher(JointTrajectory, f"{arm.name}/joint_trajectory", 10)
         self._forward_pubs = {c.name: node.create_publisher(Float64MultiArray, f"{c.name}/commands",
                                                             COMMAND_QOS_DEPTH) for c in self._forward}
@@ -92,13 +88,13 @@ class CellHoming:
         self._parameters = node.create_client(SetParameters, f"{agent_node}/set_parameters")
         self._statuses: list[PolicyStatus] = []
         if policy_node:
-            node.create_subscription(PolicyStatus, f"{agent_node}/status", self._statuses.append, 10)
+            node.create_subscription(PolicyStatus, f"{agent_node}/status", self._on_status, 10)
 
     # What the runner calls, in this order ---------------------------------------------------------
 
     def pause_agent(self, spin_until: SpinUntil) -> None:
         """The agent stops commanding the cell (the policy node after its controlled stop)."""
-        self._watching, self._still_since_ns, self._positions = True, None, None
+        self._watch(spin_until)
         self._call(self._pause, spin_until, "pausing the agent")
         if self._policy_node:
             seen = len(self._statuses)
@@ -148,7 +144,7 @@ class CellHoming:
         if self._policy_node:
             self._set_dry_run(False, spin_until)  # restarts from the measured joints, still paused
         assert self._positions is not None
-        self._watching = False
+        self._unwatch()
         return HomingReport(from_distance, float(np.max(np.abs(self._positions - self.home)[self._checked])),
                             {name: round(float(self._positions[i]), 5) for name, i in self._index.items()},
                             time.monotonic() - started)
@@ -158,6 +154,32 @@ class CellHoming:
 
     # Internals ------------------------------------------------------------------------------------
 
+    def _watch(self, spin_until: SpinUntil) -> None:
+        """Subscribes to the joint states and the forward commands, and waits (briefly) for each forward
+        controller's last two commands. Only between episodes: at 200 + 2 x 100 messages a second, these
+        subscriptions would take CPU from the policy during an episode."""
+        self._still_since_ns, self._positions = None, None
+        self._sent = {c.name: [] for c in self._forward}
+        self._subscriptions = [self._node.create_subscription(JointState, "joint_states", self._on_joint_state, 10)]
+        self._subscriptions += [self._node.create_subscription(
+            Float64MultiArray, f"{c.name}/commands", lambda msg, name=c.name: self._on_forward(name, msg),
+            COMMAND_QOS_DEPTH) for c in self._forward]
+        # an agent streams its forward commands every control period; one that never commanded a controller
+        # leaves it at its measured joints (see _last_sent)
+        deadline = time.monotonic() + LAST_COMMANDS_WAIT_S
+        spin_until(lambda: time.monotonic() >= deadline or (
+            self._positions is not None and all(len(sent) == 2 for sent in self._sent.values())),
+            LAST_COMMANDS_WAIT_S + SERVICE_TIMEOUT_S, "waiting for the agent's last commands")
+
+    def _unwatch(self) -> None:
+        for subscription in self._subscriptions:
+            self._node.destroy_subscription(subscription)
+        self._subscriptions = []
+
+    def _on_status(self, msg: PolicyStatus) -> None:
+        if self._subscriptions:
+            self._statuses.append(msg)
+
     def _now_ns(self) -> int:
         return self._node.get_clock().now().nanoseconds
 
@@ -165,8 +187,6 @@ class CellHoming:
         return since_ns is not None and self._now_ns() - since_ns >= STILL_FOR_S * NS_PER_S
 
     def _on_joint_state(self, msg: JointState) -> None:
-        if not self._watching:
-            return
         positions = np.full(len(self._index), np.nan)
         velocities = np.zeros(len(self._index))
         for k, name in enumerate(msg.name):

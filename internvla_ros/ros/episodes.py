@@ -83,7 +83,7 @@ class Monitor:
     def __post_init__(self) -> None:
         ns = NAMESPACE
         self.start = self.node.create_publisher(String, f"{ns}/task/start", TASK_QOS)
-        self.node.create_subscription(JointState, f"{ns}/joint_states", self._on_state, 10)
+        self._states = self.node.create_subscription(JointState, f"{ns}/joint_states", self._on_state, 10)
         self.node.create_subscription(PolicyStatus, f"{ns}/policy_node/status", self._on_status, 10)
         self.node.create_subscription(String, f"{ns}/task/summary", self._on_summary, TASK_QOS)
         if self.switch_judge is not None:
@@ -91,6 +91,10 @@ class Monitor:
 
     def _on_state(self, _: JointState) -> None:
         self.joint_states += 1
+
+    def stop_counting_joint_states(self) -> None:
+        """Once the sim is seen running: 200 messages a second would take CPU from the policy."""
+        self.node.destroy_subscription(self._states)
 
     def _on_status(self, msg: PolicyStatus) -> None:
         self.status = msg
@@ -203,6 +207,7 @@ def run_episodes(cell: str, specs: list[EpisodeSpec], policy: str, logs: Path, r
         started = time.monotonic()
         spin_until(ready, STARTUP_TIMEOUT_S, "while starting")
         ready_at = time.monotonic()
+        monitor.stop_counting_joint_states()
         spin_until(lambda: time.monotonic() - ready_at >= DISCOVERY_SETTLE_S, DISCOVERY_SETTLE_S + 5.0,
                    "while starting")
         show(f"cell running after {time.monotonic() - started:.1f} s")
