@@ -24,7 +24,7 @@ STRIDE="${STRIDE:-5}"                # every 5th frame of an episode is a sample
 SEED="${SEED:-48}"
 THREADS="${THREADS:-2}"
 EVAL_EPISODES="${EVAL_EPISODES:-50}" # held-out seeds from 1000000
-STAGES="${STAGES:-record dataset train eval baselines}"
+STAGES="${STAGES:-record dataset train eval baselines golden}"
 
 [[ -x "${BIN}/internvla" ]] || { echo "train_sorting: ERROR: ${BIN}/internvla not found; run scripts/setup.sh" >&2; exit 2; }
 [[ -f "${INIT}/model.safetensors" ]] || { echo "train_sorting: ERROR: ${INIT} has no model; run scripts/setup.sh" >&2; exit 2; }
@@ -63,4 +63,15 @@ if stage baselines; then
     timed "${BIN}/internvla" eval --cell conveyor_sorting --policy "${policy}" --episodes "${EVAL_EPISODES}" \
       --json "${WORK}/eval_${policy}.json" --logs "${WORK}/eval_${policy}_logs"
   done
+fi
+if stage golden; then
+  # one held-out episode of the trained policy through the node, recorded; its replay by the model is the
+  # golden that a later model, config or code change is compared with (`internvla regress`, exit 0 = same)
+  rm -rf "${WORK}/regress"
+  timed "${BIN}/internvla" eval --cell conveyor_sorting --model "${MODEL}" --episodes 1 --noise-scale 0 \
+    --record "${WORK}/regress" --logs "${WORK}/regress_logs" --json "${WORK}/regress_episode.json"
+  timed "${BIN}/internvla" regress "${WORK}/regress" --config config/conveyor_sorting.yaml --model "${MODEL}" \
+    --noise-scale 0 --record-golden --json "${WORK}/regress_golden.json"
+  timed "${BIN}/internvla" regress "${WORK}/regress" --config config/conveyor_sorting.yaml --model "${MODEL}" \
+    --noise-scale 0 --json "${WORK}/regress.json"
 fi
