@@ -9,11 +9,14 @@ policy node published disagreed with the one it replaced, at the hand-over (sim/
 90th percentile and largest velocity jump and position gap over every hand-over of every episode.
 ``limit_violations`` and ``acceleration_violations``: the judge's excursions over the whole run, homing
 between episodes included; ``homing``: how far the cell was from home before each episode and how close
-when it started (ros/cell_homing.py), the largest over the episodes.
+when it started (ros/cell_homing.py), the largest over the episodes. ``by_lane``: parcels and parcels
+sorted right in bands 25 mm wide across the belt (by each outcome's ``lane_offset_m``), since a policy
+that fails mostly on one side of the belt fails for a reason a success rate hides.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from statistics import median
@@ -25,6 +28,7 @@ from internvla_ros.sim.task import OUTCOMES
 GRASP_COUNTS = ("closes", "grasps")
 MOTION = ("max_acceleration_ratio", "mean_abs_jerk")
 VIOLATIONS = ("limit_violations", "acceleration_violations")  # cumulative in each summary: the run's is the largest
+LANE_BAND_M = 0.025  # thirds of the default +-37.5 mm lane spread, centred on the belt's centre line
 
 
 def _judged(summaries: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -48,6 +52,18 @@ def pooled_switches(summaries: Sequence[dict[str, Any]], *, samples: bool = Fals
     pooled = {key: [value for sample in found for value in sample[key]] for key in ("position_gap", "velocity_jump")}
     return {"switches": switch_summary(pooled["position_gap"], pooled["velocity_jump"]),
             **({"switch_samples": pooled} if samples else {})}
+
+
+def by_lane(summaries: Sequence[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """{"-25 mm": {"parcels": n, "right": r}, "0 mm": ..., "+25 mm": ...}: the band's centre, + toward the
+    arm's base; only outcomes that carry ``lane_offset_m``."""
+    bands: dict[int, dict[str, int]] = {}
+    for outcome in (o for s in summaries for o in s.get("outcomes", ()) if "lane_offset_m" in o):
+        index = math.floor(float(outcome["lane_offset_m"]) / LANE_BAND_M + 0.5)
+        band = bands.setdefault(index, {"parcels": 0, "right": 0})
+        band["parcels"] += 1
+        band["right"] += outcome["outcome"] == "right"
+    return {f"{round(k * LANE_BAND_M * 1000):+d} mm".replace("+0 mm", "0 mm"): bands[k] for k in sorted(bands)}
 
 
 def model_identity(model: Path) -> dict[str, Any]:
@@ -82,6 +98,7 @@ def aggregate(summaries: Sequence[dict[str, Any]], **meta: Any) -> dict[str, Any
         "parcels_per_minute": round(counts["right"] / minutes, 3) if minutes > 0 else 0.0,
         "episode_time_s": round(minutes * 60.0, 3),
         **grasping,
+        **({"by_lane": lanes} if (lanes := by_lane(summaries)) else {}),
         **_judged(summaries),
         **switches,
         **({"node": node} if node else {}),
@@ -105,6 +122,9 @@ def format_report(report: dict[str, Any]) -> str:
                  f"{report['episodes']} episodes), parcels_per_minute={report['parcels_per_minute']:.2f}, "
                  f"grasps {report.get('grasps', 0)} of {report.get('closes', 0)} closes"
                  + "".join(f", {key}={report[key]}" for key in (*MOTION, *VIOLATIONS) if key in report))
+    if report.get("by_lane"):
+        lines.append("right by lane (across the belt from its centre line, + toward the arm): " + ", ".join(
+            f"{name} {band['right']}/{band['parcels']}" for name, band in report["by_lane"].items()))
     if report.get("homing"):
         homing = report["homing"]
         lines.append(f"homed before every episode: from up to {homing['from_distance_max']} to within "

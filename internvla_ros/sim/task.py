@@ -104,32 +104,52 @@ class EpisodeSpec:
     """One episode: the seed places and colours the parcels; the variant picks the rule; `episode` is
     the caller's label, echoed on every message of the episode. `red_share` (None: each colour equally
     likely, the seed's own draw) recolours the same layout so that a parcel is red with that probability:
-    a recording with more of one colour, for training (see `internvla_ros.learning.record`)."""
+    a recording with more of one colour, for training (see `internvla_ros.learning.record`). `lanes_m`
+    (None: the config's +-lane_spread_m, the seed's own draw) moves the same parcels across the belt to lie
+    between [min, max] m from its centre line (+ toward the arm's base): more demonstrations where a policy
+    fails."""
 
     seed: int
     variant: int
     parcels: int
     episode: int = 0
     red_share: float | None = None
+    lanes_m: tuple[float, float] | None = None
 
     @classmethod
     def from_json(cls, text: str, defaults: TaskConfig) -> EpisodeSpec:
         """`{"seed": 7, "variant": 1, "parcels": 3}`; variant defaults to seed % 2, parcels to the config's;
-        an optional `"red_share"` in [0, 1]."""
+        an optional `"red_share"` in [0, 1] and `"lanes_m": [min, max]` (see `lanes_problem`)."""
         try:
             data = json.loads(text)
             seed = int(data["seed"])
-            share = data.get("red_share")
+            share, lanes = data.get("red_share"), data.get("lanes_m")
+            if lanes is not None:
+                low, high = (float(value) for value in lanes)  # exactly two numbers, else ValueError
+                lanes = (low, high)
             spec = cls(seed, int(data.get("variant", seed % len(RULES))), int(data.get("parcels", defaults.parcels)),
-                       int(data.get("episode", 0)), None if share is None else float(share))
+                       int(data.get("episode", 0)), None if share is None else float(share), lanes)
         except (ValueError, TypeError, KeyError) as err:
             raise ValueError(f"task/start: {text!r} is not a JSON object like "
                              f'{{"seed": 7, "variant": 1, "parcels": 3}} ({err})') from err
         if (spec.variant not in range(len(RULES)) or spec.parcels < 1 or spec.seed < 0
-                or not (spec.red_share is None or 0.0 <= spec.red_share <= 1.0)):
+                or not (spec.red_share is None or 0.0 <= spec.red_share <= 1.0)
+                or (spec.lanes_m is not None and lanes_problem(spec.lanes_m))):
             raise ValueError(f"task/start: seed >= 0, variant in 0..{len(RULES) - 1}, parcels >= 1, red_share in "
-                             f"[0, 1] or absent; got {text!r}")
+                             f"[0, 1] or absent, lanes_m [min, max] with {-LANES_MAX_M} <= min <= max <= "
+                             f"{LANES_MAX_M} or absent; got {text!r}")
         return spec
+
+
+LANES_MAX_M = 0.05  # as far off the belt's centre line as lane_spread_m allows: the parcel stays on the belt
+
+
+def lanes_problem(lanes_m: tuple[float, float]) -> str | None:
+    """Why ``lanes_m`` cannot be used, or None."""
+    low, high = lanes_m
+    if not -LANES_MAX_M <= low <= high <= LANES_MAX_M:
+        return f"[{low}, {high}] m: give min <= max within [{-LANES_MAX_M}, {LANES_MAX_M}] m of the belt's centre line"
+    return None
 
 
 @dataclass
@@ -138,6 +158,7 @@ class Parcel:
     colour: str
     offset_px: float  # x on the belt when the belt has travelled 0 since the start
     y: float
+    lane_y: float  # y where it lies on the belt (y follows the gripper while held)
     status: str = "upcoming"  # upcoming, belt, held, or one of OUTCOMES
     x: float = 0.0
     bin: str | None = None
@@ -150,6 +171,7 @@ class ParcelOutcome:
     outcome: str
     bin: str | None
     t_s: float
+    lane_offset_m: float  # where it lay across the belt: from the centre line, + toward the arm's base
 
 
 @dataclass
@@ -174,6 +196,7 @@ class SortingTask:
     def __post_init__(self) -> None:
         rng = np.random.default_rng(self.spec.seed)
         recolour = None if self.spec.red_share is None else np.random.default_rng([self.spec.seed, 1])
+        relane = None if self.spec.lanes_m is None else np.random.default_rng([self.spec.seed, 2])
         x = rng.uniform(*self.config.first_parcel_m) * PIXELS_PER_METRE
         spread = self.config.lane_spread_m * PIXELS_PER_METRE
         self.parcels = []
@@ -183,7 +206,10 @@ class SortingTask:
             colour = COLOURS[int(rng.integers(len(COLOURS)))]  # drawn in every case: the layout stays the seed's
             if recolour is not None:
                 colour = "red" if recolour.random() < self.spec.red_share else "blue"
-            self.parcels.append(Parcel(k, colour, x, BELT_CENTRE_Y + rng.uniform(-spread, spread)))
+            y = BELT_CENTRE_Y + rng.uniform(-spread, spread)  # drawn in every case, as the colour
+            if relane is not None:
+                y = BELT_CENTRE_Y + relane.uniform(*self.spec.lanes_m) * PIXELS_PER_METRE
+            self.parcels.append(Parcel(k, colour, x, y, y))
         self._now_s = self.start_s
         self._update_belt(self.start_travel_m)
 
@@ -216,7 +242,8 @@ class SortingTask:
 
     def _finish(self, parcel: Parcel, outcome: str, bin_name: str | None = None) -> ParcelOutcome:
         parcel.status, parcel.bin = outcome, bin_name
-        result = ParcelOutcome(parcel.id, parcel.colour, outcome, bin_name, round(self._now_s - self.start_s, 3))
+        result = ParcelOutcome(parcel.id, parcel.colour, outcome, bin_name, round(self._now_s - self.start_s, 3),
+                               round((parcel.lane_y - BELT_CENTRE_Y) / PIXELS_PER_METRE, 4))
         self.outcomes.append(result)
         return result
 

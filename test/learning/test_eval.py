@@ -45,6 +45,24 @@ def test_closes_and_grasps_are_summed_and_printed() -> None:
     assert "max_acceleration_ratio" not in report  # summaries without the judge's smoothness: none made up
 
 
+def test_parcels_sorted_right_are_counted_in_25_mm_bands_across_the_belt() -> None:
+    from internvla_ros.learning.eval import format_report
+
+    def outcome(lane_offset_m: float, result: str) -> dict:
+        return {"parcel": 0, "colour": "red", "outcome": result, "bin": None, "t_s": 1.0,
+                "lane_offset_m": lane_offset_m}
+
+    episodes = [summary(0, 2, 3, 30.0), summary(1, 1, 3, 30.0)]
+    episodes[0]["outcomes"] = [outcome(-0.03, "right"), outcome(0.012, "right"), outcome(0.037, "missed")]
+    episodes[1]["outcomes"] = [outcome(-0.0126, "dropped"), outcome(0.013, "right"),
+                               {"parcel": 2, "colour": "blue", "outcome": "right", "bin": "left", "t_s": 2.0}]
+    report = aggregate(episodes, policy="internvla")
+    assert report["by_lane"] == {"-25 mm": {"parcels": 2, "right": 1}, "0 mm": {"parcels": 1, "right": 1},
+                                 "+25 mm": {"parcels": 2, "right": 1}}
+    assert "+ toward the arm): -25 mm 1/2, 0 mm 1/1, +25 mm 1/2" in format_report(report)
+    assert "by_lane" not in aggregate([summary(0, 3, 3, 30.0)], policy="expert")  # outcomes without lanes
+
+
 def test_smoothness_is_the_worst_peak_and_the_mean_jerk_over_episodes() -> None:
     from internvla_ros.learning.eval import format_report
 

@@ -13,7 +13,7 @@ from internvla_ros.learning.expert_loop import run_offline
 from internvla_ros.runtime.config import RuntimeConfig
 from internvla_ros.sim.cell import SimulatedCell
 from internvla_ros.sim.expert import ExpertCommand, SortingExpert
-from internvla_ros.sim.layout import BELT_EXIT_X, PIXELS_PER_METRE, arm_layouts, bin_centre, solve_chain
+from internvla_ros.sim.layout import BELT_CENTRE_Y, BELT_EXIT_X, PIXELS_PER_METRE, arm_layouts, bin_centre, solve_chain
 from internvla_ros.sim.render import CellRenderer
 from internvla_ros.sim.task import (
     PARCEL_RGB,
@@ -58,6 +58,22 @@ def test_a_parcel_released_over_a_bin_is_right_or_wrong_by_the_instructions_rule
     assert task.done and task.summary()[expected] == 1 and task.summary()["success_rate"] == (expected == "right")
     said = "red parcels in the left bin" in task.instruction  # else red goes right
     assert ((colour == "red") == (bin_name == ("left" if said else "right"))) == (expected == "right")
+
+
+def test_an_outcome_says_where_its_parcel_lay_across_the_belt_not_where_the_gripper_took_it() -> None:
+    layouts = {seed: SortingTask(TaskConfig(), EpisodeSpec(seed, 0, 3), 0.0, 0.0) for seed in range(40)}
+    lanes = [p.y for task in layouts.values() for p in task.parcels]
+    toward_arm = next(s for s, task in layouts.items() if task.parcels[0].y > BELT_CENTRE_Y + 5)
+    task = layouts[toward_arm]
+    lay = task.parcels[0].y
+    pick(task)
+    task.step(0.5, 0.0, bin_centre("left"), CLOSED)
+    (outcome,) = task.step(0.6, 0.0, bin_centre("left"), OPEN)
+    assert outcome.lane_offset_m == pytest.approx((lay - BELT_CENTRE_Y) / PIXELS_PER_METRE, abs=1e-4)
+    assert outcome.lane_offset_m > 0  # larger image y is nearer the arm's base, at the image's bottom
+    assert task.summary()["outcomes"][0]["lane_offset_m"] == outcome.lane_offset_m
+    spread = TaskConfig().lane_spread_m * PIXELS_PER_METRE
+    assert min(lanes) < BELT_CENTRE_Y - spread / 2 and max(lanes) > BELT_CENTRE_Y + spread / 2
 
 
 def test_the_two_instruction_variants_swap_the_rule_and_differ_in_a_word() -> None:
@@ -150,6 +166,24 @@ def test_red_share_recolours_the_seeds_layout_and_travels_in_the_start_message()
     assert EpisodeSpec.from_json(json.dumps(plain_spec.__dict__), TaskConfig()) == plain_spec
     with pytest.raises(ValueError, match=r"red_share in \[0, 1\] or absent"):
         EpisodeSpec.from_json('{"seed": 5, "red_share": 1.5}', TaskConfig())
+
+
+def test_lanes_move_the_seeds_parcels_across_the_belt_and_travel_in_the_start_message() -> None:
+    def parcels(spec: EpisodeSpec) -> list[Parcel]:
+        return SortingTask(TaskConfig(), spec, 0.0, 0.0).parcels
+
+    near = [p for seed in range(100) for p in parcels(EpisodeSpec(seed, 0, 3, lanes_m=(0.0125, 0.0375)))]
+    offsets = np.array([(p.y - BELT_CENTRE_Y) / PIXELS_PER_METRE for p in near])
+    assert offsets.min() >= 0.0125 and offsets.max() <= 0.0375 and offsets.max() - offsets.min() > 0.02
+    for seed in (3, 4):
+        plain, moved = parcels(EpisodeSpec(seed, 0, 5)), parcels(EpisodeSpec(seed, 0, 5, lanes_m=(-0.01, -0.01)))
+        assert [(p.offset_px, p.colour) for p in moved] == [(p.offset_px, p.colour) for p in plain]
+        assert [p.y for p in moved] == [BELT_CENTRE_Y - 4.0] * 5 and [p.y for p in plain] != [p.y for p in moved]
+    spec = EpisodeSpec(9, 1, 3, 4, red_share=0.75, lanes_m=(0.01, 0.03))
+    assert EpisodeSpec.from_json(json.dumps(spec.__dict__), TaskConfig()) == spec  # as the episode runner sends it
+    for bad in ('[0.03, 0.01]', '[-0.06, 0.0]', '[0.01]'):
+        with pytest.raises(ValueError, match=r"task/start: .*lanes_m"):
+            EpisodeSpec.from_json(f'{{"seed": 5, "lanes_m": {bad}}}', TaskConfig())
 
 
 def test_task_config_comes_from_the_sims_block_and_bad_values_are_refused() -> None:
