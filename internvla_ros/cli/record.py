@@ -5,6 +5,7 @@ Usage examples::
     internvla record --cell conveyor_sorting --episodes 50 --seed 0 --out data/sorting_bags
     internvla record --episodes 2 --parcels 1 --out /tmp/bags       # a quick look
     internvla record --episodes 20 --perturb-px 30 --out data/recovery_bags  # with recoveries
+    internvla record --episodes 20 --lanes-mm 12.5 37.5 --out data/near_bags  # the lanes nearest the arm
 
 Runs sim_robot and expert_node over ROS (a DDS domain of their own, kept on this machine) and writes
 OUT/episode_0000/ ... (mcap rosbag2: joint_states, every command on the controller topics, the
@@ -20,7 +21,9 @@ model without language knowledge was measured not to learn the rule from such da
 one, 2 when the recording could not run. ``--perturb-px P`` records recoveries: most approaches first go
 to a random point up to P head-camera pixels off the intercept and then correct onto it (400 px = 1 m).
 ``--stop-belt`` records grasps at rest: the expert stops the belt once a parcel is well inside the pick
-zone, grasps it where it lies and restarts the belt when it holds it.
+zone, grasps it where it lies and restarts the belt when it holds it. ``--lanes-mm MIN MAX`` moves the
+same parcels across the belt to lie MIN..MAX mm from its centre line (+ toward the arm): more
+demonstrations on the side where a policy fails (`internvla eval` reports success by lane).
 """
 
 from __future__ import annotations
@@ -45,7 +48,8 @@ def command(args: argparse.Namespace) -> int:
         if not 0.0 <= args.perturb_px <= 100.0:
             raise ValueError(f"--perturb-px {args.perturb_px}: give 0 (no perturbation) to 100 pixels")
         parcels = args.parcels or task_defaults(args.cell).parcels
-        specs = episode_specs(args.seed, args.episodes, parcels, args.both_rules, args.red_share)
+        lanes_m = None if args.lanes_mm is None else (args.lanes_mm[0] / 1000.0, args.lanes_mm[1] / 1000.0)
+        specs = episode_specs(args.seed, args.episodes, parcels, args.both_rules, args.red_share, lanes_m)
         check_training_seeds(args.seed, specs[-1].seed)
         existing = [p for p in (args.out / f"episode_{s.episode:04d}" for s in specs) if p.exists()]
         if existing:
@@ -87,6 +91,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="record each seed under both rules (an even --episodes; episodes 2k, 2k+1: seed S+k)")
     parser.add_argument("--red-share", type=float, default=None,
                         help="probability that a parcel is red, 0-1 (default: both colours equally likely)")
+    parser.add_argument("--lanes-mm", type=float, nargs=2, default=None, metavar=("MIN", "MAX"),
+                        help="parcels lie MIN..MAX mm from the belt's centre line, + toward the arm (default: the "
+                        "task's lane spread, +-37.5 mm)")
     parser.add_argument("--perturb-px", type=float, default=0.0,
                         help="record recoveries: approaches first end up to this far off the intercept (default 0)")
     parser.add_argument("--stop-belt", action="store_true",

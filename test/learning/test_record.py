@@ -44,6 +44,16 @@ def test_both_rules_records_each_seed_under_each_rule() -> None:
     assert {s.red_share for s in specs} == {None}
     with pytest.raises(ValueError, match=r"--red-share .* in \[0, 1\], got 1.5"):
         episode_specs(7, 4, 3, both_rules=True, red_share=1.5)
+    assert {s.lanes_m for s in episode_specs(7, 4, 3, lanes_m=(0.0125, 0.0375))} == {(0.0125, 0.0375)}
+    assert {s.lanes_m for s in specs} == {None}
+
+
+def test_record_refuses_lanes_off_the_belt_before_anything_starts(tmp_path: Path, capsys) -> None:
+    from internvla_ros.cli.main import main
+
+    assert main(["record", "--episodes", "2", "--lanes-mm", "10", "60", "--out", str(tmp_path / "bags")]) == 2
+    assert "--lanes-mm 10 60: [0.01, 0.06] m: give min <= max within [-0.05, 0.05] m" in capsys.readouterr().err
+    assert not (tmp_path / "bags").exists()
 
 
 def test_record_writes_one_bag_per_episode_with_the_experts_sorting(tmp_path: Path) -> None:
