@@ -54,15 +54,30 @@ def pooled_switches(summaries: Sequence[dict[str, Any]], *, samples: bool = Fals
             **({"switch_samples": pooled} if samples else {})}
 
 
-def by_lane(summaries: Sequence[dict[str, Any]]) -> dict[str, dict[str, int]]:
-    """{"-25 mm": {"parcels": n, "right": r}, "0 mm": ..., "+25 mm": ...}: the band's centre, + toward the
-    arm's base; only outcomes that carry ``lane_offset_m``."""
-    bands: dict[int, dict[str, int]] = {}
+def _lane_band(lane_offset_m: float) -> int:
+    return math.floor(float(lane_offset_m) / LANE_BAND_M + 0.5)
+
+
+def by_lane(summaries: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """{"-25 mm": {"parcels": n, "right": r, ...}, "0 mm": ..., "+25 mm": ...}: the band's centre, + toward
+    the arm's base; only outcomes that carry ``lane_offset_m``. With the closes the sim logged: ``closes``
+    and ``grasps`` next to a parcel of the band, and the tip's median offset from that parcel at a close
+    (``close_dx_px``: + after it passed under the tip; ``close_dy_px``: + toward the arm's base), so a policy
+    that closes late, early or beside one lane shows which."""
+    bands: dict[int, dict[str, Any]] = {}
+    offsets: dict[int, list[tuple[float, float]]] = {}
     for outcome in (o for s in summaries for o in s.get("outcomes", ()) if "lane_offset_m" in o):
-        index = math.floor(float(outcome["lane_offset_m"]) / LANE_BAND_M + 0.5)
-        band = bands.setdefault(index, {"parcels": 0, "right": 0})
-        band["parcels"] += 1
-        band["right"] += outcome["outcome"] == "right"
+        counts = bands.setdefault(_lane_band(outcome["lane_offset_m"]), {"parcels": 0, "right": 0})
+        counts["parcels"] += 1
+        counts["right"] += outcome["outcome"] == "right"
+    for close in (c for s in summaries for c in s.get("close_offsets", ()) if c.get("lane_offset_m") is not None):
+        offsets.setdefault(index := _lane_band(close["lane_offset_m"]), []).append((close["dx_px"], close["dy_px"]))
+        counts = bands.setdefault(index, {"parcels": 0, "right": 0})
+        counts["closes"] = counts.get("closes", 0) + 1
+        counts["grasps"] = counts.get("grasps", 0) + bool(close["held"])
+    for index, pairs in offsets.items():
+        bands[index]["close_dx_px"] = round(median(x for x, _ in pairs), 1)
+        bands[index]["close_dy_px"] = round(median(y for _, y in pairs), 1)
     return {f"{round(k * LANE_BAND_M * 1000):+d} mm".replace("+0 mm", "0 mm"): bands[k] for k in sorted(bands)}
 
 
@@ -125,6 +140,11 @@ def format_report(report: dict[str, Any]) -> str:
     if report.get("by_lane"):
         lines.append("right by lane (across the belt from its centre line, + toward the arm): " + ", ".join(
             f"{name} {band['right']}/{band['parcels']}" for name, band in report["by_lane"].items()))
+        if any("closes" in band for band in report["by_lane"].values()):
+            lines.append("closes by lane (grasps/closes; tip minus parcel, median px: x + late, y + toward the arm): "
+                         + ", ".join(f"{name} {band.get('grasps', 0)}/{band['closes']} "
+                                     f"({band['close_dx_px']:+.1f}, {band['close_dy_px']:+.1f})"
+                                     for name, band in report["by_lane"].items() if "closes" in band))
     if report.get("homing"):
         homing = report["homing"]
         lines.append(f"homed before every episode: from up to {homing['from_distance_max']} to within "

@@ -174,6 +174,24 @@ class ParcelOutcome:
     lane_offset_m: float  # where it lay across the belt: from the centre line, + toward the arm's base
 
 
+@dataclass(frozen=True)
+class Close:
+    """The empty gripper closing: the tip's distance to the nearest parcel on the belt (px; inf with none
+    there), whether it held it, that parcel (-1: none), the tip's offset from it (px; x along the belt's
+    travel, so + is a close after the parcel passed under the tip; y + toward the arm's base) and the lane
+    the parcel lies in (m from the belt's centre line, + toward the arm's base)."""
+
+    distance_px: float
+    held: bool
+    parcel: int
+    offset_px: tuple[float, float] | None
+    lane_offset_m: float | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"parcel": self.parcel, "held": self.held, "dx_px": round(self.offset_px[0], 1),
+                "dy_px": round(self.offset_px[1], 1), "lane_offset_m": self.lane_offset_m}
+
+
 @dataclass
 class SortingTask:
     """One episode, advanced by `step` with the cell's measured state."""
@@ -186,10 +204,9 @@ class SortingTask:
     outcomes: list[ParcelOutcome] = field(default_factory=list)
     holding: int | None = None
     end_s: float | None = None
-    # Every closing of the empty gripper: the tip's distance to the nearest parcel on the belt (px; inf with
-    # none there) and whether it held one. A policy that never closes and one that closes beside the
-    # parcels both only miss; these tell them apart.
-    closes: list[tuple[float, bool]] = field(default_factory=list)
+    # Every closing of the empty gripper (see `Close`). A policy that never closes and one that closes beside
+    # the parcels both only miss; these tell them apart.
+    closes: list[Close] = field(default_factory=list)
     _closed: bool = False
     _now_s: float = 0.0
 
@@ -243,9 +260,13 @@ class SortingTask:
     def _finish(self, parcel: Parcel, outcome: str, bin_name: str | None = None) -> ParcelOutcome:
         parcel.status, parcel.bin = outcome, bin_name
         result = ParcelOutcome(parcel.id, parcel.colour, outcome, bin_name, round(self._now_s - self.start_s, 3),
-                               round((parcel.lane_y - BELT_CENTRE_Y) / PIXELS_PER_METRE, 4))
+                               self._lane_offset_m(parcel))
         self.outcomes.append(result)
         return result
+
+    @staticmethod
+    def _lane_offset_m(parcel: Parcel) -> float:
+        return round((parcel.lane_y - BELT_CENTRE_Y) / PIXELS_PER_METRE, 4)
 
     def step(self, now_s: float, travel_m: float, tip: tuple[float, float], opening: float) -> list[ParcelOutcome]:
         """Moves the parcels with the belt and the gripper; returns the outcomes decided in this step."""
@@ -270,7 +291,10 @@ class SortingTask:
             if distance <= reach:
                 self.holding = nearest
                 self.parcels[nearest].status = "held"
-            self.closes.append((distance, distance <= reach))
+            parcel = self.parcels[nearest] if nearest >= 0 else None
+            self.closes.append(Close(distance, distance <= reach, nearest,
+                                     (tip[0] - parcel.x, tip[1] - parcel.lane_y) if parcel else None,
+                                     self._lane_offset_m(parcel) if parcel else None))
         self._closed = closed
         if now_s - self.start_s >= self.time_limit_s:
             decided += [self._finish(p, "missed") for p in self.parcels if p.status in ("upcoming", "belt", "held")]
@@ -291,9 +315,10 @@ class SortingTask:
     def grasp_summary(self) -> dict[str, Any]:
         """``closes`` (the empty gripper closed), ``grasps`` (it closed around a parcel) and the median tip
         distance to the nearest parcel on the belt at a close (px; None without a close near any)."""
-        distances = [d for d, _ in self.closes if np.isfinite(d)]
-        return {"closes": len(self.closes), "grasps": sum(held for _, held in self.closes),
-                "close_distance_px_median": round(float(np.median(distances)), 1) if distances else None}
+        distances = [c.distance_px for c in self.closes if np.isfinite(c.distance_px)]
+        return {"closes": len(self.closes), "grasps": sum(c.held for c in self.closes),
+                "close_distance_px_median": round(float(np.median(distances)), 1) if distances else None,
+                "close_offsets": [c.as_dict() for c in self.closes if c.offset_px is not None]}
 
     def snapshot(self) -> dict[str, Any]:
         """The ground truth a scripted expert plans from (pixels of the head camera)."""

@@ -61,6 +61,20 @@ def test_parcels_sorted_right_are_counted_in_25_mm_bands_across_the_belt() -> No
                                  "+25 mm": {"parcels": 2, "right": 1}}
     assert "+ toward the arm): -25 mm 1/2, 0 mm 1/1, +25 mm 1/2" in format_report(report)
     assert "by_lane" not in aggregate([summary(0, 3, 3, 30.0)], policy="expert")  # outcomes without lanes
+    # closes near a parcel join its band: counts and the tip's median offset from the parcel
+    episodes[0]["close_offsets"] = [
+        {"parcel": 1, "held": True, "dx_px": 2.0, "dy_px": -1.0, "lane_offset_m": 0.012},
+        {"parcel": 2, "held": False, "dx_px": 30.0, "dy_px": 20.0, "lane_offset_m": 0.037},
+        {"parcel": 2, "held": False, "dx_px": 10.0, "dy_px": 4.0, "lane_offset_m": 0.037}]
+    episodes[1]["close_offsets"] = [{"parcel": 1, "held": True, "dx_px": -3.0, "dy_px": 1.0, "lane_offset_m": 0.013}]
+    report = aggregate(episodes, policy="internvla")
+    assert report["by_lane"]["+25 mm"] == {"parcels": 2, "right": 1, "closes": 3, "grasps": 1,
+                                           "close_dx_px": 10.0, "close_dy_px": 4.0}
+    assert report["by_lane"]["0 mm"] == {"parcels": 1, "right": 1, "closes": 1, "grasps": 1,
+                                         "close_dx_px": 2.0, "close_dy_px": -1.0}
+    assert report["by_lane"]["-25 mm"] == {"parcels": 2, "right": 1}
+    assert "closes by lane (grasps/closes; tip minus parcel, median px: x + late, y + toward the arm): " \
+           "0 mm 1/1 (+2.0, -1.0), +25 mm 1/3 (+10.0, +4.0)" in format_report(report)
 
 
 def test_smoothness_is_the_worst_peak_and_the_mean_jerk_over_episodes() -> None:

@@ -116,6 +116,21 @@ def test_the_summary_counts_each_close_of_the_empty_gripper_and_each_grasp() -> 
     summary = task.summary()
     assert (summary["closes"], summary["grasps"]) == (3, 1)
     assert summary["close_distance_px_median"] == 40.0  # 40, 40 and 7.1 (the pick is 5 px off in x and y)
+    # each close near a parcel: which, whether held, the tip's offset from it and the parcel's lane
+    lane = round((parcel.lane_y - BELT_CENTRE_Y) / PIXELS_PER_METRE, 4)
+    assert summary["close_offsets"] == [
+        {"parcel": 0, "held": False, "dx_px": 0.0, "dy_px": 40.0, "lane_offset_m": lane},
+        {"parcel": 0, "held": False, "dx_px": 0.0, "dy_px": 40.0, "lane_offset_m": lane},
+        {"parcel": 0, "held": True, "dx_px": 5.0, "dy_px": -5.0, "lane_offset_m": lane}]
+
+
+def test_a_close_with_no_parcel_on_the_belt_is_counted_without_an_offset() -> None:
+    task = one_parcel_task()
+    task.parcels[0].offset_px = -1000.0  # far upstream: not on the belt yet
+    task.step(0.1, 0.0, (100.0, 100.0), OPEN)
+    task.step(0.2, 0.0, (100.0, 100.0), CLOSED)
+    summary = task.summary()
+    assert (summary["closes"], summary["grasps"], summary["close_offsets"]) == (1, 0, [])
 
 
 def test_a_parcel_that_rides_off_the_belt_is_missed_and_the_belt_moves_the_parcels() -> None:
