@@ -62,7 +62,7 @@ def by_lane(summaries: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """{"-25 mm": {"parcels": n, "right": r, ...}, "0 mm": ..., "+25 mm": ...}: the band's centre, + toward
     the arm's base; only outcomes that carry ``lane_offset_m``. With the closes the sim logged: ``closes``
     and ``grasps`` next to a parcel of the band, and the tip's median offset from that parcel at a close
-    (``close_dx_px``: + after it passed under the tip; ``close_dy_px``: + toward the arm's base), so a policy
+    (``close_dx_px``: + before the parcel reached the tip; ``close_dy_px``: + toward the arm's base), so a policy
     that closes late, early or beside one lane shows which."""
     bands: dict[int, dict[str, Any]] = {}
     offsets: dict[int, list[tuple[float, float]]] = {}
@@ -141,7 +141,7 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append("right by lane (across the belt from its centre line, + toward the arm): " + ", ".join(
             f"{name} {band['right']}/{band['parcels']}" for name, band in report["by_lane"].items()))
         if any("closes" in band for band in report["by_lane"].values()):
-            lines.append("closes by lane (grasps/closes; tip minus parcel, median px: x + late, y + toward the arm): "
+            lines.append("closes by lane (grasps/closes; tip minus parcel, median px: x + early, y + toward the arm): "
                          + ", ".join(f"{name} {band.get('grasps', 0)}/{band['closes']} "
                                      f"({band['close_dx_px']:+.1f}, {band['close_dy_px']:+.1f})"
                                      for name, band in report["by_lane"].items() if "closes" in band))

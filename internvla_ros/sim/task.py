@@ -178,7 +178,7 @@ class ParcelOutcome:
 class Close:
     """The empty gripper closing: the tip's distance to the nearest parcel on the belt (px; inf with none
     there), whether it held it, that parcel (-1: none), the tip's offset from it (px; x along the belt's
-    travel, so + is a close after the parcel passed under the tip; y + toward the arm's base) and the lane
+    travel, so + is a close before the parcel reached the tip; y + toward the arm's base) and the lane
     the parcel lies in (m from the belt's centre line, + toward the arm's base)."""
 
     distance_px: float

@@ -73,7 +73,7 @@ def test_parcels_sorted_right_are_counted_in_25_mm_bands_across_the_belt() -> No
     assert report["by_lane"]["0 mm"] == {"parcels": 1, "right": 1, "closes": 1, "grasps": 1,
                                          "close_dx_px": 2.0, "close_dy_px": -1.0}
     assert report["by_lane"]["-25 mm"] == {"parcels": 2, "right": 1}
-    assert "closes by lane (grasps/closes; tip minus parcel, median px: x + late, y + toward the arm): " \
+    assert "closes by lane (grasps/closes; tip minus parcel, median px: x + early, y + toward the arm): " \
            "0 mm 1/1 (+2.0, -1.0), +25 mm 1/3 (+10.0, +4.0)" in format_report(report)
 
 

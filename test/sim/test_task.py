@@ -126,7 +126,8 @@ def test_the_summary_counts_each_close_of_the_empty_gripper_and_each_grasp() -> 
 
 def test_a_close_with_no_parcel_on_the_belt_is_counted_without_an_offset() -> None:
     task = one_parcel_task()
-    task.parcels[0].offset_px = -1000.0  # far upstream: not on the belt yet
+    parcel = task.parcels[0]
+    parcel.status, parcel.offset_px = "upcoming", -1000.0  # far upstream: not on the belt yet
     task.step(0.1, 0.0, (100.0, 100.0), OPEN)
     task.step(0.2, 0.0, (100.0, 100.0), CLOSED)
     summary = task.summary()
