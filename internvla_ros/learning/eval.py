@@ -66,13 +66,17 @@ def by_lane(summaries: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     that closes late, early or beside one lane shows which."""
     bands: dict[int, dict[str, Any]] = {}
     offsets: dict[int, list[tuple[float, float]]] = {}
+
+    def band(index: int) -> dict[str, Any]:
+        return bands.setdefault(index, {"parcels": 0, "right": 0})
+
     for outcome in (o for s in summaries for o in s.get("outcomes", ()) if "lane_offset_m" in o):
-        counts = bands.setdefault(_lane_band(outcome["lane_offset_m"]), {"parcels": 0, "right": 0})
+        counts = band(_lane_band(outcome["lane_offset_m"]))
         counts["parcels"] += 1
         counts["right"] += outcome["outcome"] == "right"
     for close in (c for s in summaries for c in s.get("close_offsets", ()) if c.get("lane_offset_m") is not None):
         offsets.setdefault(index := _lane_band(close["lane_offset_m"]), []).append((close["dx_px"], close["dy_px"]))
-        counts = bands.setdefault(index, {"parcels": 0, "right": 0})
+        counts = band(index)
         counts["closes"] = counts.get("closes", 0) + 1
         counts["grasps"] = counts.get("grasps", 0) + bool(close["held"])
     for index, pairs in offsets.items():

@@ -133,11 +133,11 @@ class EpisodeSpec:
             raise ValueError(f"task/start: {text!r} is not a JSON object like "
                              f'{{"seed": 7, "variant": 1, "parcels": 3}} ({err})') from err
         if (spec.variant not in range(len(RULES)) or spec.parcels < 1 or spec.seed < 0
-                or not (spec.red_share is None or 0.0 <= spec.red_share <= 1.0)
-                or (spec.lanes_m is not None and lanes_problem(spec.lanes_m))):
+                or not (spec.red_share is None or 0.0 <= spec.red_share <= 1.0)):
             raise ValueError(f"task/start: seed >= 0, variant in 0..{len(RULES) - 1}, parcels >= 1, red_share in "
-                             f"[0, 1] or absent, lanes_m [min, max] with {-LANES_MAX_M} <= min <= max <= "
-                             f"{LANES_MAX_M} or absent; got {text!r}")
+                             f"[0, 1] or absent; got {text!r}")
+        if spec.lanes_m is not None and (problem := lanes_problem(spec.lanes_m)):
+            raise ValueError(f"task/start: lanes_m {problem}, or leave it out; got {text!r}")
         return spec
 
 
@@ -176,16 +176,20 @@ class ParcelOutcome:
 
 @dataclass(frozen=True)
 class Close:
-    """The empty gripper closing: the tip's distance to the nearest parcel on the belt (px; inf with none
-    there), whether it held it, that parcel (-1: none), the tip's offset from it (px; x along the belt's
-    travel, so + is a close before the parcel reached the tip; y + toward the arm's base) and the lane
-    the parcel lies in (m from the belt's centre line, + toward the arm's base)."""
+    """The empty gripper closing: whether it held the nearest parcel on the belt, that parcel (-1: none),
+    the tip's offset from it (px; x along the belt's travel, so + is a close before the parcel reached the
+    tip; y + toward the arm's base) and the lane the parcel lies in (m from the belt's centre line, + toward
+    the arm's base)."""
 
-    distance_px: float
     held: bool
     parcel: int
     offset_px: tuple[float, float] | None
     lane_offset_m: float | None
+
+    @property
+    def distance_px(self) -> float:
+        """The tip's distance to that parcel (inf with none on the belt)."""
+        return float(np.hypot(*self.offset_px)) if self.offset_px is not None else np.inf
 
     def as_dict(self) -> dict[str, Any]:
         return {"parcel": self.parcel, "held": self.held, "dx_px": round(self.offset_px[0], 1),
@@ -292,7 +296,7 @@ class SortingTask:
                 self.holding = nearest
                 self.parcels[nearest].status = "held"
             parcel = self.parcels[nearest] if nearest >= 0 else None
-            self.closes.append(Close(distance, distance <= reach, nearest,
+            self.closes.append(Close(distance <= reach, nearest,
                                      (tip[0] - parcel.x, tip[1] - parcel.lane_y) if parcel else None,
                                      self._lane_offset_m(parcel) if parcel else None))
         self._closed = closed
