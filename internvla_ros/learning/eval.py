@@ -8,8 +8,11 @@ over the episodes, ``mean_abs_jerk`` the mean of the episodes' means. ``switches
 policy node published disagreed with the one it replaced, at the hand-over (sim/chunk_switches.py): median,
 90th percentile and largest velocity jump and position gap over every hand-over of every episode.
 ``limit_violations`` and ``acceleration_violations``: the judge's excursions over the whole run, homing
-between episodes included; ``homing``: how far the cell was from home before each episode and how close
-when it started (ros/cell_homing.py), the largest over the episodes. ``by_lane``: parcels and parcels
+between episodes included; ``arrivals``: how late the stamped trajectories reached the controllers over the
+whole run (the largest delay; the p50 and p99 of the last 20,000; how many arrived more than the judge's late
+threshold after their stamp, after their own end, or after the judge had passed them), since a trajectory that
+arrives late is joined late (sim/arrivals.py); ``homing``: how far the cell was from home before each episode and
+how close when it started (ros/cell_homing.py), the largest over the episodes. ``by_lane``: parcels and parcels
 sorted right in bands 25 mm wide across the belt (by each outcome's ``lane_offset_m``), since a policy
 that fails mostly on one side of the belt fails for a reason a success rate hides.
 """
@@ -28,6 +31,7 @@ from internvla_ros.sim.task import OUTCOMES
 GRASP_COUNTS = ("closes", "grasps")
 MOTION = ("max_acceleration_ratio", "mean_abs_jerk")
 VIOLATIONS = ("limit_violations", "acceleration_violations")  # cumulative in each summary: the run's is the largest
+ARRIVAL_COUNTS = ("late_trajectories", "trajectories_after_end", "judge_late_submissions")  # cumulative too
 LANE_BAND_M = 0.025  # thirds of the default +-37.5 mm lane spread, centred on the belt's centre line
 
 
@@ -36,11 +40,25 @@ def _judged(summaries: Sequence[dict[str, Any]]) -> dict[str, Any]:
     jerks = [float(s["mean_abs_jerk"]) for s in summaries if s.get("mean_abs_jerk") is not None]
     homings = [s["homing"] for s in summaries if s.get("homing")]
     return {**({"max_acceleration_ratio": max(ratios)} if ratios else {}),
+            **({"arrivals": arrivals} if (arrivals := _arrivals(summaries)) else {}),
             **({"mean_abs_jerk": round(sum(jerks) / len(jerks), 4)} if jerks else {}),
             **{key: max(int(s[key]) for s in summaries) for key in VIOLATIONS if all(key in s for s in summaries)},
             **({"homing": {"from_distance_max": max(h["from_distance"] for h in homings),
                            "start_error_max": max(h["start_error"] for h in homings),
                            "duration_s_max": max(h["duration_s"] for h in homings)}} if homings else {})}
+
+
+def _arrivals(summaries: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The run's trajectory arrivals, from the episodes' cumulative figures ({} when the sim gave none)."""
+    if not summaries or not all(key in s for s in summaries for key in ARRIVAL_COUNTS):
+        return {}
+    delays = [s["trajectory_arrival_delay_ms_max"] for s in summaries if s.get("trajectory_arrival_delay_ms_max")
+              is not None]
+    last = summaries[-1]
+    return {"delay_ms_max": max(delays) if delays else None,
+            "delay_ms_p50": last.get("trajectory_arrival_delay_ms_p50"),
+            "delay_ms_p99": last.get("trajectory_arrival_delay_ms_p99"),
+            **{key: max(int(s[key]) for s in summaries) for key in ARRIVAL_COUNTS}}
 
 
 def pooled_switches(summaries: Sequence[dict[str, Any]], *, samples: bool = False) -> dict[str, Any]:
@@ -149,6 +167,12 @@ def format_report(report: dict[str, Any]) -> str:
                          + ", ".join(f"{name} {band.get('grasps', 0)}/{band['closes']} "
                                      f"({band['close_dx_px']:+.1f}, {band['close_dy_px']:+.1f})"
                                      for name, band in report["by_lane"].items() if "closes" in band))
+    if report.get("arrivals"):
+        arrivals = report["arrivals"]
+        lines.append(f"trajectory arrival minus stamp: p50 {arrivals['delay_ms_p50']} ms, "
+                     f"p99 {arrivals['delay_ms_p99']} ms, max {arrivals['delay_ms_max']} ms; "
+                     f"{arrivals['late_trajectories']} late, {arrivals['trajectories_after_end']} after their end, "
+                     f"{arrivals['judge_late_submissions']} after the judge had passed them")
     if report.get("homing"):
         homing = report["homing"]
         lines.append(f"homed before every episode: from up to {homing['from_distance_max']} to within "

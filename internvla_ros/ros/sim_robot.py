@@ -60,7 +60,8 @@ CAMERA_QOS = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
 INSTRUCTION_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                              durability=DurabilityPolicy.TRANSIENT_LOCAL)
 TASK_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
-# In every episode summary: the judge's excursions since the cell started (between episodes too).
+# In every episode summary: the judge's excursions and the trajectories' arrival delays since the cell started
+# (between episodes too).
 CELL_VIOLATIONS = ("limit_violations", "acceleration_violations")
 
 
@@ -159,7 +160,7 @@ class SimRobot(Node):
             self._outcome_pub.publish(String(data=json.dumps({"episode": self.task.spec.episode, **outcome.__dict__})))
         if self.task.done:
             summary = {**self.task.summary(), **self.cell.motion.summary(),
-                       **{key: getattr(self.cell, key) for key in CELL_VIOLATIONS}}
+                       **{key: getattr(self.cell, key) for key in CELL_VIOLATIONS}, **self.cell.arrival_summary()}
             self._summary_pub.publish(String(data=json.dumps(summary)))
             self.get_logger().info(f"episode {summary['episode']} done: {summary['right']}/{summary['parcels']} "
                                    f"sorted right in {summary['duration_s']} s")

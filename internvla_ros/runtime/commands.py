@@ -1,8 +1,9 @@
 """The runtime's outputs as plain data; the ROS node converts them to messages.
 
 - ``JointTrajectoryCommand`` for a joint_trajectory controller: the rest of the plan as timed points,
-  first point at the stamp (time_from_start 0), strictly increasing times, last point at rest (Jazzy's
-  JTC rejects a non-zero end velocity by default).
+  first point at the stamp (time_from_start 0; the first trajectory after a (re)start: at the lead's end, see
+  trajectory.py), strictly increasing times, last point at rest (Jazzy's JTC rejects a non-zero end velocity
+  by default).
 - ``ForwardCommand`` for a forward_command controller: one value per joint, every control tick.
 """
 

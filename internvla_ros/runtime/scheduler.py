@@ -339,8 +339,10 @@ class PolicyRuntime:
     def _may_resume(self, now_ns: int) -> bool:
         """After a hold the motion resumes once the measured trajectory joints are still: from the commanded state
         when they are within their max jump of it (a tracking error is the controller's own), else from where
-        they were measured (resume_guard.py: a stalled controller may not have run the last trajectories). The
-        forward joints go on from their commands, which their controllers hold."""
+        they were measured (resume_guard.py: a stalled controller may not have run the last trajectories). With
+        nothing sent since a (re)start, the commanded state is only an earlier measurement, perhaps a stale one
+        taken while someone else moved the arm: the motion starts from the newest. The forward joints go on from
+        their commands, which their controllers hold."""
         if self._gate.dry_run:
             return True  # nothing was sent: the robot stood still on purpose
         values, stamp_ns = self._inputs.joint_values, self._inputs.joint_stamp_ns
@@ -348,15 +350,21 @@ class PolicyRuntime:
         if values is None or stamp_ns is None or not guard.still(stamp_ns, values):
             return False
         guard.reset()
+        if self._control.path is None:
+            return self._restart_from_measurement("")
         divergence = guard.divergence(values, self._control.commanded_at(stamp_ns))
         if divergence is None:
             return True
+        return self._restart_from_measurement(f"resumed from the measured joints: {divergence.describe()}")
+
+    def _restart_from_measurement(self, message: str) -> bool:
+        """The trajectory joints restart at rest where they were measured; False (holding) when refused."""
         try:
             positions = self._supervisor.start_position()
         except PolicyRuntimeError as err:
             self._last_error = str(err)
             return False
-        self._last_error = f"resumed from the measured joints: {divergence.describe()}"
+        self._note(message)
         self._control.restart_trajectory_joints(positions)
         self._commands.discard_path()
         return True

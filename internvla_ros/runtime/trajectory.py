@@ -7,7 +7,10 @@ reproduces it exactly (no overshoot between points, acceleration within the limi
 A new trajectory starts at its stamp with the state of the running one and repeats it for a lead time
 (``safety.trajectory_lead_s``) before it changes course. The controller switches to the new trajectory when it
 arrives; any arrival within the lead joins the running motion exactly, so a trajectory delayed by a loaded
-machine causes no jump. Every trajectory ends at rest (Jazzy's controller rejects anything else).
+machine causes no jump. The first trajectory after a (re)start has its first point at the lead's end, at rest
+where the joints were measured: the controller, holding its own desired state a tracking error away, moves
+there smoothly (rest to rest over what is left of the lead) instead of jumping. Every trajectory ends at rest
+(Jazzy's controller rejects anything else).
 """
 
 from __future__ import annotations
@@ -109,10 +112,13 @@ class TrajectoryBuilder:
               ) -> tuple[list[int], Callable[[int], tuple[np.ndarray, np.ndarray]], MotionState]:
         """The knots and sampler of the running motion over [now, now + lead], and the state at its end."""
         end_ns = now_ns + self._lead_ns
-        if running is None:  # nothing sent yet: the controllers hold where the robot is, at rest
+        if running is None:  # nothing sent since the (re)start: the controllers hold near the measured joints
             def sample(t: int) -> tuple[np.ndarray, np.ndarray]:
                 return rest.positions.copy(), np.zeros_like(rest.positions)
-            knots = [now_ns, end_ns]
+            # No point at now: the controller holds its own desired state, a tracking error away from the
+            # measurement, and a point already passed on arrival would make it jump there. With the first point
+            # at the lead's end it blends from where it is, at rest, over what is left of the lead.
+            knots = [end_ns]
         else:
             sample = running.sample
             knots = [now_ns, end_ns, *(int(t) for t in running.stamps_ns if now_ns < t < end_ns)]

@@ -151,14 +151,19 @@ class SimulatedCell:
         values: dict[str, int | float | None] = {
             "limit_violations": self.limit_violations,
             "acceleration_violations": self.acceleration_violations,
-            "judge_late_submissions": sum(j.late_submissions for j in self._trajectory_judges.values()),
             "commands_lost": self.commands_lost,
-            **self.arrivals.values(),
+            **self.arrival_summary(),
         }
         for controller in (*self.trajectory_controllers, *self.forward_controllers):
             values[f"{controller}.accepted"] = self.accepted[controller]
             values[f"{controller}.rejected"] = self.rejected[controller]
         return values
+
+    def arrival_summary(self) -> dict[str, int | float | None]:
+        """How late stamped trajectories reached the controllers since the cell started (sim/arrivals.py), and
+        how many were handled after the judge had passed their arrival (it judged again from there)."""
+        return {**self.arrivals.values(),
+                "judge_late_submissions": sum(j.late_submissions for j in self._trajectory_judges.values())}
 
     def step(self, now_ns: int, dt_s: float) -> None:
         """Samples the controllers at now_ns and moves the measured joints by dt_s."""

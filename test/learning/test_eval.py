@@ -89,6 +89,26 @@ def test_smoothness_is_the_worst_peak_and_the_mean_jerk_over_episodes() -> None:
     assert "max_acceleration_ratio=0.9, mean_abs_jerk=3.0" in format_report(report)
 
 
+def test_trajectory_arrivals_are_the_runs_largest_and_printed() -> None:
+    """The sim's figures are cumulative since it started: the run's counts are the largest, its p50 and p99 the
+    last episode's (over the most recent trajectories), its max the largest."""
+    from internvla_ros.learning.eval import format_report
+
+    episodes = [summary(0, 1, 3, 30.0), summary(1, 0, 3, 30.0)]
+    episodes[0].update(trajectory_arrival_delay_ms_p50=2.0, trajectory_arrival_delay_ms_p99=30.0,
+                       trajectory_arrival_delay_ms_max=140.5, late_trajectories=1, trajectories_after_end=0,
+                       judge_late_submissions=0)
+    episodes[1].update(trajectory_arrival_delay_ms_p50=2.5, trajectory_arrival_delay_ms_p99=12.0,
+                       trajectory_arrival_delay_ms_max=60.0, late_trajectories=1, trajectories_after_end=0,
+                       judge_late_submissions=2)
+    report = aggregate(episodes, policy="internvla")
+    assert report["arrivals"] == {"delay_ms_max": 140.5, "delay_ms_p50": 2.5, "delay_ms_p99": 12.0,
+                                  "late_trajectories": 1, "trajectories_after_end": 0, "judge_late_submissions": 2}
+    assert ("trajectory arrival minus stamp: p50 2.5 ms, p99 12.0 ms, max 140.5 ms; 1 late, 0 after their end, "
+            "2 after the judge had passed them") in format_report(report)
+    assert "arrivals" not in aggregate([summary(0, 1, 3, 30.0)])  # a sim that gave none
+
+
 def test_hand_overs_are_pooled_over_episodes_with_each_episodes_own_summary() -> None:
     from internvla_ros.learning.eval import format_report
 
@@ -170,6 +190,7 @@ def test_eval_of_the_policy_node_brings_the_cell_home_before_every_episode(tmp_p
     joints = RuntimeConfig.from_yaml(CONFIG_DIR / "conveyor_sorting.yaml").joint_names
     assert set(homings[1]["start_pose"]) == set(joints)
     assert (report["limit_violations"], report["acceleration_violations"]) == (0, 0)
+    assert report["arrivals"]["delay_ms_max"] is not None and report["arrivals"]["trajectories_after_end"] == 0
     assert all(e["node"]["chunks_computed"] > 0 for e in report["per_episode"])  # it ran in both episodes
     log = (logs / "policy_node.log").read_text()
     assert log.count("pause requested") == 2 and log.count("resume requested") == 2, log[-2000:]

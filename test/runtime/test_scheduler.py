@@ -489,12 +489,14 @@ def test_trajectories_start_now_increase_and_end_at_rest(tmp_path: Path) -> None
     result = loop.run_until(1_000 * MS)
     with_trajectory = [o for o in result.outputs if o.trajectories]
     assert len(with_trajectory) >= 3
-    for output in with_trajectory:
+    lead_ns = runtime.config.safety.trajectory_lead_ns
+    for k, output in enumerate(with_trajectory):
         (trajectory,) = output.trajectories
         assert trajectory.controller == "arm_controller" and trajectory.joint_names == ("shoulder", "elbow")
         assert trajectory.stamp_ns == output.stamp_ns
         points = trajectory.points
-        assert points[0].time_from_start_ns == 0
+        # the first one's first point at the lead's end (the controller blends there from its hold), later ones now
+        assert points[0].time_from_start_ns == (lead_ns if k == 0 else 0)
         assert points[0].positions == output.positions[:2]
         times = [p.time_from_start_ns for p in points]
         assert all(b > a for a, b in itertools.pairwise(times))
