@@ -22,7 +22,8 @@ four are recorded in the report. With the policy node, the report's `node` holds
 episodes (chunks computed and dropped, stale inputs, overruns, clamped commands, inference latency p50), each
 episode's own in its entry. `--record DIR` writes one rosbag2 per episode, as `internvla record` does: the
 inputs a policy saw and the commands it sent, e.g. for a replay regression bag. Exits 0 when it ran, 2 when it
-could not.
+could not, 130 when interrupted (Ctrl-C): the episodes finished by then are still reported (and written to
+`--json`, with `"interrupted": true`).
 """
 
 from __future__ import annotations
@@ -41,8 +42,9 @@ def command(args: argparse.Namespace) -> int:
 
     from internvla_ros.learning.eval import aggregate, format_report, model_identity
     from internvla_ros.learning.record import EVAL_SEED_START, episode_specs
-    from internvla_ros.ros.episodes import run_episodes, task_defaults  # rclpy only for this verb
+    from internvla_ros.ros.episodes import EpisodesInterrupted, run_episodes, task_defaults  # rclpy only here
 
+    interrupted = False
     try:
         overrides = policy_overrides(args)
         parcels = args.parcels or task_defaults(args.cell).parcels
@@ -53,6 +55,12 @@ def command(args: argparse.Namespace) -> int:
         summaries = run_episodes(args.cell, specs, args.policy, args.logs, record_dir=args.record, model=args.model,
                                  progress=lambda _: bar.update(), show=bar.write, policy_parameters=overrides)
         bar.close()
+    except EpisodesInterrupted as stop:
+        bar.close()
+        summaries, interrupted = stop.summaries, True
+        print(f"interrupted after {len(summaries)} of {len(specs)} episodes", file=sys.stderr)
+        if not summaries:
+            return 130
     except (FileNotFoundError, RuntimeError, ValueError, PolicyRuntimeError) as err:
         print(f"ERROR: {err}", file=sys.stderr)
         return 2
@@ -60,12 +68,12 @@ def command(args: argparse.Namespace) -> int:
     report = aggregate(summaries, cell=args.cell, policy=args.policy, model=str(model) if model else None,
                        **({"model_identity": model_identity(model)} if model else {}), seed=args.seed,
                        backend=args.backend, execution=args.execution, added_latency_ms=args.added_latency_ms,
-                       noise_scale=args.noise_scale)
+                       noise_scale=args.noise_scale, **({"interrupted": True} if interrupted else {}))
     print(format_report(report))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2) + "\n")
-    return 0
+    return 130 if interrupted else 0
 
 
 def policy_overrides(args: argparse.Namespace) -> list[str]:

@@ -18,8 +18,10 @@ probability P: with both rules and equal colours neither the word nor the colour
 model without language knowledge was measured not to learn the rule from such data (see
 ``internvla_ros.learning.record``). Seeds from 1000000 on are held out for
 `internvla eval` and refused here. Exits 1 when an episode sorted a parcel wrong, dropped or missed
-one, 2 when the recording could not run. ``--perturb-px P`` records recoveries: most approaches first go
-to a random point up to P head-camera pixels off the intercept and then correct onto it (400 px = 1 m).
+one, 2 when the recording could not run, 130 when interrupted (Ctrl-C): the finished episodes' bags stay, and
+the bag of the episode under way is renamed OUT/interrupted_episode_NNNN, out of `episode_*`'s way.
+``--perturb-px P`` records recoveries: most approaches first go to a random point up to P head-camera pixels
+off the intercept and then correct onto it (400 px = 1 m).
 ``--stop-belt`` records grasps at rest: the expert stops the belt once a parcel is well inside the pick
 zone, grasps it where it lies and restarts the belt when it holds it. ``--lanes-mm MIN MAX`` moves the
 same parcels across the belt to lie MIN..MAX mm from its centre line (+ toward the arm): more
@@ -42,7 +44,7 @@ def command(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from internvla_ros.learning.record import check_training_seeds, episode_specs
-    from internvla_ros.ros.episodes import run_episodes, task_defaults  # rclpy only for this verb
+    from internvla_ros.ros.episodes import EpisodesInterrupted, run_episodes, task_defaults  # rclpy only here
 
     try:
         if not 0.0 <= args.perturb_px <= 100.0:
@@ -71,6 +73,15 @@ def command(args: argparse.Namespace) -> int:
                                      progress=progress, show=bar.write, perturb_px=args.perturb_px,
                                      stop_belt=args.stop_belt)
         bar.close()
+    except EpisodesInterrupted as stop:
+        bar.close()
+        print(f"interrupted after {len(stop.summaries)} of {len(specs)} episodes: {sorted_right}/{total} parcels "
+              f"sorted right in the finished ones", file=sys.stderr)
+        if stop.incomplete is not None and stop.incomplete.exists():
+            kept = stop.incomplete.with_name(f"interrupted_{stop.incomplete.name}")
+            stop.incomplete.rename(kept)
+            print(f"the episode under way is kept as {kept}, out of episode_*", file=sys.stderr)
+        return 130
     except (FileNotFoundError, RuntimeError, ValueError, PolicyRuntimeError) as err:
         print(f"ERROR: {err}", file=sys.stderr)
         return 2

@@ -6,13 +6,16 @@ on a DDS domain of their own kept on this machine (as in the demo); each episode
 `task/start`, and the sim itself sends the episode's instruction to the agent. Before each episode the agent
 is paused and the cell brought home through its controllers (ros/cell_homing.py), so that every episode
 starts from the same pose whatever the previous one left. With `record_dir`, every
-episode goes to its own mcap rosbag2 (ros/episode_recorder.py). Used by `internvla record` and
-`internvla eval`.
+episode goes to its own mcap rosbag2 (ros/episode_recorder.py). Ctrl-C (SIGINT, or SIGTERM) stops the run at
+its next wait, stops the nodes and raises ``EpisodesInterrupted`` with the finished episodes, so that the
+caller can still report them. Used by `internvla record` and `internvla eval`.
 """
 
 from __future__ import annotations
 
 import json
+import signal
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +26,7 @@ import rclpy
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
+from rclpy.signals import SignalHandlerOptions
 from rosbags.rosbag2 import StoragePlugin, Writer
 from sensor_msgs.msg import JointState
 from std_msgs.msg import String
@@ -52,6 +56,15 @@ TASK_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
 # that held or dropped its chunks.
 NODE_COUNTERS = ("chunks_computed", "chunks_dropped", "stale_inputs", "inference_overruns", "commands_clamped",
                  "inference_failures", "inference_timeouts")
+
+
+class EpisodesInterrupted(Exception):
+    """The run was interrupted (SIGINT or SIGTERM); the nodes are stopped. ``summaries``: the finished episodes';
+    ``incomplete``: the bag of the episode that was under way, when one was being recorded (closed, partial)."""
+
+    def __init__(self, summaries: list[dict[str, Any]], incomplete: Path | None) -> None:
+        super().__init__(f"interrupted after {len(summaries)} finished episodes")
+        self.summaries, self.incomplete = summaries, incomplete
 
 
 def node_counters(status: PolicyStatus | None) -> dict[str, float]:
@@ -168,8 +181,11 @@ def run_episodes(cell: str, specs: list[EpisodeSpec], policy: str, logs: Path, r
                  "agent": start_node(module, [*args, *common], logs / f"{module.rsplit('.', 1)[-1]}.log", env)}
     writer: Writer | None = None
     summaries: list[dict[str, Any]] = []
+    recording: list[Path] = []  # the bag of the episode under way
+    interrupted = threading.Event()
+    handlers = {sig: signal.signal(sig, lambda *_: interrupted.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     use_frame_transport()
-    rclpy.init()
+    rclpy.init(signal_handler_options=SignalHandlerOptions.NO)  # our handler: the run ends at its next wait
     try:
         node = rclpy.create_node("episode_runner", namespace=NAMESPACE)
         monitor = Monitor(node, switch_judge=switch_judge(config, policy_parameters) if policy == "internvla" else None)
@@ -179,12 +195,15 @@ def run_episodes(cell: str, specs: list[EpisodeSpec], policy: str, logs: Path, r
         if record_dir is not None:
             record_dir.mkdir(parents=True, exist_ok=True)
             writer = _open_writer(record_dir / bag_name(specs[0].episode))
+            recording[:] = [record_dir / bag_name(specs[0].episode)]  # empty until the first episode ends
             recorder = EpisodeRecorder(config, writer, NAMESPACE)
             executor.add_node(recorder)
 
-        def spin_until(done: Callable[[], bool], timeout_s: float, what: str) -> None:
+        def spin_until(done: Callable[[], bool], timeout_s: float, what: str, interruptible: bool = True) -> None:
             deadline = time.monotonic() + timeout_s
             while not done():
+                if interrupted.is_set() and interruptible:
+                    raise EpisodesInterrupted(list(summaries), recording[0] if recording else None)
                 dead = [name for name, process in processes.items() if process.poll() is not None]
                 if dead:
                     raise RuntimeError(f"{', '.join(dead)} exited {what}; see the logs in {logs}")
@@ -221,6 +240,7 @@ def run_episodes(cell: str, specs: list[EpisodeSpec], policy: str, logs: Path, r
                     recorder.switch_writer(writer)
                     previous.close()
                 recorder.start_recording()
+                recording[:] = [record_dir / bag_name(spec.episode)]
             before = node_counters(monitor.status)
             if monitor.switch_judge is not None:
                 monitor.switch_judge.take()  # hand-overs between episodes are no episode's
@@ -239,9 +259,12 @@ def run_episodes(cell: str, specs: list[EpisodeSpec], policy: str, logs: Path, r
                     "position_gap": [round(s.position_gap, 5) for s in switches],
                     "velocity_jump": [round(s.velocity_jump, 5) for s in switches]}
             settle = time.monotonic()
-            spin_until(lambda t=settle: time.monotonic() - t >= SETTLE_S, SETTLE_S + 5.0, "after an episode")
+            # an episode whose summary arrived is finished: an interrupt waits for the recorder's last messages
+            spin_until(lambda t=settle: time.monotonic() - t >= SETTLE_S, SETTLE_S + 5.0, "after an episode",
+                       interruptible=False)
             if recorder is not None:
                 recorder.pause()
+                recording.clear()
             summaries.append(monitor.summaries[spec.episode])
             progress(summaries[-1])
         executor.shutdown()
@@ -254,6 +277,8 @@ def run_episodes(cell: str, specs: list[EpisodeSpec], policy: str, logs: Path, r
             writer.close()
         rclpy.try_shutdown()
         claim.release()
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
     return summaries
 
 
