@@ -292,11 +292,12 @@ class SortingTask:
             reach = self.config.grasp_radius_m * PIXELS_PER_METRE
             near = [(float(np.hypot(p.x - tip[0], p.y - tip[1])), p.id) for p in self.parcels if p.status == "belt"]
             distance, nearest = min(near, default=(np.inf, -1))
-            if distance <= reach:
+            grasped = distance <= reach
+            if grasped:
                 self.holding = nearest
                 self.parcels[nearest].status = "held"
             parcel = self.parcels[nearest] if nearest >= 0 else None
-            self.closes.append(Close(distance <= reach, nearest,
+            self.closes.append(Close(grasped, nearest,
                                      (tip[0] - parcel.x, tip[1] - parcel.lane_y) if parcel else None,
                                      self._lane_offset_m(parcel) if parcel else None))
         self._closed = closed
@@ -319,7 +320,7 @@ class SortingTask:
     def grasp_summary(self) -> dict[str, Any]:
         """``closes`` (the empty gripper closed), ``grasps`` (it closed around a parcel) and the median tip
         distance to the nearest parcel on the belt at a close (px; None without a close near any)."""
-        distances = [c.distance_px for c in self.closes if np.isfinite(c.distance_px)]
+        distances = [c.distance_px for c in self.closes if c.offset_px is not None]
         return {"closes": len(self.closes), "grasps": sum(c.held for c in self.closes),
                 "close_distance_px_median": round(float(np.median(distances)), 1) if distances else None,
                 "close_offsets": [c.as_dict() for c in self.closes if c.offset_px is not None]}
