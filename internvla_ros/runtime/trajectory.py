@@ -9,8 +9,9 @@ A new trajectory starts at its stamp with the state of the running one and repea
 arrives; any arrival within the lead joins the running motion exactly, so a trajectory delayed by a loaded
 machine causes no jump. The first trajectory after a (re)start has its first point at the lead's end, at rest
 where the joints were measured: the controller, holding its own desired state a tracking error away, moves
-there smoothly (rest to rest over what is left of the lead) instead of jumping. Every trajectory ends at rest
-(Jazzy's controller rejects anything else).
+there smoothly (rest to rest over what is left of the lead) instead of jumping; a trajectory sent before that
+point (a stop right after a start) starts there too. Every trajectory ends at rest (Jazzy's controller rejects
+anything else).
 """
 
 from __future__ import annotations
@@ -120,8 +121,10 @@ class TrajectoryBuilder:
             # at the lead's end it blends from where it is, at rest, over what is left of the lead.
             knots = [end_ns]
         else:
-            sample = running.sample
-            knots = [now_ns, end_ns, *(int(t) for t in running.stamps_ns if now_ns < t < end_ns)]
+            # Not before the running trajectory's first point: what the controller does until then (a first
+            # trajectory's blend from its hold) is its own, and a point there would make it jump.
+            sample, start_ns = running.sample, max(now_ns, int(running.stamps_ns[0]))
+            knots = [start_ns, end_ns, *(int(t) for t in running.stamps_ns if start_ns < t < end_ns)]
         positions, velocities = sample(end_ns)
         return knots, sample, MotionState(positions, velocities, end_ns)
 

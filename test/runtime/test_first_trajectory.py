@@ -137,3 +137,20 @@ def test_a_restart_after_homing_starts_from_the_fresh_measurement(tmp_path: Path
     assert len(cell.first_points) > sent_before
     np.testing.assert_allclose(cell.first_points[sent_before], home, atol=1e-9)
     assert (cell.log.limit_violations, cell.log.acceleration_violations) == (0, 0), list(cell.log.messages)
+
+
+@pytest.mark.parametrize("after_ms", [10, 50])
+def test_a_stop_sent_within_the_first_trajectorys_lead_continues_its_blend(tmp_path: Path, after_ms: int) -> None:
+    """A pause right after the first trajectory: the stop reaches the controller while it is still blending from
+    its hold to the measured joints. Neither trajectory makes it jump."""
+    runtime = make_runtime(tmp_path, rates__control_rate_hz=100.0)
+    cell = Cell(runtime, offset=np.array([1e-3, -5e-4]), delay_ns=20 * MS)
+    cell.run_until(50 * MS)
+    runtime.start(cell.now)
+    while not cell.first_points:
+        cell.run_until(cell.now)
+    cell.run_until(cell.now + after_ms * MS)
+    runtime.pause()
+    cell.run_until(cell.now + 1_000 * MS)
+    assert len(cell.first_points) == 2  # the first trajectory and the stop
+    assert (cell.log.limit_violations, cell.log.acceleration_violations) == (0, 0), list(cell.log.messages)
