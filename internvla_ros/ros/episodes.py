@@ -181,7 +181,7 @@ def run_episodes(cell: str, specs: list[EpisodeSpec], policy: str, logs: Path, r
                  "agent": start_node(module, [*args, *common], logs / f"{module.rsplit('.', 1)[-1]}.log", env)}
     writer: Writer | None = None
     summaries: list[dict[str, Any]] = []
-    recording: list[Path] = []  # the bag of the episode under way
+    recording: Path | None = None  # the bag of the episode under way
     interrupted = threading.Event()
     handlers = {sig: signal.signal(sig, lambda *_: interrupted.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     use_frame_transport()
@@ -195,7 +195,7 @@ def run_episodes(cell: str, specs: list[EpisodeSpec], policy: str, logs: Path, r
         if record_dir is not None:
             record_dir.mkdir(parents=True, exist_ok=True)
             writer = _open_writer(record_dir / bag_name(specs[0].episode))
-            recording[:] = [record_dir / bag_name(specs[0].episode)]  # empty until the first episode ends
+            recording = record_dir / bag_name(specs[0].episode)
             recorder = EpisodeRecorder(config, writer, NAMESPACE)
             executor.add_node(recorder)
 
@@ -203,7 +203,7 @@ def run_episodes(cell: str, specs: list[EpisodeSpec], policy: str, logs: Path, r
             deadline = time.monotonic() + timeout_s
             while not done():
                 if interrupted.is_set() and interruptible:
-                    raise EpisodesInterrupted(list(summaries), recording[0] if recording else None)
+                    raise EpisodesInterrupted(list(summaries), recording)
                 dead = [name for name, process in processes.items() if process.poll() is not None]
                 if dead:
                     raise RuntimeError(f"{', '.join(dead)} exited {what}; see the logs in {logs}")
@@ -240,7 +240,7 @@ def run_episodes(cell: str, specs: list[EpisodeSpec], policy: str, logs: Path, r
                     recorder.switch_writer(writer)
                     previous.close()
                 recorder.start_recording()
-                recording[:] = [record_dir / bag_name(spec.episode)]
+                recording = record_dir / bag_name(spec.episode)
             before = node_counters(monitor.status)
             if monitor.switch_judge is not None:
                 monitor.switch_judge.take()  # hand-overs between episodes are no episode's
@@ -264,7 +264,7 @@ def run_episodes(cell: str, specs: list[EpisodeSpec], policy: str, logs: Path, r
                        interruptible=False)
             if recorder is not None:
                 recorder.pause()
-                recording.clear()
+                recording = None
             summaries.append(monitor.summaries[spec.episode])
             progress(summaries[-1])
         executor.shutdown()

@@ -44,6 +44,12 @@ class MotionControl:
     def stopping(self) -> bool:
         return self._stop is not None
 
+    @property
+    def sent_since_start(self) -> bool:
+        """Whether a trajectory went out since the last (re)start: before one, the commanded state is only the
+        measurement the (re)start took."""
+        return self.path is not None
+
     def start(self, positions: np.ndarray, stamp_ns: int) -> None:
         """At rest at ``positions``; the trajectory controllers hold there until the first trajectory."""
         self.state = self._limiter.initial_state(positions, stamp_ns)

@@ -350,7 +350,7 @@ class PolicyRuntime:
         if values is None or stamp_ns is None or not guard.still(stamp_ns, values):
             return False
         guard.reset()
-        if self._control.path is None:
+        if not self._control.sent_since_start:
             return self._restart_from_measurement("")
         divergence = guard.divergence(values, self._control.commanded_at(stamp_ns))
         if divergence is None:
