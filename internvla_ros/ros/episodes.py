@@ -194,8 +194,8 @@ def run_episodes(cell: str, specs: list[EpisodeSpec], policy: str, logs: Path, r
         recorder = None
         if record_dir is not None:
             record_dir.mkdir(parents=True, exist_ok=True)
-            writer = _open_writer(record_dir / bag_name(specs[0].episode))
             recording = record_dir / bag_name(specs[0].episode)
+            writer = _open_writer(recording)
             recorder = EpisodeRecorder(config, writer, NAMESPACE)
             executor.add_node(recorder)
 
@@ -235,12 +235,12 @@ def run_episodes(cell: str, specs: list[EpisodeSpec], policy: str, logs: Path, r
             homing.pause_agent(spin_until)
             homed = homing.home_cell(spin_until)
             if recorder is not None:
+                recording = record_dir / bag_name(spec.episode)
                 if spec is not specs[0]:
-                    previous, writer = writer, _open_writer(record_dir / bag_name(spec.episode))
+                    previous, writer = writer, _open_writer(recording)
                     recorder.switch_writer(writer)
                     previous.close()
                 recorder.start_recording()
-                recording = record_dir / bag_name(spec.episode)
             before = node_counters(monitor.status)
             if monitor.switch_judge is not None:
                 monitor.switch_judge.take()  # hand-overs between episodes are no episode's
