@@ -47,7 +47,7 @@ from internvla_ros.runtime.errors import RuntimeConfigError
 from internvla_ros.sim.cell import SimulatedCell
 from internvla_ros.sim.episode import snapshot_of, step_task
 from internvla_ros.sim.judge import JudgeSettings
-from internvla_ros.sim.render import CellRenderer
+from internvla_ros.sim.render import CellRenderer, wrist_tip_at_from_yaml
 from internvla_ros.sim.task import EpisodeSpec, SortingTask, task_config_from_yaml
 from internvla_ros.sim.trajectory import Trajectory, TrajectoryPoint
 
@@ -82,7 +82,7 @@ class SimRobot(Node):
             raise RuntimeConfigError(msg)
         self.config = RuntimeConfig.from_yaml(config_path, node_name=config_node)
         self.cell = SimulatedCell(self.config, judge)
-        self.renderer = CellRenderer(self.config)
+        self.renderer = CellRenderer(self.config, wrist_tip_at_from_yaml(config_path))
         self.task_config = task_config_from_yaml(config_path)
         self.task: SortingTask | None = None
         task_seed = int(self.declare_parameter("task_seed", -1).value)

@@ -4,7 +4,9 @@ The head camera sees the whole cell from above: a table, each arm as a planar ch
 4 of a 7-DoF arm bend it), its gripper fingers opening with the gripper joint, and either objects on
 the table or parcels riding a belt that moves with the conveyor joint, and the two sorting bins. With
 the sorting task (sim/task.py) the parcels are the task's, coloured by their class, and a held one sits
-between the fingers. A wrist camera sees a close crop around its arm's gripper. Images are RGB uint8.
+between the fingers. A wrist camera sees a close crop around its arm's gripper, the tip `wrist_tip_at`
+of the way down the crop (the sim's `wrist_camera: {tip_at: F}`; the arm's base is below, so 0.8 looks
+mostly past the tip, away from the arm, and 0.5 centres the tip). Images are RGB uint8.
 
 OpenCV rather than MuJoCo: a head and a wrist frame together take about 2 ms here against about 70 ms
 per 224x224 MuJoCo frame on these CPUs, which matters at 30 Hz beside a policy sharing two cores, and a
@@ -12,6 +14,8 @@ top-down drawing shows everything the task needs (parcels, their colours, bins, 
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -28,9 +32,11 @@ from internvla_ros.sim.layout import (
     ArmLayout,
     arm_layouts,
 )
+from internvla_ros.sim.task import sim_section
 
 WRIST_SIZE = (240, 320)
 WRIST_CROP = (120, 160)
+WRIST_TIP_AT = 0.8  # where the gripper tip sits down the wrist image unless the sim's config says otherwise
 PARCEL_SPACING_PX = 170
 TABLE_RGB = (176, 150, 118)
 FLOOR_RGB = (60, 64, 70)
@@ -45,8 +51,12 @@ Drawable = tuple[float, float, tuple[int, int, int], bool]
 class CellRenderer:
     """Draws every configured camera of one cell from its joint state."""
 
-    def __init__(self, config: RuntimeConfig) -> None:
+    def __init__(self, config: RuntimeConfig, wrist_tip_at: float = WRIST_TIP_AT) -> None:
+        if not 0.0 <= wrist_tip_at <= 1.0:
+            msg = f"wrist_camera.tip_at must be in [0, 1] (0: the tip at the top, 1: at the bottom); got {wrist_tip_at}"
+            raise ValueError(msg)
         self.config = config
+        self.wrist_tip_at = wrist_tip_at
         self._arms = arm_layouts(config)
         self._belt = next((i for i, j in enumerate(config.joints) if j.state_field == "velocity"), None)
         self._gripper_range = {
@@ -139,6 +149,21 @@ class CellRenderer:
         crop_h, crop_w = WRIST_CROP
         height, width = scene.shape[:2]
         x0 = int(np.clip(tip[0] - crop_w / 2, 0, width - crop_w))
-        y0 = int(np.clip(tip[1] - crop_h * 0.8, 0, height - crop_h))
+        y0 = int(np.clip(tip[1] - crop_h * self.wrist_tip_at, 0, height - crop_h))
         crop = scene[y0:y0 + crop_h, x0:x0 + crop_w]
         return cv2.resize(crop, (WRIST_SIZE[1], WRIST_SIZE[0]), interpolation=cv2.INTER_LINEAR)
+
+
+def wrist_tip_at_from_yaml(path: str | Path) -> float:
+    """`wrist_camera: {tip_at: F}` of the sim's block of a robot file (see the module's docstring);
+    WRIST_TIP_AT when the file has none."""
+    section = sim_section(path, "wrist_camera") or {}
+    unknown = sorted(set(section) - {"tip_at"})
+    if unknown:
+        msg = f"{path}: sim_robot wrist_camera: unknown {unknown}; the section takes only tip_at (0-1)"
+        raise ValueError(msg)
+    value = section.get("tip_at", WRIST_TIP_AT)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        msg = f"{path}: sim_robot wrist_camera.tip_at must be a number in [0, 1]; got {value!r}"
+        raise ValueError(msg)
+    return float(value)

@@ -88,15 +88,22 @@ class TaskConfig:
                 raise ValueError(f"task.{name}: {getattr(self, name)!r} is not allowed; use {allowed}")
 
 
-def task_config_from_yaml(path: str | Path) -> TaskConfig | None:
-    """The `task:` section of the sim's block (`/**/sim_robot: ros__parameters: task:`) of a robot
-    file; None when the file has none (a cell without the sorting task)."""
+def sim_section(path: str | Path, section: str) -> dict[str, Any] | None:
+    """One section of the sim's block (`/**/sim_robot: ros__parameters: <section>:`) of a robot file,
+    flattened to dotted names; None when the file has none."""
     document = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     for name in SIM_NODE_BLOCKS:
         block = (document or {}).get(name)
-        if isinstance(block, Mapping) and isinstance(block.get("ros__parameters", {}).get("task"), Mapping):
-            return TaskConfig.from_parameters(flatten_parameters(block["ros__parameters"]["task"]))
+        if isinstance(block, Mapping) and isinstance(block.get("ros__parameters", {}).get(section), Mapping):
+            return flatten_parameters(block["ros__parameters"][section])
     return None
+
+
+def task_config_from_yaml(path: str | Path) -> TaskConfig | None:
+    """The `task:` section of the sim's block of a robot file; None when the file has none (a cell
+    without the sorting task)."""
+    parameters = sim_section(path, "task")
+    return None if parameters is None else TaskConfig.from_parameters(parameters)
 
 
 @dataclass(frozen=True)

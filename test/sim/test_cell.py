@@ -9,7 +9,8 @@ import pytest
 
 from internvla_ros.runtime.config import RuntimeConfig
 from internvla_ros.sim.cell import SimulatedCell
-from internvla_ros.sim.render import HEAD_SIZE, WRIST_SIZE, CellRenderer
+from internvla_ros.sim.layout import arm_layouts
+from internvla_ros.sim.render import HEAD_SIZE, WRIST_SIZE, WRIST_TIP_AT, CellRenderer, wrist_tip_at_from_yaml
 from internvla_ros.sim.trajectory import Trajectory, TrajectoryPoint
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
@@ -106,3 +107,36 @@ def test_forward_commands_lost_on_the_way_are_counted_not_judged_as_a_step() -> 
             assert cell.commands_lost == 1 and violations == []
         else:
             assert cell.commands_lost == 0 and any("conveyor_speed step" in v for v in violations), violations
+
+
+@pytest.mark.parametrize("tip_at", [0.8, 0.5])
+def test_the_wrist_camera_puts_the_gripper_tip_where_the_config_says(tip_at: float) -> None:
+    """The wrist crop's rows are the head view's rows tip_y - 120 * tip_at ... : read back from a head view
+    whose every row is painted with its own row number."""
+    config = load("conveyor_sorting")
+    state = SimulatedCell(config).joint_state()
+    tip_y = arm_layouts(config)[0].chain(state.positions)[-1][1]
+    rows = np.repeat((np.arange(HEAD_SIZE[0]) // 2).astype(np.uint8)[:, None], HEAD_SIZE[1], axis=1)
+    scene = np.repeat(rows[:, :, None], 3, axis=2)
+    wrist = CellRenderer(config, wrist_tip_at=tip_at).render("wrist", state, scene=scene)
+    centre_row = float(wrist[WRIST_SIZE[0] // 2, :, 0].mean()) * 2  # the head row at the crop's middle
+    assert centre_row == pytest.approx(tip_y + 120 * (0.5 - tip_at), abs=3.0)
+
+
+def test_the_wrist_camera_setting_is_read_from_the_sims_block_and_checked(tmp_path: Path) -> None:
+    text = (CONFIG_DIR / "conveyor_sorting.yaml").read_text(encoding="utf-8")
+    assert wrist_tip_at_from_yaml(CONFIG_DIR / "conveyor_sorting.yaml") == WRIST_TIP_AT
+    assert wrist_tip_at_from_yaml(CONFIG_DIR / "dual_arm.yaml") == WRIST_TIP_AT  # no sim section: the default
+    for value, problem in (("0.5", None), ("near", "number"), ("true", "number")):
+        path = tmp_path / "cell.yaml"
+        path.write_text(text.replace("wrist_camera: {tip_at: 0.8}", f"wrist_camera: {{tip_at: {value}}}"))
+        if problem is None:
+            assert wrist_tip_at_from_yaml(path) == 0.5
+        else:
+            with pytest.raises(ValueError, match=problem):
+                wrist_tip_at_from_yaml(path)
+    path.write_text(text.replace("wrist_camera: {tip_at: 0.8}", "wrist_camera: {tip: 0.5}"))
+    with pytest.raises(ValueError, match=r"unknown \['tip'\]"):
+        wrist_tip_at_from_yaml(path)
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        CellRenderer(load("conveyor_sorting"), wrist_tip_at=1.5)
