@@ -42,7 +42,9 @@ def command(args: argparse.Namespace) -> int:
 
     from internvla_ros.learning.eval import aggregate, format_report, model_identity
     from internvla_ros.learning.record import EVAL_SEED_START, episode_specs
+    from internvla_ros.paths import config_path
     from internvla_ros.ros.episodes import EpisodesInterrupted, run_episodes, task_defaults  # rclpy only here
+    from internvla_ros.sim.render import wrist_tip_at_from_yaml
 
     interrupted = False
     try:
@@ -68,7 +70,9 @@ def command(args: argparse.Namespace) -> int:
     report = aggregate(summaries, cell=args.cell, policy=args.policy, model=str(model) if model else None,
                        **({"model_identity": model_identity(model)} if model else {}), seed=args.seed,
                        backend=args.backend, execution=args.execution, added_latency_ms=args.added_latency_ms,
-                       noise_scale=args.noise_scale, **({"interrupted": True} if interrupted else {}))
+                       noise_scale=args.noise_scale,
+                       wrist_tip_at=wrist_tip_at_from_yaml(config_path(f"{args.cell}.yaml")),
+                       **({"interrupted": True} if interrupted else {}))
     print(format_report(report))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

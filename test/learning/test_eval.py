@@ -13,6 +13,7 @@ from internvla_ros.learning.eval import aggregate
 from internvla_ros.paths import config_path
 from internvla_ros.ros.episodes import agent_command
 from internvla_ros.runtime.config import RuntimeConfig
+from internvla_ros.sim.render import wrist_tip_at_from_yaml
 
 CONFIG_DIR = config_path("conveyor_sorting.yaml").parent
 
@@ -176,6 +177,8 @@ def test_eval_of_the_expert_on_two_held_out_episodes(tmp_path: Path, capsys) -> 
     homings = [e["homing"] for e in report["per_episode"]]
     assert all(h["start_error"] <= 1e-3 for h in homings) and homings[1]["from_distance"] > 0.05, homings
     assert (report["limit_violations"], report["acceleration_violations"]) == (0, 0)
+    # the view the episodes were run with: a policy is evaluated with the wrist camera it was trained on
+    assert report["wrist_tip_at"] == wrist_tip_at_from_yaml(config_path("conveyor_sorting.yaml"))
 
 
 def test_eval_of_the_policy_node_brings_the_cell_home_before_every_episode(tmp_path: Path) -> None:
