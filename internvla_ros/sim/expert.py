@@ -48,7 +48,10 @@ GRASPING = ("idle", "approach", "wait", "close")  # stop_belt: the states in whi
 
 @dataclass(frozen=True)
 class ArmMove:
-    """A rest-to-rest trajectory of the arm controller's joints (points every MOVE_STEP_S)."""
+    """A rest-to-rest trajectory of the arm controller's joints: points every MOVE_STEP_S from its start, the
+    first one at rest where it starts. The controller blends from its hold to that first point when the move
+    arrives: rest to rest, so between the two and never beyond either (a first point already under way would
+    make that blend swing out first, past a limit the arm stands on)."""
 
     times_s: np.ndarray
     positions: np.ndarray  # (points, joints)
@@ -65,7 +68,7 @@ def plan_move(start: np.ndarray, goal: np.ndarray, max_velocity: np.ndarray, max
     duration = max(MIN_MOVE_S, float(np.max(1.875 * distance / (LIMIT_SHARE * max_velocity))),
                    float(np.sqrt(np.max(5.774 * distance / (LIMIT_SHARE * max_acceleration)))))
     duration = MOVE_STEP_S * np.ceil(duration / MOVE_STEP_S)
-    times = np.linspace(MOVE_STEP_S, duration, round(duration / MOVE_STEP_S))
+    times = np.linspace(0.0, duration, round(duration / MOVE_STEP_S) + 1)
     tau = times[:, None] / duration
     shape = tau**3 * (10 - 15 * tau + 6 * tau**2)
     rate = 30 * tau**2 * (1 - tau) ** 2 / duration
@@ -107,6 +110,8 @@ class _Arm:
         return float((positions[self.gripper_index] - self.closed) / (self.open - self.closed))
 
     def move(self, start: np.ndarray, goal: np.ndarray) -> ArmMove:
+        """From ``start`` (config order; a measured arm a tracking error past a limit starts on it)."""
+        start = np.clip(start, self.low, self.high)
         return plan_move(start[self.index], goal[self.index], self.vmax, self.amax)
 
 

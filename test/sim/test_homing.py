@@ -81,3 +81,43 @@ def test_homing_that_ignored_the_last_commands_would_step_the_belt_and_gripper()
     messages = " ".join(cell.drain_violations())
     assert cell.limit_violations > 0 and "conveyor_speed" in messages, messages
 
+
+
+def test_homing_from_an_arm_parked_on_its_position_limits_stays_inside_them() -> None:
+    """An arm parked exactly on two position limits (a policy that pushed against them). The controller blends
+    from its hold to the move's first point when the move arrives: a first point already under way (moving
+    inwards) makes that blend dip outwards first, past the limit; the move starts at rest where the arm is."""
+    cfg = config()
+    cell = SimulatedCell(cfg)
+    streamer = CommandStreamer(cfg)
+    index = np.array([cfg.joint_index[j] for j in streamer.arm.joints])
+    limits = [cfg.joints[i].limits for i in index]
+    goal = home_positions(cfg)[index]
+    goal[1], goal[3] = limits[1].max_position, limits[3].min_position
+    move = plan_move(home_positions(cfg)[index], goal, np.array([lim.max_velocity for lim in limits]),
+                     np.array([lim.max_acceleration for lim in limits]))
+    sent = [False]
+
+    def act(_: float, __: np.ndarray) -> ExpertCommand:
+        first, sent[0] = not sent[0], True
+        return ExpertCommand(move if first else None, cfg.grippers[0].open_position, 0.0)
+
+    now = drive(cell, streamer, act, NS_PER_S, move.duration_s + 2.0)
+    assert (cell.limit_violations, cell.acceleration_violations) == (0, 0), cell.drain_violations()
+    home = home_positions(cfg)
+    agent = HomingAgent(cfg, home)
+    drive(cell, CommandStreamer(cfg, streamer.state), lambda t, p: agent.act(t, None, p), now, HOMING_S)
+    assert np.max(np.abs(cell.joint_state().positions - home)[:8]) < 1e-3
+    assert (cell.limit_violations, cell.acceleration_violations) == (0, 0), cell.drain_violations()
+
+
+def test_a_move_home_from_an_arm_measured_past_a_limit_starts_on_the_limit_at_rest() -> None:
+    cfg = config()
+    agent = HomingAgent(cfg, home_positions(cfg))
+    measured = home_positions(cfg).copy()
+    joint4 = cfg.joint_index["fr3_joint4"]
+    measured[joint4] = cfg.joints[joint4].limits.min_position - 2e-4  # a tracking error past it
+    move = agent.act(0.0, None, measured).move
+    assert move is not None and move.times_s[0] == 0.0
+    assert move.positions[0][3] == cfg.joints[joint4].limits.min_position
+    assert not move.velocities[0].any()
