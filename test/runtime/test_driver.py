@@ -66,7 +66,10 @@ class InProcess:
 
 
 class Feeder:
-    """Feeds the runtime fresh inputs from a thread, stamped with the driver's clock."""
+    """Feeds the runtime fresh inputs from a thread, stamped with the driver's clock. ``lock`` is held from
+    reading the clock to the last input of a round: the node's executor runs a clock jump's handler between
+    two input callbacks, never inside one (a round stamped before a jump and handed over after it would be
+    future input on the new time line)."""
 
     def __init__(self, runtime: PolicyRuntime, clock: SteadyClock) -> None:
         config = runtime.config
@@ -74,15 +77,17 @@ class Feeder:
         self._runtime, self._clock = runtime, clock
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+        self.lock = threading.Lock()
 
     def _run(self) -> None:
         step = 0
         while not self._stop.wait(0.01):
-            now_ns = self._clock.now_ns()
-            self._runtime.update_joint_state(now_ns, *self._robot.joint_state())
-            if step % 3 == 0:
-                for camera in CAMERAS:
-                    self._runtime.update_camera(camera, now_ns, IMAGE)
+            with self.lock:
+                now_ns = self._clock.now_ns()
+                self._runtime.update_joint_state(now_ns, *self._robot.joint_state())
+                if step % 3 == 0:
+                    for camera in CAMERAS:
+                        self._runtime.update_camera(camera, now_ns, IMAGE)
             step += 1
 
     def __enter__(self) -> Feeder:
@@ -102,6 +107,7 @@ class Run:
         self.runtime, self.clock = runtime, clock
         self.outputs: list[ControlOutput] = []
         self.problems: list[str] = []
+        self.feeder: Feeder | None = None
         self.driver = RuntimeDriver(runtime, worker, clock, self.outputs.append, on_chunk=on_chunk,
                                     on_problem=lambda key, text: self.problems.append(text), **kwargs)
 
@@ -124,7 +130,7 @@ def run_driver(tmp_path: Path) -> Iterator[Callable[..., Run]]:
               on_chunk: Callable[[ChunkEvent], None] = lambda event: None, **kwargs: object) -> Run:
         clock = clock or SteadyClock()
         run = Run(make_runtime(tmp_path), worker, clock, on_chunk, **kwargs)
-        feeder = Feeder(run.runtime, clock).__enter__()
+        feeder = run.feeder = Feeder(run.runtime, clock).__enter__()
         run.driver.start()
         stack.append((run.driver, feeder))
         return run
@@ -219,8 +225,10 @@ def test_control_and_inference_go_on_after_the_clock_jumps_back(run_driver) -> N
     run = run_driver(InProcess(SinePolicy()), clock=clock)
     run.wait(lambda: run.status().chunks_accepted >= 2, "chunks before the jump")
     chunks, ticks = run.status().chunks_accepted, run.status().control_ticks
-    clock.offset_ns -= JUMP_NS  # what rclpy does first; then it calls the node's jump handler:
-    run.driver.clock_jumped()
+    assert run.feeder is not None
+    with run.feeder.lock:  # between two rounds of input, as the node's executor runs it
+        clock.offset_ns -= JUMP_NS  # what rclpy does first; then it calls the node's jump handler:
+        run.driver.clock_jumped()
     run.wait(lambda: run.status().control_ticks > ticks + 25, "control ticks after the jump")
     run.wait(lambda: run.status().chunks_accepted > chunks + 2, "chunks after the jump")
     assert run.status().state is RuntimeState.RUNNING
