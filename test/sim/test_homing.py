@@ -37,13 +37,18 @@ def drive(cell: SimulatedCell, streamer: CommandStreamer, act, start_ns: int, se
     return now
 
 
-def away(cell: SimulatedCell) -> tuple[CommandStreamer, int]:
-    """The arm moved to a pose away from home, the gripper closed, the belt at its nominal speed."""
+def away(cell: SimulatedCell, on_limits: bool = False) -> tuple[CommandStreamer, int]:
+    """The arm moved to a pose away from home (``on_limits``: fr3_joint2 on its upper and fr3_joint4 on its
+    lower position limit, the rest at home), the gripper closed, the belt at its nominal speed."""
     cfg = cell.config
     streamer = CommandStreamer(cfg)
     index = np.array([cfg.joint_index[j] for j in streamer.arm.joints])
     limits = [cfg.joints[i].limits for i in index]
-    goal = home_positions(cfg)[index] + np.array([0.8, -0.5, 0.6, -0.4, 0.7, 0.9, -1.0])
+    goal = home_positions(cfg)[index]
+    if on_limits:
+        goal[1], goal[3] = limits[1].max_position, limits[3].min_position
+    else:
+        goal += np.array([0.8, -0.5, 0.6, -0.4, 0.7, 0.9, -1.0])
     move = plan_move(home_positions(cfg)[index], goal, np.array([lim.max_velocity for lim in limits]),
                      np.array([lim.max_acceleration for lim in limits]))
     gripper = cfg.grippers[0].closed_position
@@ -82,27 +87,13 @@ def test_homing_that_ignored_the_last_commands_would_step_the_belt_and_gripper()
     assert cell.limit_violations > 0 and "conveyor_speed" in messages, messages
 
 
-
 def test_homing_from_an_arm_parked_on_its_position_limits_stays_inside_them() -> None:
     """An arm parked exactly on two position limits (a policy that pushed against them). The controller blends
     from its hold to the move's first point when the move arrives: a first point already under way (moving
     inwards) makes that blend dip outwards first, past the limit; the move starts at rest where the arm is."""
     cfg = config()
     cell = SimulatedCell(cfg)
-    streamer = CommandStreamer(cfg)
-    index = np.array([cfg.joint_index[j] for j in streamer.arm.joints])
-    limits = [cfg.joints[i].limits for i in index]
-    goal = home_positions(cfg)[index]
-    goal[1], goal[3] = limits[1].max_position, limits[3].min_position
-    move = plan_move(home_positions(cfg)[index], goal, np.array([lim.max_velocity for lim in limits]),
-                     np.array([lim.max_acceleration for lim in limits]))
-    sent = [False]
-
-    def act(_: float, __: np.ndarray) -> ExpertCommand:
-        first, sent[0] = not sent[0], True
-        return ExpertCommand(move if first else None, cfg.grippers[0].open_position, 0.0)
-
-    now = drive(cell, streamer, act, NS_PER_S, move.duration_s + 2.0)
+    streamer, now = away(cell, on_limits=True)
     assert (cell.limit_violations, cell.acceleration_violations) == (0, 0), cell.drain_violations()
     home = home_positions(cfg)
     agent = HomingAgent(cfg, home)
