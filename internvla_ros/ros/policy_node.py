@@ -26,7 +26,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import rclpy
 from rcl_interfaces.msg import SetParametersResult
@@ -67,6 +67,7 @@ LOG_THROTTLE_S = 2.0
 SIGNAL_POLL_S = 0.1  # how soon the executor loop notices SIGINT/SIGTERM
 # Smaller steps back of ROS time (two /clock publishers out of step) only delay control by as much.
 CLOCK_JUMP_MIN_NS = 100_000_000
+T = TypeVar("T")
 
 
 class PolicyNode(AnsweringLifecycleNode):
@@ -237,10 +238,13 @@ class PolicyNode(AnsweringLifecycleNode):
     def _now_ns(self) -> int:
         return self.get_clock().now().nanoseconds
 
-    def _stamp_ns(self, header: Any) -> int:
-        """The message's stamp, or the receive time when a driver leaves it zero."""
-        stamp = time_to_ns(header.stamp)
-        return stamp if stamp > 0 else self._now_ns()
+    def _at_now(self, call: Callable[[int], T]) -> T:
+        """``call(now)`` for handing an input to the runtime: with the driver running, reading the clock and
+        the hand-over are one step with respect to a clock jump, so no input judged against the old time line
+        reaches the runtime after the jump handler has moved it to the new one. A zero stamp (a driver that
+        leaves it empty) stands for the receive time ``now``."""
+        driver = self._driver
+        return driver.at_now(call) if driver is not None else call(self._now_ns())
 
     def _warn(self, key: str, message: str) -> None:
         """One log line per key and LOG_THROTTLE_S, so a bad input stream does not flood the log."""
@@ -256,14 +260,19 @@ class PolicyNode(AnsweringLifecycleNode):
             self._invalid_inputs += 1
             self._warn(f"image:{camera}:{err}", f"camera {camera}: image ignored: {err}")
             return
-        if self._runtime is not None:
-            self._runtime.update_camera(camera, self._stamp_ns(msg.header), pixels, now_ns=self._now_ns())
+        runtime = self._runtime
+        if runtime is not None:
+            stamp = time_to_ns(msg.header.stamp)
+            self._at_now(lambda now: runtime.update_camera(camera, stamp if stamp > 0 else now, pixels, now_ns=now))
 
     def _on_joint_state(self, msg: JointState) -> None:
-        if self._runtime is None:
+        runtime = self._runtime
+        if runtime is None:
             return
-        accepted = self._runtime.update_joint_state(self._stamp_ns(msg.header), list(msg.name), list(msg.position),
-                                                    list(msg.velocity) or None, now_ns=self._now_ns())
+        stamp, names, positions = time_to_ns(msg.header.stamp), list(msg.name), list(msg.position)
+        velocities = list(msg.velocity) or None
+        accepted = self._at_now(lambda now: runtime.update_joint_state(
+            stamp if stamp > 0 else now, names, positions, velocities, now_ns=now))
         if not accepted:
             self._warn("joint_states", f"joint_states ignored: {self._runtime.status(self._now_ns()).last_error}")
 

@@ -163,7 +163,7 @@ class RuntimeDriver:
         control = self._threads[0] if self._threads else None
         if control is not None and control.is_alive() and "control" not in self._failed:
             self._stopping.set()
-            self._at_now(lambda now: self.runtime.request_stop(now, cause))
+            self.at_now(lambda now: self.runtime.request_stop(now, cause))
             deadline = time.monotonic() + STOP_TIMEOUT_S
             last_tick, last_progress = self.runtime.next_tick_ns, time.monotonic()
             while self.runtime.state is not RuntimeState.IDLE and control.is_alive() and time.monotonic() < deadline:
@@ -188,8 +188,9 @@ class RuntimeDriver:
         with self._time_lock:
             self.runtime.clock_jumped(self._clock.now_ns())
 
-    def _at_now(self, call: Callable[[int], T]) -> T:
-        """``call(now)``, reading the clock and calling as one step with respect to clock_jumped()."""
+    def at_now(self, call: Callable[[int], T]) -> T:
+        """``call(now)``, reading the clock and calling as one step with respect to clock_jumped(): an input
+        handed over this way can never carry a time read before a jump into the runtime after it."""
         with self._time_lock:
             return call(self._clock.now_ns())
 
@@ -228,11 +229,11 @@ class RuntimeDriver:
         """Ticks the controlled stop to its end (the control loop died: this is its last duty)."""
         runtime, clock = self.runtime, self._clock
         period_s = runtime.config.rates.control_period_ns / NS_PER_S
-        self._at_now(lambda now: runtime.request_stop(now, cause))
+        self.at_now(lambda now: runtime.request_stop(now, cause))
         deadline = time.monotonic() + STOP_TIMEOUT_S
         while runtime.state is not RuntimeState.IDLE and time.monotonic() < deadline:
             clock.sleep_until(runtime.next_tick_ns, period_s)
-            output = self._at_now(runtime.tick)
+            output = self.at_now(runtime.tick)
             if output is not None:
                 self._publish(output)
         if runtime.state is not RuntimeState.IDLE:
@@ -251,13 +252,13 @@ class RuntimeDriver:
                 continue
             if runtime.state is RuntimeState.IDLE:
                 try:
-                    self._at_now(runtime.start)
+                    self.at_now(runtime.start)
                 except PolicyRuntimeError as err:
                     self._on_problem("start", f"waiting to start: {err}")
                     self._stop.wait(period_s)
                     continue
             clock.sleep_until(runtime.next_tick_ns, period_s)
-            output = self._at_now(runtime.tick)
+            output = self.at_now(runtime.tick)
             if output is not None:
                 if self._on_tick is not None:
                     self._on_tick(output.stamp_ns)
@@ -271,7 +272,7 @@ class RuntimeDriver:
     def _inference_loop(self) -> None:
         runtime = self.runtime
         while not self._stop.is_set():
-            observation = self._at_now(runtime.poll_observation)
+            observation = self.at_now(runtime.poll_observation)
             if observation is None:
                 self._stop.wait(IDLE_POLL_S)
                 continue
