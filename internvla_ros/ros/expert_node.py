@@ -48,6 +48,7 @@ class ExpertNode(Node):
         seed = int(self.declare_parameter("seed", 0).value)
         perturb_px = float(self.declare_parameter("perturb_px", 0.0).value)
         stop_belt = bool(self.declare_parameter("stop_belt", False).value)
+        centre_line = bool(self.declare_parameter("aim_centre_line", False).value)
         if not config_path:
             raise RuntimeConfigError("parameter 'config' is required: the robot YAML with a task section, "
                                      "e.g. -p config:=config/conveyor_sorting.yaml")
@@ -60,7 +61,7 @@ class ExpertNode(Node):
 
         def make_agent(episode: int) -> Agent:
             agent_seed = seed + AGENT_SEED_STRIDE * episode  # a new draw of perturbations per resume
-            return (SortingExpert(self.config, task, perturb_px, agent_seed, stop_belt) if mode == "expert"
+            return (SortingExpert(self.config, task, perturb_px, agent_seed, stop_belt, centre_line) if mode == "expert"
                     else RandomAgent(self.config, agent_seed))
 
         self._make_agent = make_agent
@@ -81,7 +82,8 @@ class ExpertNode(Node):
         self.create_service(Trigger, "~/resume", self._on_resume)
         self.get_logger().info(f"expert_node ready: mode {mode}, control at {self.config.rates.control_rate_hz} Hz"
                                + (f", approaches perturbed by up to {perturb_px} px" if perturb_px else "")
-                               + (", the belt stopped for each grasp" if stop_belt else ""))
+                               + (", the belt stopped for each grasp" if stop_belt else "")
+                               + (", grasps on the belt's centre line" if centre_line else ""))
 
     def _on_joint_state(self, msg: JointState) -> None:
         positions = np.zeros(len(self._index))

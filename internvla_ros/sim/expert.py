@@ -121,17 +121,20 @@ class SortingExpert:
     ``perturb_px`` > 0 makes demonstrations of recovery: most approaches first end up to that far off the
     intercept (a random point around it), and the expert then corrects onto it before the parcel arrives.
     A policy cloned from perfect approaches only has never seen its arm beside a parcel's path, which is
-    where its own small errors put it.
+    where its own small errors put it. ``centre_line`` meets every moving parcel with the tip on the belt's
+    centre line rather than on the parcel's lane: the grasp radius covers every lane, and the waiting pose then
+    does not depend on an offset that the cameras show as a few pixels.
     """
 
     def __init__(self, config: RuntimeConfig, task: TaskConfig, perturb_px: float = 0.0, seed: int = 0,
-                 stop_belt: bool = False) -> None:
+                 stop_belt: bool = False, centre_line: bool = False) -> None:
         if not (np.isfinite(perturb_px) and 0.0 <= perturb_px <= 100.0):
             raise ValueError(f"perturb_px {perturb_px}: must be in [0, 100] pixels of the head camera")
         self._arm = _Arm(config)
         self._task = task
         self._perturb_px = float(perturb_px)
         self._stop_belt = bool(stop_belt)
+        self._centre_line = bool(centre_line)
         self._rng = np.random.default_rng(seed)
         self._correction_due = False  # the last approach went off the intercept: correct when it ends
         self._goal: np.ndarray | None = None  # where the last move ends (config order)
@@ -242,6 +245,10 @@ class SortingExpert:
             return None
         return self._approach(now_s, snapshot, positions, speed_px)
 
+    def _aim_y(self, parcel: dict[str, Any]) -> float:
+        """Where across the belt to meet a moving parcel: its own lane, or the belt's centre line."""
+        return BELT_CENTRE_Y if self._centre_line else float(parcel["y"])
+
     def _off_intercept(self) -> tuple[float, float]:
         """A random point up to ``perturb_px`` from the intercept (uniform over the disc's outer 3/4)."""
         angle = self._rng.uniform(0.0, 2 * np.pi)
@@ -260,12 +267,12 @@ class SortingExpert:
             x, duration = PICK_ZONE_X[0], 0.0
             for _ in range(3):  # the move's duration depends on where it goes
                 x = max(PICK_ZONE_X[0], x_now + speed_px * (TRAJECTORY_LEAD_S + duration + margin))
-                goal = solve_chain(self._arm.chain, (x, parcel["y"]), self._goal, self._arm.low, self._arm.high)
+                goal = solve_chain(self._arm.chain, (x, self._aim_y(parcel)), self._goal, self._arm.low, self._arm.high)
                 if goal is None or x > PICK_ZONE_X[1]:
                     break
                 duration = self._arm.move(self._goal, goal).duration_s
             else:
-                return self._head_for(now_s, positions, parcel, (x, float(parcel["y"])))
+                return self._head_for(now_s, positions, parcel, (x, self._aim_y(parcel)))
         return self._ready(now_s, positions)
 
     def _head_for(self, now_s: float, positions: np.ndarray, parcel: dict[str, Any],

@@ -239,13 +239,21 @@ def test_execution_settings_reach_the_policy_node_command_line(tmp_path: Path) -
 def test_the_experts_perturbation_reaches_its_node_and_only_the_expert_takes_one() -> None:
     module, argv = agent_command("expert", CONFIG_DIR / "conveyor_sorting.yaml", None, 7, [], perturb_px=30)
     assert module == "internvla_ros.ros.expert_node"
-    assert argv[-6:] == ["-p", "seed:=7", "-p", "perturb_px:=30.0", "-p", "stop_belt:=false"]
+    assert argv[-8:] == ["-p", "seed:=7", "-p", "perturb_px:=30.0", "-p", "stop_belt:=false",
+                         "-p", "aim_centre_line:=false"]
     with pytest.raises(ValueError, match="--perturb-px is for the scripted expert"):
         agent_command("random", CONFIG_DIR / "conveyor_sorting.yaml", None, 0, [], perturb_px=30)
 
 
 def test_the_belt_stopping_option_reaches_the_expert_node_and_only_the_expert_takes_it() -> None:
     module, argv = agent_command("expert", CONFIG_DIR / "conveyor_sorting.yaml", None, 7, [], stop_belt=True)
-    assert module == "internvla_ros.ros.expert_node" and argv[-2:] == ["-p", "stop_belt:=true"]
+    assert module == "internvla_ros.ros.expert_node" and argv[-4:-2] == ["-p", "stop_belt:=true"]
     with pytest.raises(ValueError, match="--stop-belt is for the scripted expert"):
         agent_command("random", CONFIG_DIR / "conveyor_sorting.yaml", None, 0, [], stop_belt=True)
+
+
+def test_the_centre_line_option_reaches_the_expert_node_and_only_the_expert_takes_it() -> None:
+    module, argv = agent_command("expert", CONFIG_DIR / "conveyor_sorting.yaml", None, 7, [], centre_line=True)
+    assert module == "internvla_ros.ros.expert_node" and argv[-2:] == ["-p", "aim_centre_line:=true"]
+    with pytest.raises(ValueError, match="--aim-centre-line is for the scripted expert"):
+        agent_command("random", CONFIG_DIR / "conveyor_sorting.yaml", None, 0, [], centre_line=True)

@@ -287,6 +287,26 @@ def test_the_perturbed_expert_goes_off_the_intercept_corrects_and_still_sorts_ev
     assert ((steps >= 15.0 - 1e-6) & (steps <= 30.0 + 1e-6)).sum() == corrections, steps
 
 
+@pytest.mark.parametrize("lanes_m", [(0.03, 0.0375), (-0.0375, -0.03)])
+def test_the_centre_line_expert_waits_on_the_centre_line_for_the_outer_lanes_and_sorts_them(lanes_m) -> None:
+    """centre_line: every move onto the belt ends with the tip on the centre line, whatever the parcel's lane
+    (the default expert's end on the parcel's lane), and the grasp radius still catches every parcel."""
+    config = RuntimeConfig.from_yaml(CONVEYOR)
+    task = TaskConfig()
+    on_belt_y = {}
+    for centre_line in (False, True):
+        moves = MoveEnds(SortingExpert(config, task, seed=0, centre_line=centre_line), config)
+        spec = EpisodeSpec(seed=11, variant=1, parcels=2, lanes_m=lanes_m)
+        summary, cell = run_offline(config, task, spec, lambda m=moves: m)
+        assert (summary["right"], summary["parcels"]) == (2, 2), (centre_line, summary)
+        assert cell.limit_violations == 0 and cell.acceleration_violations == 0, cell.drain_violations()
+        on_belt_y[centre_line] = [y for x, y in moves.tips if abs(y - BELT_CENTRE_Y) < 20 and x > 150]
+    lane_px = [m * PIXELS_PER_METRE for m in lanes_m]
+    assert on_belt_y[True] and np.allclose(on_belt_y[True], BELT_CENTRE_Y, atol=1e-6), on_belt_y
+    offsets = np.subtract(on_belt_y[False], BELT_CENTRE_Y)
+    assert np.all((offsets >= lane_px[0] - 1e-6) & (offsets <= lane_px[1] + 1e-6)), on_belt_y
+
+
 class GraspBelt:
     """Wraps an agent and keeps the measured belt speed whenever the ground truth first shows a parcel held."""
 
