@@ -274,7 +274,7 @@ class PolicyNode(AnsweringLifecycleNode):
         accepted = self._at_now(lambda now: runtime.update_joint_state(
             stamp if stamp > 0 else now, names, positions, velocities, now_ns=now))
         if not accepted:
-            self._warn("joint_states", f"joint_states ignored: {self._runtime.status(self._now_ns()).last_error}")
+            self._warn("joint_states", f"joint_states ignored: {runtime.status(self._now_ns()).last_error}")
 
     def _on_instruction(self, msg: String) -> None:
         text = msg.data.strip()
