@@ -26,9 +26,11 @@ off the intercept and then correct onto it (400 px = 1 m).
 zone, grasps it where it lies and restarts the belt when it holds it. ``--lanes-mm MIN MAX`` moves the
 same parcels across the belt to lie MIN..MAX mm from its centre line (+ toward the arm): more
 demonstrations on the side where a policy fails (`internvla eval` reports success by lane).
-``--aim-centre-line`` makes the expert wait for every parcel with its gripper tip on the belt's centre line
+``--aim centre-line`` makes the expert wait for every parcel with its gripper tip on the belt's centre line
 instead of on the parcel's own lane: the grasp radius (5.5 cm) covers every lane (+-3.75 cm), so the
 demonstrated waiting pose no longer depends on a lane offset that the head camera shows as a few pixels.
+``--aim near-half`` does so only for the lanes nearer the arm than the centre line and meets the others on
+their own lane (policies cloned from `lane` fail most near the arm, those from `centre-line` on the far side).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from pathlib import Path
 
 from internvla_ros.cli.groups import add_verb
 from internvla_ros.runtime.errors import PolicyRuntimeError
+from internvla_ros.sim.expert import AIMS
 
 
 def command(args: argparse.Namespace) -> int:
@@ -74,7 +77,7 @@ def command(args: argparse.Namespace) -> int:
 
             summaries = run_episodes(args.cell, specs, "expert", args.out / "logs", record_dir=args.out,
                                      progress=progress, show=bar.write, perturb_px=args.perturb_px,
-                                     stop_belt=args.stop_belt, centre_line=args.aim_centre_line)
+                                     stop_belt=args.stop_belt, aim=args.aim)
         bar.close()
     except EpisodesInterrupted as stop:
         bar.close()
@@ -112,7 +115,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="record recoveries: approaches first end up to this far off the intercept (default 0)")
     parser.add_argument("--stop-belt", action="store_true",
                         help="the expert stops the belt for each grasp and restarts it once it holds the parcel")
-    parser.add_argument("--aim-centre-line", action="store_true",
-                        help="the expert waits for every parcel with its tip on the belt's centre line, whatever "
-                        "the parcel's lane (the grasp radius covers every lane)")
+    parser.add_argument("--aim", choices=AIMS, default="lane",
+                        help="where across the belt the expert meets a parcel: its own lane (default), the belt's "
+                        "centre line (the grasp radius covers every lane), or the centre line for the lanes nearer "
+                        "the arm only (near-half)")
     parser.set_defaults(func=command)

@@ -131,7 +131,7 @@ def switch_judge(config: RuntimeConfig, policy_parameters: Sequence[str]) -> Swi
 
 def agent_command(policy: str, config_file: Path, model: Path | None, seed: int,
                    policy_parameters: Sequence[str], perturb_px: float = 0.0,
-                   stop_belt: bool = False, centre_line: bool = False) -> tuple[str, list[str]]:
+                   stop_belt: bool = False, aim: str = "lane") -> tuple[str, list[str]]:
     if policy_parameters and policy != "internvla":
         raise ValueError(f"--policy {policy} takes no policy node parameters ({' '.join(policy_parameters)})")
     if policy == "internvla":
@@ -141,13 +141,13 @@ def agent_command(policy: str, config_file: Path, model: Path | None, seed: int,
         return "internvla_ros.ros.policy_node", ["--params-file", str(config_file), "-p", f"model_path:={model}",
                                                  "-p", "autostart:=true", "-p", "safety.dry_run:=false",
                                                  *(arg for value in policy_parameters for arg in ("-p", value))]
-    for option, value in (("--perturb-px", perturb_px), ("--stop-belt", stop_belt), ("--aim-centre-line", centre_line)):
+    for option, value in (("--perturb-px", perturb_px), ("--stop-belt", stop_belt), ("--aim", aim != "lane")):
         if value and policy != "expert":
             raise ValueError(f"{option} is for the scripted expert, not --policy {policy}")
     return "internvla_ros.ros.expert_node", ["-p", f"config:={config_file}", "-p", f"mode:={policy}",
                                              "-p", f"seed:={seed}", "-p", f"perturb_px:={float(perturb_px)}",
                                              "-p", f"stop_belt:={str(bool(stop_belt)).lower()}",
-                                             "-p", f"aim_centre_line:={str(bool(centre_line)).lower()}"]
+                                             "-p", f"aim:={aim}"]
 
 
 def _open_writer(path: Path) -> Writer:
@@ -159,12 +159,12 @@ def _open_writer(path: Path) -> Writer:
 def run_episodes(cell: str, specs: list[EpisodeSpec], policy: str, logs: Path, record_dir: Path | None = None,
                  model: Path | None = None, progress: Callable[[dict[str, Any]], None] = lambda _: None,
                  show: Callable[[str], None] = print, policy_parameters: Sequence[str] = (),
-                 perturb_px: float = 0.0, stop_belt: bool = False, centre_line: bool = False
+                 perturb_px: float = 0.0, stop_belt: bool = False, aim: str = "lane"
                  ) -> list[dict[str, Any]]:
     """Runs the episodes in order; returns their summaries (the sim's `task/summary`). ``policy_parameters``:
     ``name:=value`` overrides for the policy node (e.g. ``execution.mode:=rtc``); ``perturb_px``: the scripted
-    expert's recovery demonstrations, ``stop_belt`` its grasps at rest, ``centre_line`` its grasps on the belt's
-    centre line (sim.expert.SortingExpert)."""
+    expert's recovery demonstrations, ``stop_belt`` its grasps at rest, ``aim`` where across the belt it meets
+    a parcel (sim.expert.SortingExpert)."""
     if policy not in POLICIES:
         raise ValueError(f"--policy {policy}: use one of {', '.join(POLICIES)}")
     config_file = config_path(f"{cell}.yaml")
@@ -174,7 +174,7 @@ def run_episodes(cell: str, specs: list[EpisodeSpec], policy: str, logs: Path, r
         raise ValueError(f"cell {cell} has no sorting task ({config_file} has no /**/sim_robot: task: section)")
     logs.mkdir(parents=True, exist_ok=True)
     module, args = agent_command(policy, config_file, model, specs[0].seed, policy_parameters, perturb_px, stop_belt,
-                                 centre_line)
+                                 aim)
     claim = claim_domain()
     env = claim.apply()
     common = ["-r", f"__ns:={NAMESPACE}"]

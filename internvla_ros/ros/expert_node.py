@@ -30,7 +30,7 @@ from internvla_ros.ros.conversions import ns_to_duration, ns_to_time
 from internvla_ros.ros.node_main import spin_node
 from internvla_ros.runtime.config import DEFAULT_NODE_NAME, NS_PER_S, RuntimeConfig
 from internvla_ros.runtime.errors import RuntimeConfigError
-from internvla_ros.sim.expert import RandomAgent, SortingExpert
+from internvla_ros.sim.expert import AIMS, RandomAgent, SortingExpert
 from internvla_ros.sim.task import task_config_from_yaml
 from internvla_ros.sim.trajectory import Trajectory
 
@@ -48,10 +48,12 @@ class ExpertNode(Node):
         seed = int(self.declare_parameter("seed", 0).value)
         perturb_px = float(self.declare_parameter("perturb_px", 0.0).value)
         stop_belt = bool(self.declare_parameter("stop_belt", False).value)
-        centre_line = bool(self.declare_parameter("aim_centre_line", False).value)
+        aim = str(self.declare_parameter("aim", "lane").value)
         if not config_path:
             raise RuntimeConfigError("parameter 'config' is required: the robot YAML with a task section, "
                                      "e.g. -p config:=config/conveyor_sorting.yaml")
+        if aim not in AIMS:
+            raise RuntimeConfigError(f"aim:={aim} is not one of {', '.join(AIMS)}")
         if mode not in MODES:
             raise RuntimeConfigError(f"mode:={mode} is not one of {', '.join(MODES)}")
         self.config = RuntimeConfig.from_yaml(config_path, node_name=config_node)
@@ -61,7 +63,7 @@ class ExpertNode(Node):
 
         def make_agent(episode: int) -> Agent:
             agent_seed = seed + AGENT_SEED_STRIDE * episode  # a new draw of perturbations per resume
-            return (SortingExpert(self.config, task, perturb_px, agent_seed, stop_belt, centre_line) if mode == "expert"
+            return (SortingExpert(self.config, task, perturb_px, agent_seed, stop_belt, aim) if mode == "expert"
                     else RandomAgent(self.config, agent_seed))
 
         self._make_agent = make_agent
@@ -83,7 +85,7 @@ class ExpertNode(Node):
         self.get_logger().info(f"expert_node ready: mode {mode}, control at {self.config.rates.control_rate_hz} Hz"
                                + (f", approaches perturbed by up to {perturb_px} px" if perturb_px else "")
                                + (", the belt stopped for each grasp" if stop_belt else "")
-                               + (", grasps on the belt's centre line" if centre_line else ""))
+                               + (f", parcels met on the aim '{aim}'" if aim != "lane" else ""))
 
     def _on_joint_state(self, msg: JointState) -> None:
         positions = np.zeros(len(self._index))

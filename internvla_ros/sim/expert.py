@@ -43,6 +43,7 @@ PERTURB_SHARE = 0.7  # of the approaches that first go to a point off the interc
 CORRECTION_MARGIN_S = 0.8  # the parcel arrives this much later again, to leave time for the correction
 STOP_INSIDE_PX = 40.0  # stop_belt: the belt stops once a parcel is this far inside the pick zone
 BELT_STILL_M_S = 1e-3  # stop_belt: the measured belt counts as stopped below this
+AIMS = ("lane", "centre-line", "near-half")  # where the expert meets a moving parcel: SortingExpert
 GRASPING = ("idle", "approach", "wait", "close")  # stop_belt: the states in which a parcel keeps the belt stopped
 
 
@@ -121,20 +122,23 @@ class SortingExpert:
     ``perturb_px`` > 0 makes demonstrations of recovery: most approaches first end up to that far off the
     intercept (a random point around it), and the expert then corrects onto it before the parcel arrives.
     A policy cloned from perfect approaches only has never seen its arm beside a parcel's path, which is
-    where its own small errors put it. ``centre_line`` meets every moving parcel with the tip on the belt's
-    centre line rather than on the parcel's lane: the grasp radius covers every lane, and the waiting pose then
-    does not depend on an offset that the cameras show as a few pixels.
+    where its own small errors put it. ``aim`` says where across the belt to meet a moving parcel (AIMS):
+    "lane" on its own lane; "centre-line" on the belt's centre line (the grasp radius covers every lane, and the
+    waiting pose then does not depend on an offset that the cameras show as a few pixels); "near-half" on the
+    centre line for the lanes nearer the arm than it, on their own lane for the others.
     """
 
     def __init__(self, config: RuntimeConfig, task: TaskConfig, perturb_px: float = 0.0, seed: int = 0,
-                 stop_belt: bool = False, centre_line: bool = False) -> None:
+                 stop_belt: bool = False, aim: str = "lane") -> None:
         if not (np.isfinite(perturb_px) and 0.0 <= perturb_px <= 100.0):
             raise ValueError(f"perturb_px {perturb_px}: must be in [0, 100] pixels of the head camera")
         self._arm = _Arm(config)
         self._task = task
         self._perturb_px = float(perturb_px)
         self._stop_belt = bool(stop_belt)
-        self._centre_line = bool(centre_line)
+        if aim not in AIMS:
+            raise ValueError(f"aim {aim!r}: use one of {', '.join(AIMS)}")
+        self._aim = aim
         self._rng = np.random.default_rng(seed)
         self._correction_due = False  # the last approach went off the intercept: correct when it ends
         self._goal: np.ndarray | None = None  # where the last move ends (config order)
@@ -246,8 +250,11 @@ class SortingExpert:
         return self._approach(now_s, snapshot, positions, speed_px)
 
     def _aim_y(self, parcel: dict[str, Any]) -> float:
-        """Where across the belt to meet a moving parcel: its own lane, or the belt's centre line."""
-        return BELT_CENTRE_Y if self._centre_line else float(parcel["y"])
+        """Where across the belt to meet a moving parcel (y + toward the arm's base)."""
+        lane = float(parcel["y"])
+        if self._aim == "centre-line" or (self._aim == "near-half" and lane > BELT_CENTRE_Y):
+            return BELT_CENTRE_Y
+        return lane
 
     def _off_intercept(self) -> tuple[float, float]:
         """A random point up to ``perturb_px`` from the intercept (uniform over the disc's outer 3/4)."""

@@ -240,7 +240,7 @@ def test_the_experts_perturbation_reaches_its_node_and_only_the_expert_takes_one
     module, argv = agent_command("expert", CONFIG_DIR / "conveyor_sorting.yaml", None, 7, [], perturb_px=30)
     assert module == "internvla_ros.ros.expert_node"
     assert argv[-8:] == ["-p", "seed:=7", "-p", "perturb_px:=30.0", "-p", "stop_belt:=false",
-                         "-p", "aim_centre_line:=false"]
+                         "-p", "aim:=lane"]
     with pytest.raises(ValueError, match="--perturb-px is for the scripted expert"):
         agent_command("random", CONFIG_DIR / "conveyor_sorting.yaml", None, 0, [], perturb_px=30)
 
@@ -252,8 +252,8 @@ def test_the_belt_stopping_option_reaches_the_expert_node_and_only_the_expert_ta
         agent_command("random", CONFIG_DIR / "conveyor_sorting.yaml", None, 0, [], stop_belt=True)
 
 
-def test_the_centre_line_option_reaches_the_expert_node_and_only_the_expert_takes_it() -> None:
-    module, argv = agent_command("expert", CONFIG_DIR / "conveyor_sorting.yaml", None, 7, [], centre_line=True)
-    assert module == "internvla_ros.ros.expert_node" and argv[-2:] == ["-p", "aim_centre_line:=true"]
-    with pytest.raises(ValueError, match="--aim-centre-line is for the scripted expert"):
-        agent_command("random", CONFIG_DIR / "conveyor_sorting.yaml", None, 0, [], centre_line=True)
+def test_the_aim_option_reaches_the_expert_node_and_only_the_expert_takes_it() -> None:
+    module, argv = agent_command("expert", CONFIG_DIR / "conveyor_sorting.yaml", None, 7, [], aim="near-half")
+    assert module == "internvla_ros.ros.expert_node" and argv[-2:] == ["-p", "aim:=near-half"]
+    with pytest.raises(ValueError, match="--aim is for the scripted expert"):
+        agent_command("random", CONFIG_DIR / "conveyor_sorting.yaml", None, 0, [], aim="centre-line")

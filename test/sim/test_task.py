@@ -12,7 +12,7 @@ import pytest
 from internvla_ros.learning.expert_loop import run_offline
 from internvla_ros.runtime.config import RuntimeConfig
 from internvla_ros.sim.cell import SimulatedCell
-from internvla_ros.sim.expert import ExpertCommand, SortingExpert
+from internvla_ros.sim.expert import AIMS, ExpertCommand, SortingExpert
 from internvla_ros.sim.layout import BELT_CENTRE_Y, BELT_EXIT_X, PIXELS_PER_METRE, arm_layouts, bin_centre, solve_chain
 from internvla_ros.sim.render import CellRenderer
 from internvla_ros.sim.task import (
@@ -288,23 +288,35 @@ def test_the_perturbed_expert_goes_off_the_intercept_corrects_and_still_sorts_ev
 
 
 @pytest.mark.parametrize("lanes_m", [(0.03, 0.0375), (-0.0375, -0.03)])
-def test_the_centre_line_expert_waits_on_the_centre_line_for_the_outer_lanes_and_sorts_them(lanes_m) -> None:
-    """centre_line: every move onto the belt ends with the tip on the centre line, whatever the parcel's lane
-    (the default expert's end on the parcel's lane), and the grasp radius still catches every parcel."""
+def test_the_experts_aim_puts_its_waiting_tip_on_the_lane_or_the_centre_line_and_sorts_every_parcel(lanes_m) -> None:
+    """aim: "lane" ends every move onto the belt on the parcel's lane, "centre-line" on the centre line whatever
+    the lane, "near-half" on the centre line for lanes nearer the arm (+) and on the lane for the far ones; the
+    grasp radius still catches every parcel."""
     config = RuntimeConfig.from_yaml(CONVEYOR)
     task = TaskConfig()
     on_belt_y = {}
-    for centre_line in (False, True):
-        moves = MoveEnds(SortingExpert(config, task, seed=0, centre_line=centre_line), config)
+    for aim in AIMS:
+        moves = MoveEnds(SortingExpert(config, task, seed=0, aim=aim), config)
         spec = EpisodeSpec(seed=11, variant=1, parcels=2, lanes_m=lanes_m)
         summary, cell = run_offline(config, task, spec, lambda m=moves: m)
-        assert (summary["right"], summary["parcels"]) == (2, 2), (centre_line, summary)
+        assert (summary["right"], summary["parcels"]) == (2, 2), (aim, summary)
         assert cell.limit_violations == 0 and cell.acceleration_violations == 0, cell.drain_violations()
-        on_belt_y[centre_line] = [y for x, y in moves.tips if abs(y - BELT_CENTRE_Y) < 20 and x > 150]
+        on_belt_y[aim] = np.subtract([y for x, y in moves.tips if abs(y - BELT_CENTRE_Y) < 20 and x > 150],
+                                     BELT_CENTRE_Y)
     lane_px = [m * PIXELS_PER_METRE for m in lanes_m]
-    assert on_belt_y[True] and np.allclose(on_belt_y[True], BELT_CENTRE_Y, atol=1e-6), on_belt_y
-    offsets = np.subtract(on_belt_y[False], BELT_CENTRE_Y)
-    assert np.all((offsets >= lane_px[0] - 1e-6) & (offsets <= lane_px[1] + 1e-6)), on_belt_y
+    on_centre_line = ["centre-line", "near-half"] if lanes_m[0] > 0 else ["centre-line"]
+    for aim in AIMS:
+        assert len(on_belt_y[aim]), (aim, on_belt_y)
+        if aim in on_centre_line:
+            assert np.allclose(on_belt_y[aim], 0.0, atol=1e-6), (aim, on_belt_y)
+        else:
+            within = (on_belt_y[aim] >= lane_px[0] - 1e-6) & (on_belt_y[aim] <= lane_px[1] + 1e-6)
+            assert np.all(within), (aim, on_belt_y)
+
+
+def test_an_unknown_aim_is_refused_with_the_choices() -> None:
+    with pytest.raises(ValueError, match="aim 'middle': use one of lane, centre-line, near-half"):
+        SortingExpert(RuntimeConfig.from_yaml(CONVEYOR), TaskConfig(), aim="middle")
 
 
 class GraspBelt:
