@@ -30,7 +30,7 @@ from internvla_ros.ros.conversions import ns_to_duration, ns_to_time
 from internvla_ros.ros.node_main import spin_node
 from internvla_ros.runtime.config import DEFAULT_NODE_NAME, NS_PER_S, RuntimeConfig
 from internvla_ros.runtime.errors import RuntimeConfigError
-from internvla_ros.sim.expert import AIMS, RandomAgent, SortingExpert
+from internvla_ros.sim.expert import RandomAgent, SortingExpert
 from internvla_ros.sim.task import task_config_from_yaml
 from internvla_ros.sim.trajectory import Trajectory
 
@@ -52,8 +52,6 @@ class ExpertNode(Node):
         if not config_path:
             raise RuntimeConfigError("parameter 'config' is required: the robot YAML with a task section, "
                                      "e.g. -p config:=config/conveyor_sorting.yaml")
-        if aim not in AIMS:
-            raise RuntimeConfigError(f"aim:={aim} is not one of {', '.join(AIMS)}")
         if mode not in MODES:
             raise RuntimeConfigError(f"mode:={mode} is not one of {', '.join(MODES)}")
         self.config = RuntimeConfig.from_yaml(config_path, node_name=config_node)
