@@ -31,6 +31,7 @@ instead of on the parcel's own lane: the grasp radius (5.5 cm) covers every lane
 demonstrated waiting pose no longer depends on a lane offset that the head camera shows as a few pixels.
 ``--aim near-half`` does so only for the lanes nearer the arm than the centre line and meets the others on
 their own lane (policies cloned from `lane` fail most near the arm, those from `centre-line` on the far side).
+``--aim near-midway`` meets the near lanes halfway between their lane and the centre line.
 """
 
 from __future__ import annotations
@@ -118,5 +119,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--aim", choices=AIMS, default="lane",
                         help="where across the belt the expert meets a parcel: its own lane (default), the belt's "
                         "centre line (the grasp radius covers every lane), or the centre line for the lanes nearer "
-                        "the arm only (near-half)")
+                        "the arm only (near-half), or halfway to it for those lanes (near-midway)")
     parser.set_defaults(func=command)

@@ -43,7 +43,7 @@ PERTURB_SHARE = 0.7  # of the approaches that first go to a point off the interc
 CORRECTION_MARGIN_S = 0.8  # the parcel arrives this much later again, to leave time for the correction
 STOP_INSIDE_PX = 40.0  # stop_belt: the belt stops once a parcel is this far inside the pick zone
 BELT_STILL_M_S = 1e-3  # stop_belt: the measured belt counts as stopped below this
-AIMS = ("lane", "centre-line", "near-half")  # where the expert meets a moving parcel: SortingExpert
+AIMS = ("lane", "centre-line", "near-half", "near-midway")  # where the expert meets a moving parcel: SortingExpert
 GRASPING = ("idle", "approach", "wait", "close")  # stop_belt: the states in which a parcel keeps the belt stopped
 
 
@@ -125,7 +125,8 @@ class SortingExpert:
     where its own small errors put it. ``aim`` says where across the belt to meet a moving parcel (AIMS):
     "lane" on its own lane; "centre-line" on the belt's centre line (the grasp radius covers every lane, and the
     waiting pose then does not depend on an offset that the cameras show as a few pixels); "near-half" on the
-    centre line for the lanes nearer the arm than it, on their own lane for the others.
+    centre line for the lanes nearer the arm than it, on their own lane for the others; "near-midway" halfway
+    between the lane and the centre line for the near lanes, on their own lane for the others.
     """
 
     def __init__(self, config: RuntimeConfig, task: TaskConfig, perturb_px: float = 0.0, seed: int = 0,
@@ -254,6 +255,8 @@ class SortingExpert:
         lane = float(parcel["y"])
         if self._aim == "centre-line" or (self._aim == "near-half" and lane > BELT_CENTRE_Y):
             return BELT_CENTRE_Y
+        if self._aim == "near-midway" and lane > BELT_CENTRE_Y:
+            return 0.5 * (lane + BELT_CENTRE_Y)
         return lane
 
     def _off_intercept(self) -> tuple[float, float]:

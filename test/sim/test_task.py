@@ -290,8 +290,8 @@ def test_the_perturbed_expert_goes_off_the_intercept_corrects_and_still_sorts_ev
 @pytest.mark.parametrize("lanes_m", [(0.03, 0.0375), (-0.0375, -0.03)])
 def test_the_experts_aim_puts_its_waiting_tip_on_the_lane_or_the_centre_line_and_sorts_every_parcel(lanes_m) -> None:
     """aim: "lane" ends every move onto the belt on the parcel's lane, "centre-line" on the centre line whatever
-    the lane, "near-half" on the centre line for lanes nearer the arm (+) and on the lane for the far ones; the
-    grasp radius still catches every parcel."""
+    the lane, "near-half" on the centre line for lanes nearer the arm (+) and on the lane for the far ones,
+    "near-midway" halfway between the two for the near lanes; the grasp radius still catches every parcel."""
     config = RuntimeConfig.from_yaml(CONVEYOR)
     task = TaskConfig()
     on_belt_y = {}
@@ -304,18 +304,22 @@ def test_the_experts_aim_puts_its_waiting_tip_on_the_lane_or_the_centre_line_and
         on_belt_y[aim] = np.subtract([y for x, y in moves.tips if abs(y - BELT_CENTRE_Y) < 20 and x > 150],
                                      BELT_CENTRE_Y)
     lane_px = [m * PIXELS_PER_METRE for m in lanes_m]
-    on_centre_line = ["centre-line", "near-half"] if lanes_m[0] > 0 else ["centre-line"]
+    near = lanes_m[0] > 0
+    on_centre_line = ["centre-line", "near-half"] if near else ["centre-line"]
     for aim in AIMS:
         assert len(on_belt_y[aim]), (aim, on_belt_y)
         if aim in on_centre_line:
             assert np.allclose(on_belt_y[aim], 0.0, atol=1e-6), (aim, on_belt_y)
+        elif aim == "near-midway" and near:
+            within = (on_belt_y[aim] >= lane_px[0] / 2 - 1e-6) & (on_belt_y[aim] <= lane_px[1] / 2 + 1e-6)
+            assert np.all(within), (aim, on_belt_y)
         else:
             within = (on_belt_y[aim] >= lane_px[0] - 1e-6) & (on_belt_y[aim] <= lane_px[1] + 1e-6)
             assert np.all(within), (aim, on_belt_y)
 
 
 def test_an_unknown_aim_is_refused_with_the_choices() -> None:
-    with pytest.raises(ValueError, match="aim 'middle': use one of lane, centre-line, near-half"):
+    with pytest.raises(ValueError, match="aim 'middle': use one of lane, centre-line, near-half, near-midway"):
         SortingExpert(RuntimeConfig.from_yaml(CONVEYOR), TaskConfig(), aim="middle")
 
 
