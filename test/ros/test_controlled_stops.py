@@ -13,7 +13,6 @@ measured (request round trips, the lag of the node's status messages) and allowe
 
 from __future__ import annotations
 
-import bisect
 import json
 import os
 import signal
@@ -167,11 +166,12 @@ class Cell:
         self.arm: list[tuple[int, JointTrajectory]] = []
         self.statuses: list[PolicyStatus] = []
         self.status_received: list[int] = []
+        self.stamped: list[tuple[int, PolicyStatus | JointTrajectory]] = []  # (received, message), both kinds
         deep = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)
         self.node.create_subscription(Float64MultiArray, f"{NS}/{BELT}/commands", self._on_belt, deep)
         self.node.create_subscription(Float64MultiArray, f"{NS}/{GRIPPER}/commands", self._on_gripper, deep)
         self.node.create_subscription(JointTrajectory, f"{NS}/{ARM}/joint_trajectory",
-                                      lambda m: self.arm.append((self.now(), m)), deep)
+                                      self._on_arm, deep)
         self.node.create_subscription(PolicyStatus, f"{NS}/policy_node/status", self._on_status, 100)
         self.services = {name: self.node.create_client(Trigger, f"{NS}/policy_node/{name}")
                          for name in ("estop", "reset", "pause", "resume")}
@@ -183,14 +183,25 @@ class Cell:
     def _on_status(self, msg: PolicyStatus) -> None:
         self.statuses.append(msg)
         self.status_received.append(self.now())
+        self.stamped.append((self.status_received[-1], msg))
+
+    def _on_arm(self, msg: JointTrajectory) -> None:
+        self.arm.append((self.now(), msg))
+        self.stamped.append(self.arm[-1])
 
     def receive_lag_ns(self, around_ns: int) -> int:
-        """How late this process took in the node's status messages around ``around_ns`` (stamp to receipt): how
-        far its receive times of the commands may lag behind their publication on a loaded machine."""
-        low = bisect.bisect_left(self.status_received, around_ns - LAG_WINDOW_NS)
-        high = bisect.bisect_right(self.status_received, around_ns + LAG_WINDOW_NS)
-        return max((self.status_received[k] - time_to_ns(self.statuses[k].header.stamp) for k in range(low, high)),
-                   default=0)
+        """How late this process received the node's stamped messages (statuses and arm trajectories, stamped when
+        published) that were published within LAG_WINDOW_NS of ``around_ns``: a stall here delays every message
+        published during it, so this is how far its receive times of the belt commands (which carry no stamp)
+        published then may lag behind their publication. Chosen by stamp, not by receipt: a message published
+        just before a cause but held up by a stall arrives well after it."""
+        lags = [0]
+        for received, msg in reversed(self.stamped):
+            if received < around_ns - LAG_WINDOW_NS:
+                break  # received in order, never before their stamp: every earlier one was published earlier
+            if abs(time_to_ns(msg.header.stamp) - around_ns) <= LAG_WINDOW_NS:
+                lags.append(received - time_to_ns(msg.header.stamp))
+        return max(lags)
 
     def _on_belt(self, msg: Float64MultiArray) -> None:
         self.belt.append((self.now(), msg.data[0]))
