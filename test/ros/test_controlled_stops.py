@@ -8,7 +8,8 @@ test/runtime/motion_checks.py (the controllers' documented behaviour), never wit
 cleared the belt must speed up again. Times are ROS (system) time: message stamps, request send times, and the
 receive times of the commands in this process. The belt's deadline counts its commands (one control period each)
 from the cause, so a loaded machine that delays ticks or deliveries stretches no ramp; what may arrive late is
-measured (request round trips, the lag of the node's status messages) and allowed for.
+measured (request round trips, the lag of the node's stamped status and trajectory messages published
+near the cause) and allowed for.
 """
 
 from __future__ import annotations
