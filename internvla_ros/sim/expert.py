@@ -43,7 +43,10 @@ PERTURB_SHARE = 0.7  # of the approaches that first go to a point off the interc
 CORRECTION_MARGIN_S = 0.8  # the parcel arrives this much later again, to leave time for the correction
 STOP_INSIDE_PX = 40.0  # stop_belt: the belt stops once a parcel is this far inside the pick zone
 BELT_STILL_M_S = 1e-3  # stop_belt: the measured belt counts as stopped below this
-AIMS = ("lane", "centre-line", "near-half", "near-midway")  # where the expert meets a moving parcel: SortingExpert
+# Where the expert meets a moving parcel (SortingExpert's aim): the share of the way from the parcel's lane to
+# the belt's centre line, for lanes nearer the arm than the centre line and for the others.
+AIM_TOWARD_CENTRE = {"lane": (0.0, 0.0), "centre-line": (1.0, 1.0), "near-half": (1.0, 0.0), "near-midway": (0.5, 0.0)}
+AIMS = tuple(AIM_TOWARD_CENTRE)
 GRASPING = ("idle", "approach", "wait", "close")  # stop_belt: the states in which a parcel keeps the belt stopped
 
 
@@ -253,11 +256,8 @@ class SortingExpert:
     def _aim_y(self, parcel: dict[str, Any]) -> float:
         """Where across the belt to meet a moving parcel (y + toward the arm's base)."""
         lane = float(parcel["y"])
-        if self._aim == "centre-line" or (self._aim == "near-half" and lane > BELT_CENTRE_Y):
-            return BELT_CENTRE_Y
-        if self._aim == "near-midway" and lane > BELT_CENTRE_Y:
-            return 0.5 * (lane + BELT_CENTRE_Y)
-        return lane
+        near_share, far_share = AIM_TOWARD_CENTRE[self._aim]
+        return lane + (near_share if lane > BELT_CENTRE_Y else far_share) * (BELT_CENTRE_Y - lane)
 
     def _off_intercept(self) -> tuple[float, float]:
         """A random point up to ``perturb_px`` from the intercept (uniform over the disc's outer 3/4)."""

@@ -200,8 +200,9 @@ class Cell:
         for received, msg in reversed(self.stamped):
             if received < around_ns - LAG_WINDOW_NS:
                 break  # received in order, never before their stamp: every earlier one was published earlier
-            if abs(time_to_ns(msg.header.stamp) - around_ns) <= LAG_WINDOW_NS:
-                lags.append(received - time_to_ns(msg.header.stamp))
+            stamp = time_to_ns(msg.header.stamp)
+            if abs(stamp - around_ns) <= LAG_WINDOW_NS:
+                lags.append(received - stamp)
         return max(lags)
 
     def _on_belt(self, msg: Float64MultiArray) -> None:
