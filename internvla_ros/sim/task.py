@@ -169,6 +169,7 @@ class Parcel:
     status: str = "upcoming"  # upcoming, belt, held, or one of OUTCOMES
     x: float = 0.0
     bin: str | None = None
+    grasped_s: float | None = None  # when the gripper closed around it
 
 
 @dataclass(frozen=True)
@@ -179,6 +180,8 @@ class ParcelOutcome:
     bin: str | None
     t_s: float
     lane_offset_m: float  # where it lay across the belt: from the centre line, + toward the arm's base
+    released_at_px: tuple[float, float] | None = None  # the tip where the gripper let it go (None: never held)
+    held_s: float | None = None  # from the grasp to the release
 
 
 @dataclass(frozen=True)
@@ -268,10 +271,14 @@ class SortingTask:
                 if parcel.status == "upcoming" and parcel.x >= BELT_ENTRY_X:
                     parcel.status = "belt"
 
-    def _finish(self, parcel: Parcel, outcome: str, bin_name: str | None = None) -> ParcelOutcome:
+    def _finish(self, parcel: Parcel, outcome: str, bin_name: str | None = None,
+                released_at: tuple[float, float] | None = None) -> ParcelOutcome:
         parcel.status, parcel.bin = outcome, bin_name
+        held_s = None if released_at is None or parcel.grasped_s is None else round(self._now_s - parcel.grasped_s, 3)
         result = ParcelOutcome(parcel.id, parcel.colour, outcome, bin_name, round(self._now_s - self.start_s, 3),
-                               self._lane_offset_m(parcel))
+                               self._lane_offset_m(parcel),
+                               None if released_at is None else (round(released_at[0], 1), round(released_at[1], 1)),
+                               held_s)
         self.outcomes.append(result)
         return result
 
@@ -294,7 +301,7 @@ class SortingTask:
                 self.holding = None
                 where = bin_at(*tip)
                 outcome = "dropped" if where is None else ("right" if self.rule[held.colour] == where else "wrong")
-                decided.append(self._finish(held, outcome, where))
+                decided.append(self._finish(held, outcome, where, tip))
         elif closed and not self._closed:  # the gripper has just closed: around a parcel?
             reach = self.config.grasp_radius_m * PIXELS_PER_METRE
             near = [(float(np.hypot(p.x - tip[0], p.y - tip[1])), p.id) for p in self.parcels if p.status == "belt"]
@@ -303,6 +310,7 @@ class SortingTask:
             if grasped:
                 self.holding = nearest
                 self.parcels[nearest].status = "held"
+                self.parcels[nearest].grasped_s = now_s
             parcel = self.parcels[nearest] if nearest >= 0 else None
             self.closes.append(Close(grasped, nearest,
                                      (tip[0] - parcel.x, tip[1] - parcel.lane_y) if parcel else None,

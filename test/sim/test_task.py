@@ -87,6 +87,14 @@ def test_released_outside_the_bins_is_dropped() -> None:
     pick(task)
     decided = task.step(0.5, 0.0, (320.0, 300.0), OPEN)
     assert [(d.outcome, d.bin) for d in decided] == [("dropped", None)] and task.done
+    # where and after how long it was let go: what tells a policy's drop from a release short of a bin
+    assert (decided[0].released_at_px, decided[0].held_s) == ((320.0, 300.0), 0.39)
+
+
+def test_a_parcel_never_held_has_no_release_point() -> None:
+    task = one_parcel_task()
+    decided = task.step(task.time_limit_s + 1.0, 0.0, (0.0, 0.0), OPEN)
+    assert [(d.outcome, d.released_at_px, d.held_s) for d in decided] == [("missed", None, None)]
 
 
 def test_a_gripper_closing_away_from_the_parcel_or_already_closed_holds_nothing() -> None:
