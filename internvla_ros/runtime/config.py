@@ -39,6 +39,7 @@ MAX_RATE_HZ = 1000.0
 MAX_INFERENCE_RATE_HZ = 50.0
 MAX_AGE_S = 10.0
 MAX_ABS_POSITION = 1.0e3
+MAX_GRIPPER_HOLD_S = 10.0
 MAX_VELOCITY = 1.0e2
 MAX_ACCELERATION = 1.0e4
 NS_PER_S = 1_000_000_000
@@ -90,6 +91,7 @@ class GripperConfig:
     threshold: float
     open_position: float
     closed_position: float
+    min_hold_s: float = 0.0  # threshold mode: keep each open or close at least this long (0: off)
 
 
 @dataclass(frozen=True)
@@ -242,7 +244,8 @@ def _read_config(reader: ParameterReader) -> RuntimeConfig:
     names = tuple(j.name for j in joints)
     controllers = _read_controllers(reader, names)
     absolute_mask = reader.bool_list("action.absolute_mask", length=len(joints))
-    grippers = _read_grippers(reader, names, absolute_mask)
+    trajectory_joints = {j for c in controllers if c.type == "joint_trajectory" for j in c.joints}
+    grippers = _read_grippers(reader, names, absolute_mask, trajectory_joints)
     rates = _read_rates(reader)
     execution = _read_execution(reader, len(joints))
     safety = SafetyConfig(
@@ -342,9 +345,8 @@ def _read_controllers(reader: ParameterReader, joint_names: tuple[str, ...]) -> 
     return tuple(controllers)
 
 
-def _read_grippers(
-    reader: ParameterReader, joint_names: tuple[str, ...], absolute_mask: tuple[bool, ...]
-) -> tuple[GripperConfig, ...]:
+def _read_grippers(reader: ParameterReader, joint_names: tuple[str, ...], absolute_mask: tuple[bool, ...],
+                   trajectory_joints: set[str]) -> tuple[GripperConfig, ...]:
     if not reader.has("grippers.names"):
         return ()
     grippers = []
@@ -361,15 +363,18 @@ def _read_grippers(
         if opened == closed:
             msg = f"{key}.closed_position: must differ from open_position ({opened})"
             raise RuntimeConfigError(msg)
-        grippers.append(
-            GripperConfig(
-                joint=name,
-                mode=reader.text(f"{key}.mode", choices=GRIPPER_MODES),
-                threshold=reader.real(f"{key}.threshold", low=0.0, high=1.0, default=0.5),
-                open_position=opened,
-                closed_position=closed,
-            )
-        )
+        mode = reader.text(f"{key}.mode", choices=GRIPPER_MODES)
+        min_hold_s = reader.real(f"{key}.min_hold_s", low=0.0, high=MAX_GRIPPER_HOLD_S, default=0.0)
+        if min_hold_s > 0.0 and mode != "threshold":
+            msg = f"{key}.min_hold_s: only a threshold gripper (open or closed) is held; set mode: threshold or 0.0"
+            raise RuntimeConfigError(msg)
+        if min_hold_s > 0.0 and name in trajectory_joints:
+            msg = (f"{key}.min_hold_s: {name!r} is on a joint_trajectory controller, whose path is planned ahead; "
+                   "the hold applies to a gripper on a forward_command controller (or set 0.0)")
+            raise RuntimeConfigError(msg)
+        grippers.append(GripperConfig(
+            joint=name, mode=mode, threshold=reader.real(f"{key}.threshold", low=0.0, high=1.0, default=0.5),
+            open_position=opened, closed_position=closed, min_hold_s=min_hold_s))
     return tuple(grippers)
 
 

@@ -39,6 +39,7 @@ from internvla_ros.runtime.commands import ControlOutput
 from internvla_ros.runtime.config import RuntimeConfig
 from internvla_ros.runtime.control import MotionControl
 from internvla_ros.runtime.errors import PolicyRuntimeError
+from internvla_ros.runtime.gripper_latch import GripperLatch
 from internvla_ros.runtime.inputs import InputBuffers
 from internvla_ros.runtime.mapping import ActionMapper
 from internvla_ros.runtime.observation import Observation
@@ -70,6 +71,7 @@ class PolicyRuntime:
         self._control = MotionControl(config, self._limiter)
         self._chunks = ChunkScheduler(config, mapper, self._counters, self._meters)
         self._commands = CommandOutput(config, self._control)
+        self._gripper_latch = GripperLatch(config)
         self._supervisor = Supervisor(config, self._inputs, self._limiter, self._counters)
         self._gate = self._supervisor.gate
         self._lock = threading.RLock()
@@ -286,8 +288,10 @@ class PolicyRuntime:
                 plan = chunks.take_new_plan()
                 if plan is not None and control.plan(grid_ns, plan.end_ns, chunks.schedule.sample) is not None:
                     self._commands.send_path()
-                reasons = control.follow(chunks.schedule.sample(grid_ns), grid_ns).reasons
+                target = self._gripper_latch.apply(chunks.schedule.sample(grid_ns), grid_ns)
+                reasons = control.follow(target, grid_ns).reasons
             else:
+                self._gripper_latch.reset()
                 control.stop_tick(grid_ns)
                 reasons = frozenset()
             self._last_tick_ns = grid_ns
