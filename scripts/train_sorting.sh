@@ -3,6 +3,7 @@
 # models/default -> closed-loop evaluation on held-out seeds -> a golden bag for replay regression.
 #   scripts/train_sorting.sh                 # every stage
 #   STAGES="train eval" scripts/train_sorting.sh   # only some (each reads the previous stage's output)
+#   MODEL=models/sorting STAGES="eval baselines golden" scripts/train_sorting.sh   # the shipped policy
 # Every size is an environment variable (defaults below: the run measured in README.md, "The lab loop").
 # Recording runs over ROS in wall-clock time, so its bags differ from run to run by message timing; from
 # a given dataset, training is deterministic (seeded; same steps, batch, threads -> same weights).
@@ -12,7 +13,8 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "${ROOT}"
 BIN="${ROOT}/.venv/bin"
 WORK="${WORK:-out/sorting}"          # bags, dataset, evaluation reports
-MODEL="${MODEL:-models/sorting}"     # the trained checkpoint
+MODEL="${MODEL:-${WORK}/model}"      # the trained checkpoint (models/sorting is the shipped one)
+BACKEND="${BACKEND:-onnxruntime}"    # the policy node's inference backend in the closed-loop stages
 INIT="${INIT:-models/default}"
 EPISODES="${EPISODES:-60}"           # expert episodes (3 parcels each): seeds 0 .. EPISODES/2-1, each under both rules
 PERTURB="${PERTURB:-30}"             # recovery demonstrations: approaches first end up to this many px off
@@ -46,7 +48,7 @@ fi
 if stage train; then
   # warm-up and cosine decay scaled to STEPS; the run (cache, optimizer state) stays in WORK/train
   # the prompts' embedding rows are trained too (the rule word must be read); the checkpoint is then 87 MB,
-  # and `model compact` stores its embedding in bf16 for models/sorting (48 MB; effect measured in README.md)
+  # and `model compact` stores its embedding in bf16 (48 MB; effect measured in README.md)
   timed "${BIN}/internvla" train --dataset "${WORK}/dataset" --init "${INIT}" --out "${WORK}/train" \
     --steps "${STEPS}" --batch-size "${BATCH}" --lr "${LR}" --sample-stride "${STRIDE}" --threads "${THREADS}" \
     --seed "${SEED}" --train-embeddings --save-every 500 --no-progress
@@ -56,7 +58,7 @@ if stage train; then
 fi
 if stage eval; then
   timed "${BIN}/internvla" eval --cell conveyor_sorting --model "${MODEL}" --episodes "${EVAL_EPISODES}" \
-    --noise-scale 0 --json "${WORK}/eval_model.json" --logs "${WORK}/eval_model_logs"
+    --noise-scale 0 --backend "${BACKEND}" --json "${WORK}/eval_model.json" --logs "${WORK}/eval_model_logs"
 fi
 if stage baselines; then
   for policy in expert random; do
@@ -69,7 +71,8 @@ if stage golden; then
   # golden that a later model, config or code change is compared with (`internvla regress`, exit 0 = same)
   rm -rf "${WORK}/regress"
   timed "${BIN}/internvla" eval --cell conveyor_sorting --model "${MODEL}" --episodes 1 --noise-scale 0 \
-    --record "${WORK}/regress" --logs "${WORK}/regress_logs" --json "${WORK}/regress_episode.json"
+    --backend "${BACKEND}" --record "${WORK}/regress" --logs "${WORK}/regress_logs" \
+    --json "${WORK}/regress_episode.json"
   timed "${BIN}/internvla" regress "${WORK}/regress" --config config/conveyor_sorting.yaml --model "${MODEL}" \
     --noise-scale 0 --record-golden --json "${WORK}/regress_golden.json"
   timed "${BIN}/internvla" regress "${WORK}/regress" --config config/conveyor_sorting.yaml --model "${MODEL}" \
