@@ -244,8 +244,7 @@ def _read_config(reader: ParameterReader) -> RuntimeConfig:
     names = tuple(j.name for j in joints)
     controllers = _read_controllers(reader, names)
     absolute_mask = reader.bool_list("action.absolute_mask", length=len(joints))
-    trajectory_joints = {j for c in controllers if c.type == "joint_trajectory" for j in c.joints}
-    grippers = _read_grippers(reader, names, absolute_mask, trajectory_joints)
+    grippers = _read_grippers(reader, names, absolute_mask, trajectory_joint_names(controllers))
     rates = _read_rates(reader)
     execution = _read_execution(reader, len(joints))
     safety = SafetyConfig(
@@ -343,6 +342,11 @@ def _read_controllers(reader: ParameterReader, joint_names: tuple[str, ...]) -> 
         msg = f"controllers.names: joints {unowned} are driven by no controller"
         raise RuntimeConfigError(msg)
     return tuple(controllers)
+
+
+def trajectory_joint_names(controllers: tuple[ControllerConfig, ...]) -> set[str]:
+    """The joints on joint_trajectory controllers (the rest are on forward_command controllers)."""
+    return {j for c in controllers if c.type == "joint_trajectory" for j in c.joints}
 
 
 def _read_grippers(reader: ParameterReader, joint_names: tuple[str, ...], absolute_mask: tuple[bool, ...],

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from internvla_ros.runtime.config import RuntimeConfig
+from internvla_ros.runtime.config import RuntimeConfig, trajectory_joint_names
 from internvla_ros.runtime.safety import LimitedCommand, MotionLimiter, MotionState
 from internvla_ros.runtime.stop import StopProfile
 from internvla_ros.runtime.trajectory import TimedPath, TrajectoryBuilder
@@ -24,7 +24,7 @@ class MotionControl:
     def __init__(self, config: RuntimeConfig, limiter: MotionLimiter) -> None:
         self._limiter = limiter
         self._period_ns = config.rates.control_period_ns
-        trajectory_joints = {j for c in config.controllers if c.type == "joint_trajectory" for j in c.joints}
+        trajectory_joints = trajectory_joint_names(config.controllers)
         self.trajectory_columns = np.asarray(
             sorted(config.joint_index[j] for j in trajectory_joints), dtype=np.int64)
         self._forward = np.asarray([name not in trajectory_joints for name in config.joint_names])
