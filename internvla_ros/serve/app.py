@@ -6,7 +6,7 @@ Start it with ``internvla serve --model models/default`` (a local Ray unless ``-
 
     POST /infer    body: one runtime/wire.py frame (the observation plus ``robot_type`` and ``client``,
                    serve/protocol.py); reply: the result frame plus ``queue_ns``, ``inference_ns``, ``batch_size``
-    GET  /health   200 once a replica has loaded the model (needs no token)
+    GET  /health   200 once a replica has loaded the model (needs no token); its pid and niceness
     GET  /metadata JSON: robot types, cameras, chunk size, backend, model hash, limits
     GET  /stats    JSON: requests, rejections by status, batch sizes seen, queue and inference durations
 
@@ -162,7 +162,8 @@ class PolicyServer:
         path = request.url.path.rstrip("/") or "/"
         try:
             if path == PATH_HEALTH:
-                return JSONResponse({"status": "ok", "pid": os.getpid()})
+                return JSONResponse({"status": "ok", "pid": os.getpid(),
+                                     "niceness": os.getpriority(os.PRIO_PROCESS, 0)})
             check_token(request.headers.get("authorization"), self._options.token)
             if path == PATH_INFER:
                 if request.method != "POST":
