@@ -31,6 +31,7 @@ class BackendOptions:
     cache_root: Path | None = None
     dtype: str = "float32"
     threads: int = 1
+    batch_workers: int = 1  # observations of a batch at once, where stages run one at a time (ONNX Runtime, CPU)
     fallback: bool = False
     compile: bool = False
 
@@ -54,7 +55,8 @@ def create_one(name: str, options: BackendOptions) -> InferencePipeline:
         return torch_backend.create(name, options.model_dir, options.dtype, options.threads, options.compile)
     if name == onnxruntime_backend.NAME:
         onnxruntime_backend.available_providers()  # before an export is made for it
-        return onnxruntime_backend.create(options.model_dir, _engine_dir(options), options.threads)
+        return onnxruntime_backend.create(options.model_dir, _engine_dir(options), options.threads,
+                                          options.batch_workers)
     if name == tensorrt_backend.NAME:
         tensorrt_backend.import_tensorrt()
         return tensorrt_backend.create(options.model_dir, _engine_dir(options))

@@ -3,7 +3,8 @@
 Each stage is one graph call; the host computes only what depends on data values (the prompt's
 M-RoPE ids) and joins the prefix and generation K/V once per chunk. The Euler loop is the
 pipeline's (:func:`internvla_ros.model.pipeline.euler`), so one action-step graph serves all steps.
-The graphs have batch 1: the pipeline runs a larger batch one element after another.
+The graphs have batch 1: the pipeline runs a larger batch element by element, ``element_workers`` at
+once where the runner's calls may overlap (ONNX Runtime on the CPU releases the GIL for a whole call).
 """
 
 from __future__ import annotations
@@ -68,8 +69,10 @@ class GraphStages:
 
     max_batch = 1
 
-    def __init__(self, name: str, description: str, config: InternVLAConfig, runner: GraphRunner) -> None:
+    def __init__(self, name: str, description: str, config: InternVLAConfig, runner: GraphRunner,
+                 element_workers: int = 1) -> None:
         self.name = name
+        self.element_workers = element_workers
         self._description = description
         self.config = config
         self.layout = Layout.of(config)
@@ -184,5 +187,6 @@ class GraphStages:
         return self._host(images)[None]
 
 
-def graph_pipeline(name: str, description: str, config: InternVLAConfig, runner: GraphRunner) -> InferencePipeline:
-    return InferencePipeline(GraphStages(name, description, config, runner), config)
+def graph_pipeline(name: str, description: str, config: InternVLAConfig, runner: GraphRunner,
+                   element_workers: int = 1) -> InferencePipeline:
+    return InferencePipeline(GraphStages(name, description, config, runner, element_workers), config)

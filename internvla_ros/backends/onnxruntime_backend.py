@@ -95,8 +95,12 @@ class OrtRunner:
         return np.concatenate(parts, axis=axis)
 
 
-def create(model_dir: Path, engine_dir: Path, threads: int = 1) -> InferencePipeline:
-    """The ONNX Runtime backend over the export in ``engine_dir`` of ``model_dir``."""
+def create(model_dir: Path, engine_dir: Path, threads: int = 1, batch_workers: int = 1) -> InferencePipeline:
+    """The ONNX Runtime backend over the export in ``engine_dir`` of ``model_dir``.
+
+    ``batch_workers``: a batch's observations run this many at once on the CPU provider (a session's
+    runs may overlap and release the GIL); one after another on a GPU provider, which queues them anyway.
+    """
     providers = available_providers()
     manifest = load_export(engine_dir, model_dir)
     if manifest.dtype == "bfloat16" and providers == ["CPUExecutionProvider"]:
@@ -108,4 +112,7 @@ def create(model_dir: Path, engine_dir: Path, threads: int = 1) -> InferencePipe
         raise BackendError(str(err)) from err
     runner = OrtRunner(engine_dir, manifest, providers, threads)
     used = sorted(set(runner.providers.values()))
-    return graph_pipeline(NAME, f"{NAME} {'+'.join(used)}, {threads} thread(s), {manifest.dtype}", config, runner)
+    workers = batch_workers if used == ["CPUExecutionProvider"] else 1
+    parallel = f", batch elements {workers} at once" if workers > 1 else ""
+    return graph_pipeline(NAME, f"{NAME} {'+'.join(used)}, {threads} thread(s){parallel}, {manifest.dtype}", config,
+                          runner, workers)

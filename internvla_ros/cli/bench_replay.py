@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from internvla_ros.cli.bench_model import bench_verbs
-from internvla_ros.cli.groups import add_verb
+from internvla_ros.cli.groups import add_backend, add_verb
 from internvla_ros.paths import config_path
 from internvla_ros.replay.driver import DEFAULT_BATCH, DEFAULT_INFERENCE_LATENCY_NS
 from internvla_ros.replay.errors import ReplayError
@@ -36,17 +36,17 @@ EXIT_OK, EXIT_UNUSABLE = 0, 2
 
 def measure(bag: Path, config: Path, model: Path, dtype: str = "float32",
             inference_latency_ms: float = DEFAULT_INFERENCE_LATENCY_NS / MS, instruction: str = "",
-            batch: int = DEFAULT_BATCH) -> dict[str, Any]:
+            batch: int = DEFAULT_BATCH, backend: str = "torch") -> dict[str, Any]:
     """One replay of ``bag``; the figures ``bench replay`` prints (raises ReplayError for unusable input)."""
     from internvla_ros.replay.pipeline import ReplayRequest, run_replay  # torch-heavy
 
     request = ReplayRequest(bag=bag, config=config, model=model, dtype=dtype,
                             inference_latency_ns=round(inference_latency_ms * MS), instruction=instruction,
-                            batch=batch)
+                            batch=batch, backend=backend)
     outcome = run_replay(request)
     latencies = outcome.stats.wall_latency_ns
     return {
-        "bag": str(bag), "config": str(config), "model": str(model), "dtype": dtype,
+        "bag": str(bag), "config": str(config), "model": str(model), "dtype": dtype, "backend": backend,
         "batch": outcome.batch, "threads": outcome.threads,
         "speed_x_real_time": round(outcome.speed, 3),
         "wall_s": round(outcome.wall_s, 3),
@@ -67,7 +67,7 @@ def command(args: argparse.Namespace) -> int:
         return EXIT_UNUSABLE
     try:
         result = measure(Path(args.bag), config_path(args.config), Path(args.model), args.dtype,
-                         args.inference_latency_ms, args.instruction, args.batch)
+                         args.inference_latency_ms, args.instruction, args.batch, args.backend)
     except ReplayError as err:
         print(f"ERROR: {err}", file=sys.stderr)
         return EXIT_UNUSABLE
@@ -93,5 +93,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch", type=int, default=DEFAULT_BATCH,
                         help="observations per inference batch, computed ahead in a second thread (default "
                         "%(default)s; 1: each inline, one thread)")
+    add_backend(parser)
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the figures here")
     parser.set_defaults(func=command)

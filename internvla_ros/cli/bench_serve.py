@@ -8,7 +8,7 @@ Usage examples::
     internvla bench serve --clients 8 --endpoint http://gpu-host:8000 --token-file token
 
 Without --endpoint the bench starts `internvla serve` twice, one after the other, on a free local port:
-with --max-batch-size 1, then with K (same model, threads and batch wait), and reports the throughput
+with --max-batch-size 1, then with K (same model, backend, threads and batch wait), and reports the throughput
 gain of batch K over batch 1. With --endpoint it measures that server alone (no gain).
 
 Each robot is a process of its own (internvla_ros/serve/bench_client.py) sending what a policy node
@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from internvla_ros.cli.bench_model import bench_verbs
-from internvla_ros.cli.groups import add_verb
+from internvla_ros.cli.groups import add_backend, add_verb
 from internvla_ros.paths import config_path, default_model_dir
 from internvla_ros.serve.bench_client import RobotPlan, RobotReport
 
@@ -64,6 +64,7 @@ class BenchPlan:
     max_batch_size: int = 8
     batch_wait_ms: float = 10.0
     threads: int = 1
+    backend: str = "torch"
     token: str | None = None
     request_timeout_s: float = 60.0
 
@@ -161,7 +162,7 @@ def own_server(plan: BenchPlan, max_batch_size: int, log_dir: Path) -> Iterator[
     from internvla_ros.serve.process import ServerProcess, free_port
 
     args = ["--model", str(plan.model), "--max-batch-size", str(max_batch_size), "--batch-wait-ms",
-            f"{plan.batch_wait_ms:g}", "--threads", str(plan.threads)]
+            f"{plan.batch_wait_ms:g}", "--threads", str(plan.threads), "--backend", plan.backend]
     log_dir.mkdir(parents=True, exist_ok=True)
     for attempt in range(1, SERVER_START_ATTEMPTS + 1):
         server = ServerProcess(args, log_dir / f"serve_batch{max_batch_size}.log", free_port())
@@ -200,7 +201,8 @@ def bench(plan: BenchPlan, endpoint: str | None, log_dir: Path) -> dict[str, Any
         "chunks_per_s_batch1": baseline, "throughput_gain_over_batch1": gain,
         "clients": plan.clients, "duration_s": plan.duration_s, "warmup_s": plan.warmup_s, "rate_hz": plan.rate_hz,
         "max_batch_size": None if endpoint else plan.max_batch_size, "batch_wait_ms": plan.batch_wait_ms,
-        "threads": plan.threads, "endpoint": endpoint, "model": str(plan.model), "config": str(plan.config),
+        "threads": plan.threads, "backend": plan.backend, "endpoint": endpoint, "model": str(plan.model),
+        "config": str(plan.config),
         "cpu_count": os.cpu_count(), "runs": runs,
     }
 
@@ -229,7 +231,7 @@ def _run(args: argparse.Namespace) -> int:
     plan = BenchPlan(clients=args.clients, duration_s=args.duration, warmup_s=args.warmup, rate_hz=args.rate_hz,
                      config=config_path(args.config).resolve(), model=Path(args.model or default_model_dir()).resolve(),
                      seed=args.seed, max_batch_size=args.max_batch_size, batch_wait_ms=args.batch_wait_ms,
-                     threads=args.threads, token=token)
+                     threads=args.threads, backend=args.backend, token=token)
     if not (plan.model / "stats.json").is_file():
         print(f"ERROR: --model {plan.model}: no stats.json (a checkpoint directory is needed)", file=sys.stderr)
         return EXIT_UNUSABLE
@@ -264,7 +266,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "dual_arm.yaml: the default model's three cameras)")
     parser.add_argument("--max-batch-size", type=int, default=8, help="K of the batched server (default 8)")
     parser.add_argument("--batch-wait-ms", type=float, default=10.0, help="the servers' batch wait (default 10)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads of the servers' replica (default 1)")
+    parser.add_argument("--threads", type=int, default=1, help="torch and ONNX Runtime threads of the servers' "
+                        "replica; with onnxruntime also a batch's observations at once (default 1)")
+    add_backend(parser, "the servers'")
     parser.add_argument("--seed", type=int, default=0, help="seed of the robots' observations (default 0)")
     parser.add_argument("--log-dir", metavar="DIR", help="keep the servers' logs here (default: a temporary dir)")
     parser.set_defaults(func=_run)

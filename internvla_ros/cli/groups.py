@@ -16,6 +16,12 @@ def verb_group(subparsers: argparse._SubParsersAction, name: str, help_text: str
     return getattr(parser, VERBS_ATTR)
 
 
+def add_backend(parser: argparse.ArgumentParser, whose: str = "the policy's") -> None:
+    """``--backend NAME`` (the policy node's ``backend`` parameter), default torch."""
+    parser.add_argument("--backend", default="torch", help=f"{whose} inference backend: torch, onnxruntime, "
+                        "tensorrt, or a comma-separated preference list (default torch)")
+
+
 def add_noise_scale(parser: argparse.ArgumentParser, default: float | None = 1.0) -> None:
     """``--noise-scale S`` (the node's ``noise_scale``), refused outside 0-1 by argparse (exit 2)."""
     def noise_scale(text: str) -> float:  # argparse names it in "invalid noise_scale value"

@@ -27,7 +27,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from internvla_ros.cli.groups import add_noise_scale, add_verb
+from internvla_ros.cli.groups import add_backend, add_noise_scale, add_verb
 from internvla_ros.paths import config_path
 from internvla_ros.replay.driver import DEFAULT_BATCH, DEFAULT_INFERENCE_LATENCY_NS, DEFAULT_STATUS_PERIOD_NS
 from internvla_ros.replay.errors import ReplayError
@@ -43,7 +43,7 @@ def command(bag: Path, config: Path, model: Path, out: Path | None = None, golde
             remaps: tuple[str, ...] = (), inference_latency_ms: float = DEFAULT_INFERENCE_LATENCY_NS / MS,
             status_rate_hz: float = NS_PER_S / DEFAULT_STATUS_PERIOD_NS, instruction: str = "", seed: int = 0,
             dtype: str = "float32", tokenizer: Path | None = None, force: bool = False, progress: bool = True,
-            batch: int = DEFAULT_BATCH, noise_scale: float = 1.0) -> int:
+            batch: int = DEFAULT_BATCH, noise_scale: float = 1.0, backend: str = "torch") -> int:
     """Replays ``bag``; prints a summary, writes ``out``/``report``, compares with ``golden``.
 
     ``command(Path("bags/run_01"), Path("config/conveyor_sorting.yaml"), Path("models/default"),
@@ -63,7 +63,7 @@ def command(bag: Path, config: Path, model: Path, out: Path | None = None, golde
         bag=bag, config=config, model=model, out=out, golden=golden, report=report, tolerance=tolerance,
         namespace=namespace, remaps=remaps, inference_latency_ns=round(inference_latency_ms * MS),
         status_period_ns=round(NS_PER_S / status_rate_hz), instruction=instruction, seed=seed, dtype=dtype,
-        tokenizer=tokenizer, overwrite=force, batch=batch, noise_scale=noise_scale)
+        tokenizer=tokenizer, overwrite=force, batch=batch, noise_scale=noise_scale, backend=backend)
     console = Console(stderr=True)
     try:
         if progress and console.is_terminal:
@@ -108,7 +108,7 @@ def _run(args: argparse.Namespace) -> int:
         namespace=args.namespace, remaps=tuple(args.remap), inference_latency_ms=args.inference_latency_ms,
         status_rate_hz=args.status_rate_hz, instruction=args.instruction, seed=args.seed, dtype=args.dtype,
         tokenizer=Path(args.tokenizer) if args.tokenizer else None, force=args.force,
-        progress=not args.no_progress, batch=args.batch, noise_scale=args.noise_scale)
+        progress=not args.no_progress, batch=args.batch, noise_scale=args.noise_scale, backend=args.backend)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -138,6 +138,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch", type=int, default=DEFAULT_BATCH,
                         help="observations per inference batch, computed ahead in a second thread (default "
                         "%(default)s; 1: each inline when due, one thread). Chunks agree within 1e-5 either way")
+    add_backend(parser)
     parser.add_argument("--force", action="store_true", help="replace an existing --out bag")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=_run)

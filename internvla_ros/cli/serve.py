@@ -62,7 +62,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="registered policy name (internvla_ros.policies entry points; default: internvla)")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     parser.add_argument("--tokenizer", default=None, help="Qwen tokenizer directory (default: the shipped one)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads per replica (default: 1)")
+    parser.add_argument("--threads", type=int, default=1, help="torch and ONNX Runtime threads per replica; with "
+                        "onnxruntime also a batch's observations computed at once (default: 1)")
     parser.add_argument("--max-request-mb", type=float, default=32.0, help="largest /infer body [MiB] (default: 32)")
     parser.add_argument("--replica-cpus", type=float, default=1.0, help="CPUs Ray reserves per replica")
     parser.add_argument("--replica-gpus", type=float, default=0.0, help="GPUs Ray reserves per replica")

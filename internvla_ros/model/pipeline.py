@@ -17,7 +17,8 @@ collects them into a dict).
 
 Batches: ``B >= 1`` observations stacked along the first axis (:func:`stack_inputs`), each with its
 own prompt length and missing cameras through ``attention_mask`` / ``view_mask``. Stages with a fixed
-batch (``max_batch``, e.g. exported graphs of batch 1) run the batch one element after another.
+batch (``max_batch``, e.g. exported graphs of batch 1) run the batch element by element, up to
+``element_workers`` elements at once (:mod:`internvla_ros.model.batch_elements`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
+from internvla_ros.model.batch_elements import ElementRunner
 from internvla_ros.model.config import InternVLAConfig
 from internvla_ros.model.errors import ModelError, PreprocessingError
 from internvla_ros.model.inputs import ModelInputs
@@ -95,6 +97,9 @@ class Stages(Protocol):
     name: str
     max_batch: int | None
     """Largest batch one call takes (None: any); larger batches are run element by element."""
+    element_workers: int
+    """Elements of a larger batch run at once (1: one after another; more only where calls are thread-safe
+    and release the GIL)."""
 
     @property
     def description(self) -> str:
@@ -207,6 +212,7 @@ class InferencePipeline:
     def __init__(self, stages: Stages, config: InternVLAConfig) -> None:
         self.stages = stages
         self.config = config
+        self._elements = ElementRunner(getattr(stages, "element_workers", 1))
 
     @property
     def name(self) -> str:
@@ -228,7 +234,7 @@ class InferencePipeline:
         limit = self.stages.max_batch
         if limit is None or x.shape[0] <= limit:
             return fn(x).float()
-        return torch.cat([fn(x[i:i + 1]).float() for i in range(x.shape[0])])
+        return torch.cat(self._elements.map(lambda i: fn(x[i:i + 1]).float(), x.shape[0]))
 
     def latents(self, inputs: ModelInputs) -> Tensor:
         """The ``(B, views, frames, C, h, w)`` Cosmos latents of ``inputs`` (given, or encoded here)."""
@@ -257,9 +263,10 @@ class InferencePipeline:
         if limit is not None and inputs.batch_size > limit:
             if generation is not None:
                 raise ModelError(f"{self.name} runs batches of {limit}: a generation cannot be reused across a batch")
-            parts = [self.run(select(inputs, i), noise[i:i + 1], foresight=foresight, decode=decode, hook=hook,
-                              rtc=rtc) for i in range(inputs.batch_size)]
-            return concat_results(parts)
+            element_hook = self._elements.hook(hook)
+            return concat_results(self._elements.map(
+                lambda i: self.run(select(inputs, i), noise[i:i + 1], foresight=foresight, decode=decode,
+                                   hook=element_hook, rtc=rtc), inputs.batch_size))
         if isinstance(rtc, RtcGuidance) and rtc.beta > 0:
             if not hasattr(self.stages, "guidance"):
                 raise ModelError(f"the {self.name} backend cannot run real-time chunking guidance")

@@ -53,6 +53,7 @@ class TorchStages:
     """:class:`~internvla_ros.model.pipeline.Stages` over an :class:`InternVLAModel` on its device and precision."""
 
     max_batch = None
+    element_workers = 1  # any batch is one call
 
     def __init__(self, model: InternVLAModel, kv_reuse: bool = True, compile: bool = False) -> None:
         self.model = model

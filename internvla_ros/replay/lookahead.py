@@ -2,9 +2,10 @@
 
 A replay's observations depend only on the bag and the modelled latency, so a second driver that only
 plans (no control output, placeholder chunks) finds them ahead of time. :class:`LookaheadInference` runs
-that planner in a thread, sends every observation that recomputes foresight through
-``InternVLAPolicy.infer_batch`` in batches (Cosmos latents through the policy's frame cache, each frame
-encoded once), and hands the replay loop the result whose observation has exactly the same inputs.
+that planner in a thread, hands every observation that recomputes foresight in batches to an inference
+thread (``InternVLAPolicy.infer_batch``, Cosmos latents through the policy's frame cache, each frame
+encoded once; the planner goes on planning meanwhile), and hands the replay loop the result whose
+observation has exactly the same inputs.
 Anything not found (the planner cannot foresee a hold's restart) is computed inline, so the chunks are
 those of :class:`SequentialInference` (batch 1) within float noise (1e-5): every observation's noise
 depends on the seed and its stamp only, never on batching, and an observation that reuses foresight K/V
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -114,8 +116,11 @@ class LookaheadInference(SequentialInference):
         self._planner = planner
         self._cond = threading.Condition()
         self._ready: dict[tuple[Any, ...], tuple[Observation, PolicyResult]] = {}
-        self._pending: list[Observation] = []
+        self._pending: list[Observation] = []  # planned, not yet handed to the inference thread
+        self._computing: list[Observation] = []  # handed over, results not yet ready
+        self._reached_ns = -1  # the planner has fed every message up to this time
         self._watermark = -1  # every observation requested at or before this has its result ready, or none comes
+        self._inference: ThreadPoolExecutor | None = None
         self._done = False
         self._stop = False
         self._error: BaseException | None = None
@@ -127,20 +132,25 @@ class LookaheadInference(SequentialInference):
         super().reset()
         self._ready.clear()
         self._pending.clear()
-        self._watermark, self._done, self._stop, self._error = -1, False, False, None
+        self._computing.clear()
+        self._reached_ns = self._watermark = -1
+        self._done, self._stop, self._error = False, False, None
         self.hits = self.misses = 0
         self._threads = torch.get_num_threads()
+        self._inference = ThreadPoolExecutor(1, thread_name_prefix="replay-inference",
+                                             initializer=torch.set_num_threads, initargs=(self._threads,))
         self._thread = threading.Thread(target=self._work, name="replay-lookahead", daemon=True)
         self._thread.start()
 
     def close(self) -> None:
-        """Stops the planner thread (at the end of a replay, or when it failed)."""
+        """Stops the planner and inference threads (at the end of a replay, or when it failed)."""
         with self._cond:
             self._stop = True
             self._cond.notify_all()
         if self._thread is not None:
-            self._thread.join()
+            self._thread.join()  # the planner thread shuts the inference thread down before it ends
             self._thread = None
+        self._inference = None
 
     def infer(self, observation: Observation) -> PolicyResult:
         if self.recomputes(observation):
@@ -177,49 +187,72 @@ class LookaheadInference(SequentialInference):
     def observed(self, observation: Observation) -> None:
         """The planner requested ``observation``."""
         if observation.recompute_foresight:  # the others reuse K/V: computed inline, as a sequential replay does
-            self._pending.append(observation)
+            with self._cond:
+                self._pending.append(observation)
 
     def placeholder(self) -> Placeholder:
         """The planner's policy: reports each observation, answers with a zero chunk."""
         return Placeholder(self.observed, (self.policy.config.chunk_size, self.policy.config.max_action_dim))
 
     def reached(self, now_ns: int) -> None:
-        """The planner has fed every message up to ``now_ns``: compute a full batch, publish the watermark."""
-        if len(self._pending) >= self.batch:
-            self._flush()
+        """The planner has fed every message up to ``now_ns``: hand over a full batch, publish the watermark."""
         with self._cond:
-            while len(self._ready) >= AHEAD_BATCHES * self.batch and not self._stop:
+            if len(self._pending) >= self.batch:
+                self._hand_over()
+            while len(self._ready) + len(self._computing) >= AHEAD_BATCHES * self.batch and not self._stop:
                 self._cond.wait()
             if self._stop:
                 raise _Stopped
-            # Strictly before now: the planner may still request an observation at exactly now_ns (its tick at
-            # this message's time runs after the message), and the replay loop must wait for that one.
-            self._watermark = now_ns - 1 if not self._pending else self._pending[0].request_ns - 1
-            self._cond.notify_all()
+            self._reached_ns = now_ns
+            self._publish()
 
-    def _flush(self) -> None:
+    def _publish(self) -> None:
+        """The watermark (under ``_cond``): below the first observation without a result yet."""
+        waiting = [batch[0].request_ns for batch in (self._computing, self._pending) if batch]
+        # Strictly before now: the planner may still request an observation at exactly now_ns (its tick at
+        # this message's time runs after the message), and the replay loop must wait for that one.
+        self._watermark = min(waiting) - 1 if waiting else self._reached_ns - 1
+        self._cond.notify_all()
+
+    def _hand_over(self) -> None:
+        """The pending observations to the inference thread (under ``_cond``)."""
         batch, self._pending = self._pending, []
-        if not batch:
-            return
-        noise = torch.cat([observation_noise(self.policy, self.seed, o) for o in batch])
+        if batch:
+            assert self._inference is not None
+            self._computing.extend(batch)
+            self._inference.submit(self._compute, batch)
+
+    def _compute(self, batch: list[Observation]) -> None:
+        """The inference thread: one batch's results into ``_ready`` (none when the model refuses it)."""
+        results: list[PolicyResult] | None = None
         try:
+            noise = torch.cat([observation_noise(self.policy, self.seed, o) for o in batch])
             with self._lock:
                 results = self.policy.infer_batch([_no_preview(o) for o in batch], noise=noise, cache_latents=True)
         except ModelError:
-            return  # computed inline when asked for, where each observation fails (or not) on its own
+            pass  # computed inline when asked for, where each observation fails (or not) on its own
+        except BaseException as err:  # handed to the replay loop, which raises it
+            self._error = err
         with self._cond:
-            for observation, result in zip(batch, results, strict=True):
+            for observation, result in zip(batch, results or [], strict=False):
                 self._ready[inputs_key(observation)] = (observation, result)
+            del self._computing[:len(batch)]
+            self._publish()
 
     def _work(self) -> None:
         torch.set_num_threads(self._threads)  # OpenMP's thread count is per thread: a new one starts at every core
+        finished = False
         try:
             self._planner(self)
-            self._flush()
+            with self._cond:
+                self._hand_over()
+            finished = True
         except _Stopped:
             pass
         except BaseException as err:  # handed to the replay loop, which raises it
             self._error = err
+        assert self._inference is not None
+        self._inference.shutdown(wait=True, cancel_futures=not finished)  # what is handed over is computed
         with self._cond:
             self._done = True
             self._cond.notify_all()

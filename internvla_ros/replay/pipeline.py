@@ -6,6 +6,7 @@ is checked before the model is loaded, so bad input fails fast with exit code 2.
 
 from __future__ import annotations
 
+import os
 import resource
 import time
 from collections.abc import Callable, Sequence
@@ -55,6 +56,7 @@ class ReplayRequest:
     overwrite: bool = False
     batch: int = DEFAULT_BATCH
     noise_scale: float = 1.0  # the node's noise_scale: the sampler's starting noise x this
+    backend: str = "torch"  # the policy node's backend parameter: torch, onnxruntime, ...
 
 
 @dataclass
@@ -169,10 +171,14 @@ def load_model(request: ReplayRequest, config: RuntimeConfig) -> object:
     from internvla_ros.runtime.internvla_policy import load_policy  # torch-heavy: only once inputs are fine
 
     torch.set_num_threads(INFERENCE_THREADS)
+    # Batches computed ahead run their observations on every core where the backend computes them one at
+    # a time (ONNX Runtime); each one's chunk is the same bit for bit.
+    workers = min(request.batch, os.cpu_count() or 1)
     try:
         return load_policy(model=str(request.model), tokenizer=str(request.tokenizer) if request.tokenizer else None,
                            dtype=request.dtype, cameras={c.name: c.slot for c in config.cameras}, seed=request.seed,
-                           noise_scale=request.noise_scale)
+                           noise_scale=request.noise_scale, backend=request.backend, threads=INFERENCE_THREADS,
+                           batch_workers=workers)
     except (ModelError, OSError, ValueError) as err:
         msg = f"--model {request.model}: {err}"
         raise ReplayError(msg) from err

@@ -204,7 +204,8 @@ class InternVLAPolicy:
 def load_policy(model: str, tokenizer: str | None = None, dtype: str = "float32",
                 cameras: Mapping[str, int] | None = None, seed: int = 0, backend: str = "torch",
                 fallback: bool = False, threads: int | None = None,
-                export_cache: str | None = None, noise_scale: float = 1.0) -> InternVLAPolicy:
+                export_cache: str | None = None, noise_scale: float = 1.0,
+                batch_workers: int = 1) -> InternVLAPolicy:
     """The inference worker's factory: load the checkpoint strictly and warm the policy up.
 
     ``backend``: one of ``internvla_ros.backends.factory.BACKEND_NAMES`` ("torch": eager with K/V reuse)
@@ -214,7 +215,8 @@ def load_policy(model: str, tokenizer: str | None = None, dtype: str = "float32"
     made there when missing or stale. ``threads``: torch and ONNX Runtime threads (default: torch's
     current setting). ``noise_scale``: the sampler's starting noise is drawn as trained and scaled by it
     (1: as trained; 0: every chunk from the noise's mean, deterministic; ``internvla model check-chunks
-    --noise-scale`` measures what it does to a checkpoint's chunks).
+    --noise-scale`` measures what it does to a checkpoint's chunks). ``batch_workers``: observations of an
+    ``infer_batch`` computed at once where the backend runs them one at a time (ONNX Runtime on the CPU).
     """
     from internvla_ros.backends.factory import BackendOptions, create_backend
 
@@ -224,7 +226,7 @@ def load_policy(model: str, tokenizer: str | None = None, dtype: str = "float32"
     directory = Path(model)
     choice = create_backend([name.strip() for name in backend.split(",")],
                             BackendOptions(model_dir=directory, dtype=dtype, fallback=fallback,
-                                           threads=threads or torch.get_num_threads(),
+                                           threads=threads or torch.get_num_threads(), batch_workers=batch_workers,
                                            cache_root=Path(export_cache) if export_cache else None))
     pipeline = choice.backend
     preprocessor = ObservationPreprocessor(PreprocessorConfig.from_model_config(pipeline.config),

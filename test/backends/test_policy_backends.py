@@ -106,6 +106,39 @@ def test_onnxruntime_batch_runs_element_by_element(model_dir: Path, export_cache
         np.testing.assert_array_equal(got.actions, compiled.infer(observation).actions)
 
 
+@pytest.mark.slow
+def test_onnxruntime_batch_elements_run_at_once_with_the_same_chunks(model_dir: Path, export_cache: Path) -> None:
+    """With batch_workers 2 a batch's observations overlap on two threads (seen inside the graph calls), and
+    every chunk, foresight and Cosmos latent is bit for bit the one of the elements one after another."""
+    sequence = varied_observations()
+    noise = torch.from_numpy(np.random.default_rng(5).normal(size=(len(sequence), 50, 32))).float()
+    results = {}
+    for workers in (1, 2):
+        policy = load_policy(str(model_dir), cameras=CAMERAS, backend="onnxruntime", export_cache=str(export_cache),
+                             batch_workers=workers)
+        runner = policy.pipeline.stages.runner
+        run, active, overlap = runner.run, [0], [0]
+
+        def counting(graph: str, feeds: dict, run=run, active=active, overlap=overlap) -> list:
+            active[0] += 1
+            overlap[0] = max(overlap[0], active[0])
+            try:
+                return run(graph, feeds)
+            finally:
+                active[0] -= 1
+
+        runner.run = counting
+        results[workers] = (policy.infer_batch(sequence, noise=noise, cache_latents=True), overlap[0],
+                            policy.info["backend_description"])
+    (one, one_overlap, _), (two, two_overlap, description) = results[1], results[2]
+    assert (one_overlap, two_overlap) == (1, 2) and "batch elements 2 at once" in description
+    for a, b in zip(one, two, strict=True):
+        np.testing.assert_array_equal(a.actions, b.actions)
+        assert set(a.preview) == set(b.preview)
+        for name in a.preview:
+            np.testing.assert_array_equal(a.preview[name], b.preview[name])
+
+
 def test_robots_sharing_a_server_never_share_a_cached_latent(model_dir: Path) -> None:
     """Two robots whose cameras have the same names and stamps (two simulated cells in lock-step, or a camera
     that stamps every frame 0) but see different images: each robot's chunk is computed from its own frames,
