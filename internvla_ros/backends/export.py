@@ -86,8 +86,8 @@ def graph_io(layout: Layout, compute: torch.dtype) -> dict[str, tuple[list[Tenso
                          TensorSpec("attention_mask", (1, lay.prefix_len), i64), image_embeds,
                          TensorSpec("position_ids", (3, 1, lay.prefix_len), i64)],
                         [TensorSpec("prefix_keys", prefix_kv, c), TensorSpec("prefix_values", prefix_kv, c)]),
-        graphs.COSMOS_ENCODE: ([TensorSpec("frames", (views, 3, *lay.frame_hw), f32)],
-                               [TensorSpec("latents", latents, f32)]),
+        graphs.COSMOS_ENCODE: ([TensorSpec("frames", (1, 3, *lay.frame_hw), f32)],  # one frame: only new ones
+                               [TensorSpec("latents", (1, *latents[1:]), f32)]),
         graphs.GENERATION: (
             [TensorSpec("cosmos_latents", (1, views, lay.frames_per_view, *latents[1:]), f32),
              TensorSpec("view_mask", (1, views), b), TensorSpec("prefix_keys", prefix_kv, c),

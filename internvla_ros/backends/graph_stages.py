@@ -122,11 +122,14 @@ class GraphStages:
         return GraphPrefix(keys, values, dev(mask != 0), positions)
 
     def encode_frames(self, frames: Tensor) -> Tensor:
+        """``(1, k, 3, H, W)`` -> ``(1, k, C, h, w)``, one graph call per frame (any k >= 1)."""
         lay = self.layout
-        self._check("frames", frames, (1, lay.n_views, 3, *lay.frame_hw))
-        (latents,) = self.runner.run(graphs.COSMOS_ENCODE, {"frames": self.runner.to_device(_np(frames[0],
-                                                                                                  np.float32))})
-        return self._host(latents)[None]
+        count = frames.shape[1] if frames.ndim == 5 else 0
+        self._check("frames", frames, (1, max(count, 1), 3, *lay.frame_hw))
+        latents = [self.runner.run(graphs.COSMOS_ENCODE, {"frames": self.runner.to_device(_np(frames[0, k:k + 1],
+                                                                                             np.float32))})[0]
+                   for k in range(count)]
+        return torch.stack([self._host(one)[0] for one in latents])[None]
 
     def generation(self, prefix: GraphPrefix, latents: Tensor, view_mask: Tensor) -> GraphGeneration:
         lay, dev = self.layout, self.runner.to_device

@@ -209,7 +209,8 @@ class PrefixGraph(nn.Module):
 
 
 class CosmosEncodeGraph(nn.Module):
-    """One frame per view ``(views, 3, 224, 224)`` in [0, 1] -> Cosmos latents ``(views, 16, 32, 32)``."""
+    """One frame ``(1, 3, 224, 224)`` in [0, 1] -> Cosmos latents ``(1, 16, 32, 32)``: a call per frame, so a
+    frame seen before or a missing camera's costs nothing."""
 
     def __init__(self, model: InternVLAModel) -> None:
         super().__init__()

@@ -100,20 +100,23 @@ class InternVLAPolicy:
 
         Frames are known by their pixels, not by camera name and stamp: robots sharing a server may
         stamp alike (two simulated cells in lock-step, a camera that stamps every frame 0), and a stamp
-        would then hand one robot the other's view. A frame index (t-15 or t) of an observation is encoded
-        for all views at once (the exported encoder takes every view) when any camera's frame is new, and
-        every observation's new frames in one encoder call (one batch through a torch backend).
+        would then hand one robot the other's view. Only frames not seen before are encoded, all of them
+        in one encoder call (one batch through a torch backend; one graph call each, several at once,
+        through ONNX Runtime); a missing camera's slot is masked and its latents stay zero.
         """
         cfg = self.config
         keys = [[{camera.slot: _pixels_key(frames[b, camera.slot, index]) for camera in observation.values()}
                  for index in range(cfg.frames_per_view)] for b, observation in enumerate(cameras)]
-        new = [(b, index) for b, per_index in enumerate(keys) for index, slots in enumerate(per_index)
-               if any(key not in self._latents for key in slots.values())]
+        new: dict[bytes, torch.Tensor] = {}
+        for b, per_index in enumerate(keys):
+            for index, slots in enumerate(per_index):
+                for slot, key in slots.items():
+                    if key not in self._latents and key not in new:
+                        new[key] = frames[b, slot, index]
         if new:
-            encoded = self.pipeline.encode_frames(torch.stack([frames[b, :, index] for b, index in new])).cpu()
-            for row, (b, index) in enumerate(new):
-                for slot, key in keys[b][index].items():
-                    self._latents.setdefault(key, encoded[row, slot])
+            encoded = self.pipeline.encode_frames(torch.stack(list(new.values()))[:, None]).cpu()
+            for row, key in enumerate(new):
+                self._latents[key] = encoded[row, 0]
         latents = torch.zeros(len(cameras), cfg.n_views, cfg.frames_per_view, cfg.cosmos_latent_channels,
                               *cfg.cosmos_latent_hw)
         for b, per_index in enumerate(keys):
@@ -121,7 +124,7 @@ class InternVLAPolicy:
                 for slot, key in slots.items():
                     latents[b, slot, index] = self._latents[key]
                     self._latents.move_to_end(key)
-        while len(self._latents) > max(LATENT_CACHE_SIZE, len(new) * cfg.n_views):
+        while len(self._latents) > max(LATENT_CACHE_SIZE, len(new)):
             self._latents.popitem(last=False)
         return latents
 

@@ -161,9 +161,9 @@ def test_robots_sharing_a_server_never_share_a_cached_latent(model_dir: Path) ->
 
 def test_a_batchs_new_frames_are_encoded_in_one_call_and_known_frames_not_again(model_dir: Path) -> None:
     policy = load_policy(str(model_dir), cameras=CAMERAS)
-    calls: list[int] = []
+    calls: list[int] = []  # frames per encoder call
     encode = policy.pipeline.encode_frames
-    policy.pipeline.encode_frames = lambda frames: calls.append(frames.shape[0]) or encode(frames)  # type: ignore
+    policy.pipeline.encode_frames = lambda frames: calls.append(frames.shape[0] * frames.shape[1]) or encode(frames)  # type: ignore
     rng = np.random.default_rng(3)
     robots = [observations(2) for _ in range(3)]  # each robot's second t-15 frame is its first current frame
     for sequence in robots:
@@ -173,11 +173,18 @@ def test_a_batchs_new_frames_are_encoded_in_one_call_and_known_frames_not_again(
                 name: dataclasses.replace(camera, current=camera.current + shift, history=camera.history + shift)
                 for name, camera in observation.cameras.items()})
     policy.infer_batch([sequence[0] for sequence in robots], cache_latents=True)
-    assert calls == [6]  # three robots x (t-15, t), every view of a frame index in one row
+    # Three robots x (t-15, t), in one call; a robot's three cameras show the same frame: encoded once.
+    assert calls == [6]
     policy.infer_batch([sequence[1] for sequence in robots], cache_latents=True)
     assert calls == [6, 3], "each robot's t-15 frame was its previous current frame: only t is new"
     policy.infer_batch([dataclasses.replace(sequence[1], stamp_ns=99) for sequence in robots], cache_latents=True)
     assert calls == [6, 3], "frames seen before are never encoded again"
+    two_cameras = observations(1)[0]
+    cameras = {name: dataclasses.replace(two_cameras.cameras[name], current=rng.integers(0, 256, (120, 160, 3),
+                                                                                       dtype=np.uint8))
+               for name in ("head", "left_wrist")}
+    policy.infer(dataclasses.replace(two_cameras, decode_preview=False, cameras=cameras))
+    assert calls == [6, 3, 3], "the two cameras' own t frames and their shared t-15 frame; the missing slot never"
 
 
 def test_noise_scale_zero_samples_every_chunk_from_the_noise_mean(model_dir: Path) -> None:
