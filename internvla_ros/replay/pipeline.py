@@ -77,6 +77,7 @@ class ReplayOutcome:
     threads: int = 1  # the replay loop, and the look-ahead thread when batching
     batch: int = 1  # as run (1 when the request's batch could not be used)
     precomputed: int = 0  # chunks found computed ahead (the others were computed inline)
+    policy: str = ""  # how the policy ran (its backend's description), for the summary
 
     @property
     def speed(self) -> float:
@@ -159,26 +160,29 @@ def check_length(bag: BagInfo, config: RuntimeConfig) -> None:
 
 def load_key(request: ReplayRequest, config: RuntimeConfig) -> tuple:
     """Everything ``load_model``'s policy depends on, for callers that keep loaded policies: the model
-    directory's files by name, size and time (a model retrained in place loads again), the sampling settings
-    and the cameras' slots."""
+    directory's files by name, size and time (a model retrained in place loads again), the sampling settings,
+    the backend and how many of a batch's observations it runs at once, and the cameras' slots."""
     model = Path(request.model).resolve()
     files = tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(model.iterdir()) if p.is_file())
     return (str(model), files, request.seed, request.noise_scale, request.dtype, str(request.tokenizer),
-            tuple(sorted((c.name, c.slot) for c in config.cameras)))
+            request.backend, _batch_workers(request), tuple(sorted((c.name, c.slot) for c in config.cameras)))
+
+
+def _batch_workers(request: ReplayRequest) -> int:
+    """A batch computed ahead runs its observations on every core where the backend computes them one at a
+    time (ONNX Runtime); each one's chunk is the same bit for bit."""
+    return min(request.batch, os.cpu_count() or 1)
 
 
 def load_model(request: ReplayRequest, config: RuntimeConfig) -> object:
     from internvla_ros.runtime.internvla_policy import load_policy  # torch-heavy: only once inputs are fine
 
     torch.set_num_threads(INFERENCE_THREADS)
-    # Batches computed ahead run their observations on every core where the backend computes them one at
-    # a time (ONNX Runtime); each one's chunk is the same bit for bit.
-    workers = min(request.batch, os.cpu_count() or 1)
     try:
         return load_policy(model=str(request.model), tokenizer=str(request.tokenizer) if request.tokenizer else None,
                            dtype=request.dtype, cameras={c.name: c.slot for c in config.cameras}, seed=request.seed,
                            noise_scale=request.noise_scale, backend=request.backend, threads=INFERENCE_THREADS,
-                           batch_workers=workers)
+                           batch_workers=_batch_workers(request))
     except (ModelError, OSError, ValueError) as err:
         msg = f"--model {request.model}: {err}"
         raise ReplayError(msg) from err
@@ -255,7 +259,8 @@ def run_replay(request: ReplayRequest, progress: Callable[[BagInfo], Callable[[i
     batch = inference.batch if isinstance(inference, LookaheadInference) else 1
     outcome = ReplayOutcome(request, config, topics, bag, cameras, replay_stats, recorder, wall_s, model_load_s,
                             maxrss, out, notes=notes, threads=2 if batch > 1 else 1, batch=batch,
-                            precomputed=inference.hits if isinstance(inference, LookaheadInference) else 0)
+                            precomputed=inference.hits if isinstance(inference, LookaheadInference) else 0,
+                            policy=str(getattr(policy, "info", {}).get("backend_description", type(policy).__name__)))
     if request.golden is not None:
         golden = load_golden(request.golden, config, topics, lambda path: BagReader(path, store))
         outcome.comparison = compare(recorder.log, golden, config, tolerance)

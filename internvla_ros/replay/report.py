@@ -47,13 +47,15 @@ def summary_lines(outcome: ReplayOutcome) -> list[str]:
         f"{stats.status_reports} status reports",
     ]
     lines.append(_instruction_line(outcome))
+    if outcome.policy:
+        lines.append(f"policy: {outcome.policy}")
     if stats.wall_latency_ns:
         wall = np.asarray(stats.wall_latency_ns) / MS
         lines.append(f"inference wall time: median {np.median(wall):.1f} ms, max {wall.max():.1f} ms "
                      f"(modelled latency {outcome.request.inference_latency_ns / MS:g} ms schedules the chunks)")
     if outcome.batch > 1:
         lines.append(f"inference: {outcome.precomputed} of {len(stats.wall_latency_ns)} computed ahead in batches of "
-                     f"{outcome.batch} by a second thread, the others inline")
+                     f"{outcome.batch} by look-ahead threads, the others inline")
     for reason, count in stats.inference_failures.items():
         lines.append(f"WARNING: {count} inferences failed: {reason}")
     if stats.chunks_rejected:

@@ -46,7 +46,9 @@ def test_batched_replay_is_byte_identical_and_matches_the_sequential_one(
     summary = capsys.readouterr().out
     assert replay(bag, "--out", str(again), "--batch", "4", "--backend", backend) == 0
     assert replay(bag, "--out", str(sequential), "--batch", "1", "--backend", backend) == 0
+    assert capsys.readouterr().out.count(f"policy: {backend}") == 2
     assert _files(batched) == _files(again)
+    assert f"policy: {backend}" in summary  # the backend asked for ran (and, below, for each replay)
     line = next(x for x in summary.splitlines() if x.startswith("inference: "))
     ahead, total = (int(word) for word in line.split()[1:4:2])
     assert total >= 8 and ahead >= total // 2, line
