@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -61,3 +62,19 @@ def test_batched_replay_is_byte_identical_and_matches_the_sequential_one(
 def test_batch_below_one_is_refused(replay: Replay, sim_bag: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert replay(sim_bag, "--batch", "0") == EXIT_UNUSABLE
     assert "--batch must be >= 1" in capsys.readouterr().err
+
+
+def test_a_failing_batch_ends_the_replay_with_its_error_and_no_thread_left(
+        replay: Replay, sim_bag: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An error computing ahead (not the model refusing an input) reaches the replay loop, which raises it;
+    the planner and inference threads are gone afterwards, so nothing hangs."""
+    from internvla_ros.runtime.internvla_policy import InternVLAPolicy
+
+    def broken(*_: object, **__: object) -> list:
+        raise RuntimeError("out of memory while computing ahead")
+
+    monkeypatch.setattr(InternVLAPolicy, "infer_batch", broken)
+    with pytest.raises(RuntimeError, match="out of memory while computing ahead"):
+        replay(sim_bag, "--batch", "4")
+    left = [t.name for t in threading.enumerate() if t.name.startswith(("replay-lookahead", "replay-inference"))]
+    assert left == []
