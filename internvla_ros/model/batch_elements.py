@@ -18,7 +18,6 @@ from typing import TypeVar
 import torch
 
 Result = TypeVar("Result")
-StageHook = Callable[[str, int], None]
 
 
 class ElementRunner:
@@ -50,14 +49,14 @@ class ElementRunner:
         futures = [self._executor().submit(in_callers_modes, index) for index in range(count)]
         return [future.result() for future in futures]  # the first failure is raised, as one after another
 
-    def hook(self, hook: StageHook | None) -> StageHook | None:
-        """``hook`` made safe to call from the element threads (each call adds under a lock)."""
-        if hook is None or self.workers == 1:
-            return hook
+    def serialised(self, fn: Callable[..., None] | None) -> Callable[..., None] | None:
+        """``fn`` (e.g. a stage timing hook) made safe to call from the element threads: one call at a time."""
+        if fn is None or self.workers == 1:
+            return fn
         lock = threading.Lock()
 
-        def locked(stage: str, duration_ns: int) -> None:
+        def locked(*args: object) -> None:
             with lock:
-                hook(stage, duration_ns)
+                fn(*args)
 
         return locked

@@ -263,7 +263,7 @@ class InferencePipeline:
         if limit is not None and inputs.batch_size > limit:
             if generation is not None:
                 raise ModelError(f"{self.name} runs batches of {limit}: a generation cannot be reused across a batch")
-            element_hook = self._elements.hook(hook)
+            element_hook = self._elements.serialised(hook)
             return concat_results(self._elements.map(
                 lambda i: self.run(select(inputs, i), noise[i:i + 1], foresight=foresight, decode=decode,
                                    hook=element_hook, rtc=rtc), inputs.batch_size))

@@ -208,7 +208,7 @@ def load_policy(model: str, tokenizer: str | None = None, dtype: str = "float32"
                 cameras: Mapping[str, int] | None = None, seed: int = 0, backend: str = "torch",
                 fallback: bool = False, threads: int | None = None,
                 export_cache: str | None = None, noise_scale: float = 1.0,
-                batch_workers: int = 1) -> InternVLAPolicy:
+                batch_workers: int | None = None) -> InternVLAPolicy:
     """The inference worker's factory: load the checkpoint strictly and warm the policy up.
 
     ``backend``: one of ``internvla_ros.backends.factory.BACKEND_NAMES`` ("torch": eager with K/V reuse)
@@ -219,7 +219,8 @@ def load_policy(model: str, tokenizer: str | None = None, dtype: str = "float32"
     current setting). ``noise_scale``: the sampler's starting noise is drawn as trained and scaled by it
     (1: as trained; 0: every chunk from the noise's mean, deterministic; ``internvla model check-chunks
     --noise-scale`` measures what it does to a checkpoint's chunks). ``batch_workers``: observations of an
-    ``infer_batch`` computed at once where the backend runs them one at a time (ONNX Runtime on the CPU).
+    ``infer_batch`` computed at once where the backend runs them one at a time (ONNX Runtime on the CPU);
+    default: the thread count (a node infers one observation at a time, so it changes nothing there).
     """
     from internvla_ros.backends.factory import BackendOptions, create_backend
 
@@ -227,9 +228,10 @@ def load_policy(model: str, tokenizer: str | None = None, dtype: str = "float32"
         raise ValueError(f"dtype '{dtype}' is not supported; use one of {sorted(DTYPES)}")
     started = time.monotonic()
     directory = Path(model)
+    threads = threads or torch.get_num_threads()
     choice = create_backend([name.strip() for name in backend.split(",")],
-                            BackendOptions(model_dir=directory, dtype=dtype, fallback=fallback,
-                                           threads=threads or torch.get_num_threads(), batch_workers=batch_workers,
+                            BackendOptions(model_dir=directory, dtype=dtype, fallback=fallback, threads=threads,
+                                           batch_workers=batch_workers or threads,
                                            cache_root=Path(export_cache) if export_cache else None))
     pipeline = choice.backend
     preprocessor = ObservationPreprocessor(PreprocessorConfig.from_model_config(pipeline.config),

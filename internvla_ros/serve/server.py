@@ -90,11 +90,10 @@ def check_settings(settings: ServerSettings) -> str | None:
 
 
 def policy_kwargs(settings: ServerSettings) -> dict[str, Any]:
-    """The policy factory's keyword arguments (the inference worker's convention). A batch's observations
-    run ``threads`` at once where the backend runs them one at a time (ONNX Runtime on the CPU)."""
+    """The policy factory's keyword arguments (the inference worker's convention; ``load_policy`` runs a
+    batch's observations ``threads`` at once where the backend runs them one at a time)."""
     return {"model": str(settings.model), "tokenizer": settings.tokenizer, "dtype": settings.dtype,
-            "backend": settings.backend, "threads": settings.threads, "batch_workers": settings.threads,
-            "noise_scale": settings.noise_scale}
+            "backend": settings.backend, "threads": settings.threads, "noise_scale": settings.noise_scale}
 
 
 def _stop_on_signals(stop: threading.Event) -> None:
