@@ -9,6 +9,7 @@ The Euler loop stays on the host, so one step graph serves every step.
 from __future__ import annotations
 
 import importlib.metadata
+import math
 import os
 import shutil
 import warnings
@@ -41,6 +42,8 @@ from internvla_ros.model.modeling import InternVLAModel
 from internvla_ros.model.pipeline import cosmos_dtype
 
 OPSET = 23
+PLAIN_MEAN_MAX_VALUES = 4096
+"""Reductions up to this many values export as one ReduceMean (see :func:`accurate_mean`)."""
 """Emits native RMSNormalization / Attention ops (ONNX Runtime >= 1.23 runs them)."""
 DTYPES = TORCH_DTYPES
 """Precisions an export can be made in: every one the model loads in."""
@@ -147,15 +150,23 @@ def accurate_mean(self: Any, dim: Any, keepdim: bool = False, dtype: int = -1) -
     ONNX Runtime's float32 ReduceMean over non-contiguous axes adds sequentially: over 65,536 values
     of 0.7 +- 1e-4 it is 4.5e-4 off (torch: 3e-9). In a GroupNorm of a near-constant group (an
     all-black, i.e. missing, camera frame) that error is then divided by a tiny standard deviation.
-    The residuals are small, so their mean is exact enough to correct the first one.
+    The residuals are small, so their mean is exact enough to correct the first one. A mean over the
+    last axis alone of at most :data:`PLAIN_MEAN_MAX_VALUES` values keeps one ReduceMean: an RMSNorm's
+    mean of squares over a hidden vector (a contiguous, vectorised sum of positive terms), which ONNX
+    Runtime then fuses into one RMSNormalization.
     """
     from onnxscript.onnx_opset import opset18 as op
 
     if len(self.shape) == 0:
         return self
+    sizes = [self.shape[d] for d in dim]
     dims = op.Reshape(dim, op.Constant(value_ints=[-1]))
     first = op.ReduceMean(self, dims, keepdims=True)
-    result = op.Add(first, op.ReduceMean(op.Sub(self, first), dims, keepdims=True))
+    last_axis = list(dim) in ([-1], [len(self.shape) - 1])
+    if last_axis and all(isinstance(n, int) for n in sizes) and math.prod(sizes) <= PLAIN_MEAN_MAX_VALUES:
+        result = first
+    else:
+        result = op.Add(first, op.ReduceMean(op.Sub(self, first), dims, keepdims=True))
     if not keepdim:
         result = op.Squeeze(result, dims)
     if dtype != -1 and dtype is not None:

@@ -143,12 +143,16 @@ def vision_embed(model: InternVLAModel, patches: Tensor, images: int, grid: dict
 
 
 class TwoPassGroupNorm(nn.GroupNorm):
-    """GroupNorm whose variance is the mean of the centred squares, for export.
+    """GroupNorm exported as ONNX InstanceNormalization over each group shifted by its first value.
 
     ONNX Runtime's GroupNormalization kernel (CPU, 1.31) takes the variance as E[x^2] - E[x]^2, which
     cancels on near-constant groups: an all-black (missing) camera frame gave Cosmos latents 3.9e-3
-    away from torch's, and a constant 3.0 with noise 1e-4 gives NaN (a negative variance). Computed
-    in float32 whatever the weights' dtype; shares the weights of the norm it replaces.
+    away from torch's, and a constant 3.0 with noise 1e-4 gives NaN (a negative variance). Its
+    InstanceNormalization kernel takes the mean, then the mean of the centred squares (two passes),
+    in one op; only its float32 sum of a near-constant group is inexact (1e-3 after normalising),
+    and subtracting the group's first value first (exact for values within 2x of each other) leaves
+    it small residuals to sum. Computed in float32 whatever the weights' dtype; shares the weights
+    of the norm it replaces.
     """
 
     def __init__(self, norm: nn.GroupNorm) -> None:
@@ -157,10 +161,11 @@ class TwoPassGroupNorm(nn.GroupNorm):
 
     def forward(self, x: Tensor) -> Tensor:
         grouped = x.float().reshape(x.shape[0], self.num_groups, -1)
-        centred = grouped - grouped.mean(dim=-1, keepdim=True)
-        variance = (centred * centred).mean(dim=-1, keepdim=True)
-        y = (centred * torch.rsqrt(variance + self.eps)).reshape(x.shape)
-        if self.affine:
+        shifted = grouped - grouped[:, :, :1]
+        per_channel = self.affine and self.num_groups == self.num_channels
+        weight, bias = (self.weight.float(), self.bias.float()) if per_channel else (None, None)
+        y = F.instance_norm(shifted, weight=weight, bias=bias, eps=self.eps).reshape(x.shape)
+        if self.affine and not per_channel:
             shape = (1, -1, *([1] * (x.ndim - 2)))
             y = y * self.weight.float().reshape(shape) + self.bias.float().reshape(shape)
         return y.to(x.dtype)

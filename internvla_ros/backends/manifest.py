@@ -17,7 +17,7 @@ from internvla_ros.model.checkpoint import WEIGHTS_FILE
 from internvla_ros.model.config import ARCH_FILE, CONFIG_FILE
 
 MANIFEST_FILE = "manifest.json"
-FORMAT_VERSION = 4  # 4: the Cosmos encoder takes one frame
+FORMAT_VERSION = 5  # 4: the Cosmos encoder takes one frame; 5: Cosmos norms as InstanceNormalization, no scatters
 """Bumped whenever the graphs' inputs/outputs or numerics change; an older export is then refused.
 
 2: Cosmos GroupNorms in two passes, Cosmos in the experts' precision.

@@ -75,28 +75,26 @@ def mrope_prefix_positions(
         starts = torch.nonzero(is_image & ~torch.cat([torch.tensor([False]), is_image[:-1]])).flatten().tolist()
         if len(starts) != grids.shape[1]:
             raise PreprocessingError(f"row {b}: {len(starts)} image-token runs for {grids.shape[1]} camera grids")
-        run_of = dict(zip(starts, range(len(starts)), strict=True))
         row = positions[:, b]
         next_position = 0
         index = 0
-        while index < length:
-            if index in run_of:
-                t, h, w = (int(v) for v in grids[b, run_of[index]])
-                h, w = h // spatial_merge_size, w // spatial_merge_size
-                count = t * h * w
-                if not bool(is_image[index:index + count].all()) or index + count > length:
-                    raise PreprocessingError(f"row {b}: image run at {index} is shorter than its grid {t}x{h}x{w}")
-                if bool(valid[b, index]):
-                    grid = torch.stack(torch.meshgrid(torch.arange(t), torch.arange(h), torch.arange(w),
-                                                      indexing="ij")).reshape(3, -1)
-                    row[:, index:index + count] = grid + next_position
-                    next_position = int(row[:, index:index + count].max()) + 1
-                index += count
-                continue
-            if bool(valid[b, index]):
-                row[:, index] = next_position
-                next_position += 1
-            index += 1
+        for camera, start in enumerate([*starts, length]):
+            text = torch.arange(index, start)[valid[b, index:start]]  # text tokens before this run
+            row[:, text] = torch.arange(next_position, next_position + len(text))
+            next_position += len(text)
+            if start == length:
+                break
+            t, h, w = (int(v) for v in grids[b, camera])
+            h, w = h // spatial_merge_size, w // spatial_merge_size
+            count = t * h * w
+            if not bool(is_image[start:start + count].all()) or start + count > length:
+                raise PreprocessingError(f"row {b}: image run at {start} is shorter than its grid {t}x{h}x{w}")
+            if bool(valid[b, start]):
+                grid = torch.stack(torch.meshgrid(torch.arange(t), torch.arange(h), torch.arange(w),
+                                                  indexing="ij")).reshape(3, -1)
+                row[:, start:start + count] = grid + next_position
+                next_position = int(row[:, start:start + count].max()) + 1
+            index = start + count
     return positions.to(input_ids.device)
 
 

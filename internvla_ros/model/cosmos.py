@@ -284,6 +284,13 @@ def _pointwise(conv: nn.Conv2d, x: Tensor) -> Tensor:
     return out.permute(0, 3, 1, 2)
 
 
+def _patch_kernel(weight: Tensor, p: int) -> Tensor:
+    """A 3x3 kernel over space-to-depth patches ``(O, c p p, 3, 3)`` as a ``(O, c, 3p, 3p)`` image kernel."""
+    out, cpp, kh, kw = weight.shape
+    kernel = weight.reshape(out, cpp // (p * p), p, p, kh, kw).permute(0, 1, 4, 2, 5, 3)
+    return kernel.reshape(out, cpp // (p * p), kh * p, kw * p)
+
+
 def _fold_pointwise(outer: nn.Conv2d, inner: nn.Conv2d) -> tuple[Tensor, Tensor]:
     """Weight and bias of ``outer(inner(x))`` as one convolution, for a 1x1 ``outer``."""
     mix = outer.weight.flatten(1)
@@ -454,23 +461,26 @@ class Encoder(nn.Module):
         self.conv_out = nn.Conv2d(block_in, config.z_factor * config.z_channels, kernel_size=3, padding=1)
 
     def patches(self, x: Tensor) -> Tensor:
-        """Space-to-depth in channels-last memory (the layout torch's convolutions are fastest in).
-
-        An export traces plain NCHW instead: traced channels-last code becomes a transpose around
-        every norm and 1x1 conv, and ONNX Runtime picks its own convolution layout anyway.
-        """
+        """Space-to-depth in channels-last memory (the layout torch's convolutions are fastest in)."""
         b, c, height, width = x.shape
         p = self.config.patch_size
-        if torch.compiler.is_exporting():
-            return _space_to_depth(x, p)
         x = x.reshape(b, c, height // p, p, width // p, p).permute(0, 2, 4, 1, 3, 5)
         return x.reshape(b, height // p, width // p, c * p * p).permute(0, 3, 1, 2)
 
     def stem(self, x: Tensor) -> Tensor:
-        """Patching + ``conv_in`` as one convolution over the space-to-depth patches."""
+        """Patching + ``conv_in`` as one convolution over the space-to-depth patches.
+
+        An export traces it as one stride-p convolution of the image itself (the 3x3 kernel over
+        p x p patches is a 3p x 3p kernel moved p pixels at a time), in plain NCHW: a traced
+        space-to-depth is a 6-D transpose that cost ONNX Runtime as much as the convolution, and
+        traced channels-last code becomes a transpose around every norm and 1x1 conv.
+        """
         weight = self.conv_in.weight
         if self.config.patch_method == "haar":
             weight = _contract(weight[:, :, None], _haar_matrix(self.config, weight)[None, :, :, None, None])
+        if torch.compiler.is_exporting():
+            p = self.config.patch_size
+            return F.conv2d(x, _patch_kernel(weight, p), self.conv_in.bias, stride=p, padding=p)
         return F.conv2d(self.patches(x), weight, self.conv_in.bias, padding=1)
 
     def trunk(self, x: Tensor) -> Tensor:

@@ -166,6 +166,15 @@ class UnderstandingExpert(nn.Module):
         embed_tokens.weight = self.lm_head.weight
 
 
+def mrope_axes(sections: tuple[int, ...], columns: int, device: torch.device | None = None) -> Tensor:
+    """Position axis (0 t, 1 h, 2 w) of each rotary frequency column in Qwen3-VL's interleaved M-RoPE:
+    columns 1, 4, 7, ... take h and 2, 5, 8, ... take w, each for ``3 * section`` columns; t the rest."""
+    axes = torch.zeros(columns, dtype=torch.long, device=device)
+    for axis in (1, 2):
+        axes[axis:3 * sections[axis]:3] = axis
+    return axes
+
+
 class MixtureOfExperts(nn.Module):
     """``qwen3_vl_with_expert``: the three experts that share one attention per layer."""
 
@@ -175,7 +184,7 @@ class MixtureOfExperts(nn.Module):
         self.gen_expert = TextExpert(config.gen)
         self.act_expert = TextExpert(config.act)
         # One M-RoPE for all tokens (the experts share theta, sections and head_dim).
-        self.rotary = Qwen3VLTextRotaryEmbedding(hf_text_config(config.und))
+        self.reset_rotary(config, vision=False)
 
     @property
     def language_model(self) -> TextExpert:
@@ -186,12 +195,22 @@ class MixtureOfExperts(nn.Module):
         return self.und_expert.model.visual
 
     def rope(self, position_ids: Tensor) -> tuple[Tensor, Tensor]:
-        """cos/sin ``(B, L, head_dim)`` in float32 for M-RoPE ids ``(3, B, L)``."""
-        anchor = torch.empty((), dtype=torch.float32, device=position_ids.device)
-        return self.rotary(anchor, position_ids)
+        """cos/sin ``(B, L, head_dim)`` in float32 for M-RoPE ids ``(3, B, L)``.
 
-    def reset_rotary(self, config: InternVLAConfig) -> None:
-        """Rebuild the non-persistent RoPE frequency buffers (after building on the meta device)."""
+        The values of transformers' interleaved M-RoPE bit for bit, with each frequency column
+        gathering the position of its own axis instead of overwriting columns in place: an export
+        traced that in-place recomposition as four scatters per call, a quarter of an action step.
+        """
+        freqs = position_ids.expand(3, -1, -1).float()[self.rope_axes].permute(1, 2, 0) * self.rotary.inv_freq.float()
+        cos = freqs.cos() * self.rotary.attention_scaling
+        sin = freqs.sin() * self.rotary.attention_scaling
+        return torch.cat((cos, cos), dim=-1), torch.cat((sin, sin), dim=-1)
+
+    def reset_rotary(self, config: InternVLAConfig, vision: bool = True) -> None:
+        """Rebuild the non-persistent RoPE buffers (after building on the meta device)."""
         self.rotary = Qwen3VLTextRotaryEmbedding(hf_text_config(config.und))
-        visual = self.visual
-        visual.rotary_pos_emb = type(visual.rotary_pos_emb)(visual.config)
+        axes = mrope_axes(config.und.mrope_section, self.rotary.inv_freq.numel(), self.rotary.inv_freq.device)
+        self.register_buffer("rope_axes", axes, persistent=False)
+        if vision:
+            visual = self.visual
+            visual.rotary_pos_emb = type(visual.rotary_pos_emb)(visual.config)

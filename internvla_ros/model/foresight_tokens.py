@@ -25,8 +25,11 @@ def latent_tokens(latents: Tensor, in_proj: nn.Conv2d, down: nn.Conv2d) -> Tenso
     bias = down.bias.float() if down.bias is not None else torch.zeros(width, device=latents.device)
     if in_proj.bias is not None:
         bias = bias + down.weight.float().sum(dim=(2, 3)) @ in_proj.bias.float()
-    patches = latents.reshape(m, c, h // s, s, w // s, s).permute(0, 2, 4, 3, 5, 1).reshape(m * (h // s) * (w // s), -1)
     dtype = down.weight.dtype
+    if torch.compiler.is_exporting():  # a traced patch permute is a 6-D transpose, slower than the product
+        conv = F.conv2d(latents.to(dtype), weight.permute(0, 3, 1, 2).to(dtype), bias.to(dtype), stride=s)
+        return conv.flatten(2).transpose(1, 2)
+    patches = latents.reshape(m, c, h // s, s, w // s, s).permute(0, 2, 4, 3, 5, 1).reshape(m * (h // s) * (w // s), -1)
     tokens = F.linear(patches.to(dtype), weight.reshape(width, -1).to(dtype), bias.to(dtype))
     return tokens.reshape(m, (h // s) * (w // s), width)
 

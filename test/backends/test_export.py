@@ -48,9 +48,11 @@ def test_batched_vit_equals_the_transformers_vit(model_dir: Path) -> None:
 class _GroupNormOfNearConstant(torch.nn.Module):
     """A GroupNorm the way the exported Cosmos computes it (stabilized), over a whole 64x64 map."""
 
-    def __init__(self) -> None:
+    def __init__(self, groups: int) -> None:
         super().__init__()
-        self.norm = torch.nn.GroupNorm(4, 32, eps=1e-6)
+        self.norm = torch.nn.GroupNorm(groups, 32, eps=1e-6)
+        torch.nn.init.uniform_(self.norm.weight, 0.5, 1.5)
+        torch.nn.init.uniform_(self.norm.bias, -0.5, 0.5)
         graphs.stabilize_group_norms(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -62,21 +64,26 @@ NEAR_CONSTANT_ATOL = 1e-4
 4.5e-4 (mean) off here, or NaN (a negative variance)."""
 
 
-def test_reductions_of_near_constant_maps_stay_exact(tmp_path: Path) -> None:
-    """An all-black (missing) camera gives near-constant Cosmos feature maps: their statistics must not cancel."""
+@pytest.mark.parametrize("groups", [4, 32])
+def test_reductions_of_near_constant_maps_stay_exact(tmp_path: Path, groups: int) -> None:
+    """An all-black (missing) camera gives near-constant Cosmos feature maps: their statistics must not cancel.
+
+    Groups of several channels (the released Cosmos) and of one channel each (the small models) export differently.
+    """
     from internvla_ros.backends.manifest import TensorSpec
 
-    module = _GroupNormOfNearConstant()
+    module = _GroupNormOfNearConstant(groups)
     inputs = [TensorSpec("x", (1, 32, 64, 64), "float32")]
     outputs = [TensorSpec("y", (1, 32, 64, 64), "float32"), TensorSpec("m", (1, 64), "float32")]
     path = tmp_path / "norm.onnx"
     export._export_one(module, inputs, outputs, path, export.OPSET)
     session = load_graph(path, ["CPUExecutionProvider"], 1)
     generator = torch.Generator().manual_seed(0)
-    for level, noise in ((0.7, 1e-5), (3.0, 1e-4)):
+    for level, noise in ((0.7, 1e-5), (3.0, 1e-4), (-1.0, 0.0)):
         x = level + noise * torch.randn(1, 32, 64, 64, generator=generator)
         normed, mean = session.run(None, {"x": x.numpy()})
-        exact = torch.nn.functional.group_norm(x.double(), 4, eps=1e-6)
+        weight, bias = module.norm.weight.detach().double(), module.norm.bias.detach().double()
+        exact = torch.nn.functional.group_norm(x.double(), groups, weight, bias, eps=1e-6)
         assert np.isfinite(normed).all()
         assert np.abs(normed - exact.numpy()).max() <= NEAR_CONSTANT_ATOL
         assert np.abs(mean - x.double().mean(dim=(1, 3)).numpy()).max() <= 1e-6
@@ -86,7 +93,7 @@ MAX_COSMOS_TRANSPOSES = 4
 """The attention block's token layout needs 3; a traced channels-last encoder had 22."""
 
 
-def test_cosmos_encode_exports_plain_nchw(engine_dir: Path) -> None:
+def test_cosmos_encode_exports_plain_nchw(engine_dir: Path, model_dir: Path) -> None:
     """The torch encoder runs channels-last; its export must not carry that layout as transposes.
 
     ONNX Runtime runs a transpose around every norm and 1x1 conv as a copy (it made the graph 2.5x
@@ -98,3 +105,18 @@ def test_cosmos_encode_exports_plain_nchw(engine_dir: Path) -> None:
     transposes = sum(node.op_type == "Transpose" for node in graph.node)
     assert sum(node.op_type == "Conv" for node in graph.node) > 0
     assert transposes <= MAX_COSMOS_TRANSPOSES, f"{transposes} Transpose nodes in the Cosmos encoder graph"
+    # Each GroupNorm is one InstanceNormalization (not a dozen elementwise ops and reductions).
+    encoder = load_checkpoint(model_dir).model.model.cosmos._enc_model
+    norms = sum(isinstance(m, torch.nn.GroupNorm) for m in encoder.modules())
+    assert sum(node.op_type == "InstanceNormalization" for node in graph.node) == norms
+    assert not any(node.op_type == "ReduceMean" for node in graph.node)
+
+
+def test_step_graphs_compute_rope_without_scatters(engine_dir: Path) -> None:
+    """M-RoPE gathers each column's axis; the traced in-place recomposition was 8 scatters a call."""
+    import onnx
+
+    for name in (graphs.PREFIX, graphs.GENERATION, graphs.ACTION_STEP):
+        graph = onnx.load(str(engine_dir / f"{name}.onnx"), load_external_data=False).graph
+        scatters = [node.op_type for node in graph.node if node.op_type.startswith("Scatter")]
+        assert not scatters, f"{name}: {scatters}"

@@ -217,3 +217,15 @@ def test_patching_is_inverted_by_unpatching(method: str) -> None:
         torch.testing.assert_close(patched[:, 1], x[:, 0, 0::4, 1::4])
     assert patched.shape == (2, 48, 4, 6)
     torch.testing.assert_close(back, x)
+
+
+def test_patch_kernel_convolves_the_image_as_the_kernel_convolves_its_patches() -> None:
+    """The export's stem: a 3x3 conv over space-to-depth patches == one 12x12 stride-4 conv of the image."""
+    generator = torch.Generator().manual_seed(3)
+    image = torch.randn(2, 3, 32, 40, dtype=torch.float64, generator=generator)
+    weight = torch.randn(5, 48, 3, 3, dtype=torch.float64, generator=generator)
+    bias = torch.randn(5, dtype=torch.float64, generator=generator)
+    over_patches = F.conv2d(cosmos_module._space_to_depth(image, 4), weight, bias, padding=1)
+    over_image = F.conv2d(image, cosmos_module._patch_kernel(weight, 4), bias, stride=4, padding=4)
+    assert over_image.shape == (2, 5, 8, 10)
+    torch.testing.assert_close(over_image, over_patches, rtol=0, atol=1e-12)
