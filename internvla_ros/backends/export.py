@@ -42,9 +42,9 @@ from internvla_ros.model.modeling import InternVLAModel
 from internvla_ros.model.pipeline import cosmos_dtype
 
 OPSET = 23
-PLAIN_MEAN_MAX_VALUES = 4096
-"""Reductions up to this many values export as one ReduceMean (see :func:`accurate_mean`)."""
 """Emits native RMSNormalization / Attention ops (ONNX Runtime >= 1.23 runs them)."""
+PLAIN_MEAN_MAX_VALUES = 4096
+"""A last-axis mean of up to this many values exports as one ReduceMean (see :func:`accurate_mean`)."""
 DTYPES = TORCH_DTYPES
 """Precisions an export can be made in: every one the model loads in."""
 INLINE_LIMIT = 1 << 30

@@ -17,11 +17,13 @@ from internvla_ros.model.checkpoint import WEIGHTS_FILE
 from internvla_ros.model.config import ARCH_FILE, CONFIG_FILE
 
 MANIFEST_FILE = "manifest.json"
-FORMAT_VERSION = 5  # 4: the Cosmos encoder takes one frame; 5: Cosmos norms as InstanceNormalization, no scatters
+FORMAT_VERSION = 5
 """Bumped whenever the graphs' inputs/outputs or numerics change; an older export is then refused.
 
 2: Cosmos GroupNorms in two passes, Cosmos in the experts' precision.
 3: the guidance_step graph (real-time chunking).
+4: the Cosmos encoder takes one frame.
+5: Cosmos GroupNorms as shifted InstanceNormalization, M-RoPE without scatters, fused RMSNorms.
 """
 REQUIRED_SOURCE_FILES = (WEIGHTS_FILE, CONFIG_FILE)
 OPTIONAL_SOURCE_FILES = (ARCH_FILE,)
