@@ -123,12 +123,13 @@ class GraphStages:
 
     def encode_frames(self, frames: Tensor) -> Tensor:
         """``(1, k, 3, H, W)`` -> ``(1, k, C, h, w)``, one graph call per frame (any k >= 1)."""
-        lay = self.layout
-        count = frames.shape[1] if frames.ndim == 5 else 0
-        self._check("frames", frames, (1, max(count, 1), 3, *lay.frame_hw))
+        frame_hw = self.layout.frame_hw
+        if frames.ndim != 5 or frames.shape[0] != 1 or tuple(frames.shape[2:]) != (3, *frame_hw):
+            raise BackendError(f"frames must have shape (1, k, 3, {frame_hw[0]}, {frame_hw[1]}) for this export "
+                               f"(batch 1, any k >= 1), got {tuple(frames.shape)}")
         latents = [self.runner.run(graphs.COSMOS_ENCODE, {"frames": self.runner.to_device(_np(frames[0, k:k + 1],
                                                                                              np.float32))})[0]
-                   for k in range(count)]
+                   for k in range(frames.shape[1])]
         return torch.stack([self._host(one)[0] for one in latents])[None]
 
     def generation(self, prefix: GraphPrefix, latents: Tensor, view_mask: Tensor) -> GraphGeneration:

@@ -183,8 +183,7 @@ class MixtureOfExperts(nn.Module):
         self.und_expert = UnderstandingExpert(config)
         self.gen_expert = TextExpert(config.gen)
         self.act_expert = TextExpert(config.act)
-        # One M-RoPE for all tokens (the experts share theta, sections and head_dim).
-        self.reset_rotary(config, vision=False)
+        self._build_rope(config)
 
     @property
     def language_model(self) -> TextExpert:
@@ -206,11 +205,14 @@ class MixtureOfExperts(nn.Module):
         sin = freqs.sin() * self.rotary.attention_scaling
         return torch.cat((cos, cos), dim=-1), torch.cat((sin, sin), dim=-1)
 
-    def reset_rotary(self, config: InternVLAConfig, vision: bool = True) -> None:
-        """Rebuild the non-persistent RoPE buffers (after building on the meta device)."""
+    def _build_rope(self, config: InternVLAConfig) -> None:
+        """One M-RoPE for all tokens (the experts share theta, sections and head_dim), and its column axes."""
         self.rotary = Qwen3VLTextRotaryEmbedding(hf_text_config(config.und))
         axes = mrope_axes(config.und.mrope_section, self.rotary.inv_freq.numel(), self.rotary.inv_freq.device)
         self.register_buffer("rope_axes", axes, persistent=False)
-        if vision:
-            visual = self.visual
-            visual.rotary_pos_emb = type(visual.rotary_pos_emb)(visual.config)
+
+    def reset_rotary(self, config: InternVLAConfig) -> None:
+        """Rebuild the non-persistent RoPE buffers (after building on the meta device)."""
+        self._build_rope(config)
+        visual = self.visual
+        visual.rotary_pos_emb = type(visual.rotary_pos_emb)(visual.config)

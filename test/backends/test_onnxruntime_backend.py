@@ -84,6 +84,11 @@ def test_wrong_shapes_are_refused(ort: InferencePipeline, batch: tuple[ModelInpu
     longer = replace(inputs, input_ids=torch.cat([inputs.input_ids, inputs.input_ids[:, -1:]], dim=1))
     with pytest.raises(BackendError, match="input_ids must have shape"):
         ort.run(longer, noise)
+    assert inputs.frames is not None
+    frames = inputs.frames[:, :, -1]  # (1, views, 3, H, W)
+    for wrong in (frames[0], frames[..., :-1], frames[:, :, :2]):
+        with pytest.raises(BackendError, match="frames must have shape"):
+            ort.stages.encode_frames(wrong)
 
 
 def test_providers_in_order_of_preference() -> None:
