@@ -9,7 +9,8 @@
 # REF_VENV: the reference's virtualenv, REF_SRC: its source (both made by
 # tools/reference_bench/setup.sh, which this script does not run). Defaults: 3 rounds, 1 and 2 threads.
 # Environment: CASE (fixture case, default case_a), ITERS (default 20), OUT (results, default
-# ./bench_vs_reference), BENCH_REF (bench_ref.py), DTYPES (ours, default "float32 bfloat16").
+# ./bench_vs_reference), BENCH_REF (bench_ref.py), DTYPES (ours, default "float32 bfloat16"; a "+compile"
+# suffix, e.g. bfloat16+compile, times the torch backend under torch.compile).
 # Prints one line per process with `uptime`, then the ratios (reference median / our median).
 set -euo pipefail
 [[ $# -ge 2 ]] || { echo "usage: $0 REF_VENV REF_SRC [ROUNDS] [THREADS...]" >&2; exit 2; }
@@ -36,13 +37,15 @@ for t in "${THREADS[@]}"; do
       --warmup 3 --threads "$t" 2> "$OUT/ref_T${t}_R$r.log" | tail -n 1 > "$OUT/ref_T${t}_R$r.json" \
       || { echo "the reference failed: see $OUT/ref_T${t}_R$r.log" >&2; exit 1; }
     for d in $DTYPES; do
-      backends="torch onnxruntime"
+      backends="torch onnxruntime" flags=()
       [[ $d == float32 ]] || backends=torch
+      [[ $d == *+compile ]] && backends=torch flags=(--compile)
       for b in $backends; do
         name=ours_${d}_${b}_T${t}_R$r
         echo "T$t R$r ours $b $d  $(uptime)"
-        taskset -c "$cpus" "$INTERNVLA" bench model --model "$CASE" --backend "$b" --dtype "$d" --threads "$t" \
-          --repeats "$ITERS" --warmup 3 --cache "$OUT/exports" --json "$OUT/$name.json" > "$OUT/$name.txt" 2>&1 \
+        taskset -c "$cpus" "$INTERNVLA" bench model --model "$CASE" --backend "$b" --dtype "${d%+compile}" \
+          --threads "$t" "${flags[@]}" --repeats "$ITERS" --warmup 3 --cache "$OUT/exports" \
+          --json "$OUT/$name.json" > "$OUT/$name.txt" 2>&1 \
           || { echo "ours ($b $d) failed: see $OUT/$name.txt" >&2; exit 1; }
       done
     done

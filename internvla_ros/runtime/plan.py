@@ -55,11 +55,11 @@ class ChunkPlan:
 
     def index_at(self, now_ns: int) -> float:
         """Fractional chunk index at ``now_ns``, clamped to the chunk."""
-        return float(np.clip((now_ns - self.origin_ns) / self.step_ns, 0.0, self.steps - 1))
+        return min(max((now_ns - self.origin_ns) / self.step_ns, 0.0), float(self.steps - 1))
 
     def sample(self, now_ns: int) -> np.ndarray:
         index = self.index_at(now_ns)
-        low = int(np.floor(index))
+        low = int(index)  # index >= 0
         high = min(low + 1, self.steps - 1)
         weight = index - low
         return (1.0 - weight) * self.positions[low] + weight * self.positions[high]

@@ -69,6 +69,11 @@ class LimitedCommand:
     reasons: frozenset[str]  # what was clamped or rejected for this command
 
 
+def _clip(x: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """``np.clip`` (the same values) without its Python dispatch, which a trajectory pays hundreds of times."""
+    return np.minimum(np.maximum(x, low), high)
+
+
 class MotionLimiter:
     """Per-joint limits between consecutive commands, one control period apart.
 
@@ -93,6 +98,14 @@ class MotionLimiter:
         self._vmax = np.minimum(np.asarray([lim.max_velocity for lim in limits]), self._jump / self._period_s)
         self._amax = np.asarray([lim.max_acceleration for lim in limits])
         self._counters = counters
+        # Constants of every step, computed once as the step's own expressions would (same values to the bit):
+        # limit_path runs the step for each point of every chunk, and numpy's per-call cost dominates it.
+        a, t = self._amax, self._period_s
+        self._neg_vmax = -self._vmax
+        self._brake_offset = -a * t
+        self._brake_square = a * a * t * t
+        self._brake_slope = 2 * a
+        self._dv = a * t
 
     @property
     def period_s(self) -> float:
@@ -132,16 +145,16 @@ class MotionLimiter:
     def _brake_speed(self, room: np.ndarray) -> np.ndarray:
         """The largest end-of-period speed from which the joint still stops within ``room`` (measured from the
         start of the period, less its travel at the old velocity): v'^2 / 2a + v' t <= room."""
-        a, t = self._amax, self._period_s
-        return -a * t + np.sqrt(np.maximum(a * a * t * t + 2 * a * room, 0.0))
+        return self._brake_offset + np.sqrt(np.maximum(self._brake_square + self._brake_slope * room, 0.0))
 
     def _velocity_bounds(self, previous: MotionState) -> tuple[np.ndarray, np.ndarray]:
         """The next period's end velocity range that keeps every limit reachable, acceleration aside."""
         t = self._period_s
         p, v = previous.positions, previous.velocities
-        up = self._brake_speed(self._high - p - v * t / 2)
-        down = self._brake_speed(p - self._low + v * t / 2)
-        return np.maximum(-self._vmax, -down), np.minimum(self._vmax, up)
+        half = v * t / 2
+        up = self._brake_speed(self._high - p - half)
+        down = self._brake_speed(p - self._low + half)
+        return np.maximum(self._neg_vmax, -down), np.minimum(self._vmax, up)
 
     def _approach(self, previous: MotionState, target: np.ndarray, target_velocity: np.ndarray) -> np.ndarray:
         """The end-of-period velocity towards ``target``: the one that would be on target after one period at
@@ -149,12 +162,12 @@ class MotionLimiter:
         to the target's velocity, than what can still stop on the target's path without overshooting it."""
         t = self._period_s
         p, v = previous.positions, previous.velocities
-        u = np.clip(target_velocity, -self._vmax, self._vmax)
+        u = _clip(target_velocity, self._neg_vmax, self._vmax)
         ahead = target - u * t - p  # how far the target's path was ahead of the joint at the previous command
         relative = ahead / t
-        w = v - u
-        up = np.maximum(self._brake_speed(ahead - w * t / 2), 0.0)  # too fast already: stop (as fast as allowed)
-        down = np.maximum(self._brake_speed(-ahead + w * t / 2), 0.0)
+        half = (v - u) * t / 2
+        up = np.maximum(self._brake_speed(ahead - half), 0.0)  # too fast already: stop (as fast as allowed)
+        down = np.maximum(self._brake_speed(-ahead + half), 0.0)
         return u + np.where(ahead > 0, np.minimum(relative, up), np.maximum(relative, -down))
 
     def limit(
@@ -175,23 +188,22 @@ class MotionLimiter:
             self._counters.add(REJECTED, REJECT_NON_FINITE)
             wanted = np.zeros_like(v)
         else:
-            clipped = np.clip(target, self._low, self._high)
-            if not np.array_equal(clipped, target):
+            clipped = _clip(target, self._low, self._high)
+            if (clipped != target).any():
                 reasons.add(CLAMP_POSITION)
             moving = np.zeros_like(v) if target_velocity is None else np.asarray(target_velocity, dtype=np.float64)
             if moving.shape != p.shape or not np.isfinite(moving).all():
                 moving = np.zeros_like(v)
             wanted = self._approach(previous, clipped, moving)
         low, high = self._velocity_bounds(previous)
-        bounded = np.clip(wanted, low, high)
-        if not np.array_equal(bounded, wanted):
+        bounded = _clip(wanted, low, high)
+        if (bounded != wanted).any():
             reasons.add(CLAMP_VELOCITY)
-        dv = self._amax * t
-        velocities = np.clip(bounded, v - dv, v + dv)
-        if not np.array_equal(velocities, bounded):
+        velocities = _clip(bounded, v - self._dv, v + self._dv)
+        if (velocities != bounded).any():
             reasons.add(CLAMP_ACCELERATION)
         positions = p + (v + velocities) * t / 2
-        final = np.clip(positions, self._low, self._high)
+        final = _clip(positions, self._low, self._high)
         if np.abs(final - positions).max() > POSITION_NOISE:  # only from a state that could not brake in time
             reasons.add(CLAMP_POSITION)
         for reason in reasons - {REJECT_NON_FINITE}:

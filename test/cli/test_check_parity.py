@@ -44,6 +44,17 @@ def test_fixture_passes(capsys: pytest.CaptureFixture[str]) -> None:
     assert not any("FAIL" in line for line in lines)
 
 
+def test_compiled_torch_passes_within_the_compiled_tolerances(capsys: pytest.CaptureFixture[str]) -> None:
+    """``--compile`` checks what ``bench model --compile`` times: torch.compile's fused Cosmos kernels move the
+    float32 latents by ~1e-4 (the tolerances of every compiled backend), the actions stay within 1e-4."""
+    code, lines, err = run(capsys, str(CASE_A), "--compile")
+    assert code == 0, "\n".join(lines) + err
+    assert lines[0].startswith("backend: ") and "torch.compile" in lines[0]
+    compared = {line.split()[0] for line in lines[1:-1] if line.endswith(" ok")}
+    assert {"actions", "cosmos_latents", "middle_out", "foresight_latent_pred", "v_t_all"} <= compared
+    assert float(lines[-1].split("=", 1)[1]) <= DEFAULT_ACTIONS_ATOL
+
+
 def test_perturbed_weights_fail(capsys: pytest.CaptureFixture[str], fixture_copy: Path) -> None:
     weights = fixture_copy / "model.safetensors"
     tensors = load_file(weights)
