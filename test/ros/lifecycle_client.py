@@ -18,6 +18,9 @@ from .conftest import RESEND_AFTER_S, call_service, spin_until
 SERVICE_TIMEOUT_S = 30.0
 GOAL = {"configure": "inactive", "activate": "active", "deactivate": "inactive", "cleanup": "unconfigured",
         "shutdown": "finalized"}
+OFFERED = {"unconfigured": {"configure", "shutdown"}, "inactive": {"activate", "cleanup", "shutdown"},
+           "active": {"deactivate", "shutdown"}}
+"""The transitions each primary state offers (the lifecycle state machine's)."""
 
 
 class LifecycleClient:
@@ -34,14 +37,20 @@ class LifecycleClient:
         return self.call(self._get, GetState.Request(), timeout_s).current_state.label
 
     def change(self, label: str, timeout_s: float = 120.0) -> bool:
-        """One transition (never asked twice). If its reply is lost, the node's state tells whether it succeeded."""
+        """One transition, never asked twice where it could run twice. If its reply is lost, the node's state
+        tells whether it succeeded; a transition the node's state does not offer starts nothing, so it is asked
+        again (a node's first reply may be lost while discovery matches its reply path)."""
+        before = self.state()
         future = self.change_async(label)
         deadline = time.monotonic() + timeout_s
         while not spin_until(self.executor, future.done, min(RESEND_AFTER_S, max(deadline - time.monotonic(), 0))):
             if time.monotonic() >= deadline:
                 raise AssertionError(f"{self._change.srv_name}: no answer to {label!r} in {timeout_s} s")
-            if self.state() == GOAL[label] and not spin_until(self.executor, future.done, RESEND_AFTER_S):
+            now = self.state()
+            if now == GOAL[label] and not spin_until(self.executor, future.done, RESEND_AFTER_S):
                 return True  # the transition ran; its reply was lost
+            if now == before and label not in OFFERED.get(now, set()):
+                future = self.change_async(label)  # refused either way: asking again changes nothing
         return future.result().success
 
     def change_async(self, label: str) -> Any:
