@@ -40,7 +40,6 @@ class LifecycleClient:
         """One transition, never asked twice where it could run twice. If its reply is lost, the node's state
         tells whether it succeeded; a transition the node's state does not offer starts nothing, so it is asked
         again (a node's first reply may be lost while discovery matches its reply path)."""
-        before = self.state()
         future = self.change_async(label)
         deadline = time.monotonic() + timeout_s
         while not spin_until(self.executor, future.done, min(RESEND_AFTER_S, max(deadline - time.monotonic(), 0))):
@@ -49,7 +48,7 @@ class LifecycleClient:
             now = self.state()
             if now == GOAL[label] and not spin_until(self.executor, future.done, RESEND_AFTER_S):
                 return True  # the transition ran; its reply was lost
-            if now == before and label not in OFFERED.get(now, set()):
+            if label not in OFFERED.get(now, set()):  # and not its goal: it never started
                 future = self.change_async(label)  # refused either way: asking again changes nothing
         return future.result().success
 
